@@ -19,12 +19,11 @@ import onnx
 import torch
 from torch import nn
 
-from export.triton import TensorSpec
+from contract.metadata import TensorSpec
+from contract.names import FEATURES, IMAGES, REQUIRED_OUTPUTS
 from train.methods.base import ClusteringMethod
 
 OPSET = 17
-IMAGES = "images"
-FEATURES = "features"
 BATCH = "batch"
 
 _ONNX_TO_NUMPY = {
@@ -62,7 +61,7 @@ def head_output_names(model: ClusteringMethod, features: torch.Tensor) -> list[s
     """The head's output names in dict order; the contract's three must be there."""
     with torch.no_grad():
         names = list(model.head_outputs(features))
-    missing = [n for n in ("embedding", "probabilities", "cluster") if n not in names]
+    missing = [n for n in REQUIRED_OUTPUTS if n not in names]
     if missing:
         raise ValueError(f"{type(model).__name__}.head_outputs lacks {missing}; it returned {names}")
     return names

@@ -1,5 +1,6 @@
 """Parity: the exported graphs must give what PyTorch gives, on real images, or the export fails.
 
+    images, stored = read_sample(run_dir / "parity_sample.npz")  # saved by the trainer
     reference = torch_outputs(model, images)                  # model.predict on images / 255
     candidate, providers = onnx_outputs(encoder, head, images)  # onnxruntime, encoder then head
     report = compare(reference, candidate, tolerance=1e-4)    # raises nothing; check() does
@@ -18,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from contract.names import FEATURES, IMAGES
+
 FP32_TOLERANCE = 1e-4
-PARITY_IMAGES = 64
 DYNAMIC_BATCHES = (1, 17)
 
 
@@ -27,15 +29,12 @@ class ParityError(RuntimeError):
     """The exported model does not reproduce the PyTorch model."""
 
 
-def parity_images(dataset: str, data_dir: str | None, image_size: int,
-                  count: int = PARITY_IMAGES) -> tuple[np.ndarray, str]:
-    """`count` images spread evenly over the run's data set: uint8 (count, C, S, S) and a description."""
-    from train.data.datasets import load_dataset
-
-    data = load_dataset(dataset, data_dir, image_size)
-    total = data.images.shape[0]
-    index = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(np.int64))
-    return data.images[index].numpy(), f"{dataset}: {index.size} of {total} images, evenly spaced"
+def read_sample(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A run's or repository's parity_sample.npz -> (images uint8 (n, C, S, S), reference outputs by name)."""
+    with np.load(path, allow_pickle=False) as data:
+        images = data["images"]
+        reference = {k.removeprefix("reference_"): data[k] for k in data.files if k.startswith("reference_")}
+    return images, reference
 
 
 def torch_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -61,9 +60,9 @@ def onnx_outputs(encoder: Path, head: Path, images: np.ndarray,
                  providers: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """Run encoder then head with onnxruntime; returns the head's outputs and the providers really used."""
     enc, hd = onnx_session(encoder, providers), onnx_session(head, providers)
-    (features,) = enc.run(["features"], {"images": images})
+    (features,) = enc.run([FEATURES], {IMAGES: images})
     names = [o.name for o in hd.get_outputs()]
-    outputs = dict(zip(names, hd.run(names, {"features": features}), strict=True))
+    outputs = dict(zip(names, hd.run(names, {FEATURES: features}), strict=True))
     return outputs, sorted(set(enc.get_providers()) | set(hd.get_providers()))
 
 

@@ -21,7 +21,6 @@ Torch-free: export/tensorrt.py imports this module inside the serving container.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -33,10 +32,19 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-METADATA_FILE = "metadata.json"
-PARITY_FILE = "parity.json"
-PARITY_SAMPLE_FILE = "parity_sample.npz"
-CONFIG_FILE = "config.pbtxt"
+from contract import files
+from contract.metadata import ModelMetadata, TensorSpec
+from contract.names import (
+    METADATA_FILE,
+    MODEL_CONFIG_FILE,
+    ONNX_MODEL_FILE,
+    PARITY_FILE,
+    PARITY_SAMPLE_FILE,
+    PLAN_MODEL_FILE,
+    encoder_model,
+    head_model,
+)
+
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
 
 # numpy dtype name <-> Triton config type; metadata.json uses the numpy names.
@@ -47,32 +55,11 @@ TRITON_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """A model input or output as the graph declares it: shape with -1 for the batch dimension."""
-
-    name: str
-    dtype: str  # numpy dtype name: uint8, float32, int64, ...
-    shape: tuple[int, ...]  # (-1, ...) ; trailing dims are fixed
-
-    @property
-    def triton_type(self) -> str:
-        if self.dtype not in TRITON_TYPES:
-            raise ValueError(f"tensor {self.name!r}: dtype {self.dtype} has no Triton type; "
-                             f"supported: {sorted(TRITON_TYPES)}")
-        return TRITON_TYPES[self.dtype]
-
-    @property
-    def triton_dims(self) -> list[int]:
-        """dims as Triton clients see them (no batch dimension; [1] for batch-only tensors)."""
-        return list(self.shape[1:]) or [1]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+def triton_type(spec: TensorSpec) -> str:
+    if spec.dtype not in TRITON_TYPES:
+        raise ValueError(f"tensor {spec.name!r}: dtype {spec.dtype} has no Triton type; "
+                         f"supported: {sorted(TRITON_TYPES)}")
+    return TRITON_TYPES[spec.dtype]
 
 
 @dataclass(frozen=True)
@@ -83,13 +70,13 @@ class Flavour:
     platform: str = ""
     backend: str = ""
     kind: str = "KIND_GPU"
-    model_file: str = "model.onnx"
+    model_file: str = ONNX_MODEL_FILE
     queue_delay_us: int = 500
 
 
 FLAVOURS = {
     "onnxruntime": Flavour("onnxruntime", platform="onnxruntime_onnx", kind="KIND_GPU", queue_delay_us=500),
-    "tensorrt": Flavour("tensorrt", platform="tensorrt_plan", kind="KIND_GPU", model_file="model.plan",
+    "tensorrt": Flavour("tensorrt", platform="tensorrt_plan", kind="KIND_GPU", model_file=PLAN_MODEL_FILE,
                         queue_delay_us=500),
     "python": Flavour("python", backend="python", kind="KIND_CPU", model_file="model.py", queue_delay_us=1000),
 }
@@ -107,24 +94,24 @@ class ModelSet:
     head_inputs: list[TensorSpec]
     head_outputs: list[TensorSpec]
     max_batch_size: int
-    metadata: dict[str, Any]
+    metadata: ModelMetadata
     parity: dict[str, Any]
     parity_sample: Path | None = None  # npz with the parity images and reference outputs
 
     @property
     def encoder_name(self) -> str:
-        return f"{self.name}_encoder"
+        return encoder_model(self.name)
 
     @property
     def head_name(self) -> str:
-        return f"{self.name}_head"
+        return head_model(self.name)
 
 
 # --- config generation --------------------------------------------------------------------------
 
 
 def _tensor(cls, spec: TensorSpec, reshape: bool = True):
-    t = cls(name=spec.name, data_type=mc.DataType.Value(spec.triton_type), dims=spec.triton_dims)
+    t = cls(name=spec.name, data_type=mc.DataType.Value(triton_type(spec)), dims=spec.triton_dims)
     if reshape and len(spec.shape) == 1:
         t.reshape.SetInParent()  # reshape { shape: [] }: the graph's tensor is (B,)
     return t
@@ -152,7 +139,7 @@ def component_config(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[
     warmup = config.model_warmup.add(name="zero_batch_1", batch_size=1)
     for spec in inputs:
         warmup.inputs[spec.name].CopyFrom(mc.ModelWarmup.Input(
-            data_type=mc.DataType.Value(spec.triton_type), dims=spec.triton_dims, zero_data=True))
+            data_type=mc.DataType.Value(triton_type(spec)), dims=spec.triton_dims, zero_data=True))
     if flavour.backend == "python":
         config.parameters["intra_op_threads"].string_value = "0"  # 0: onnxruntime's default
     return config
@@ -183,12 +170,12 @@ def config_text(config: mc.ModelConfig) -> str:
 
 def read_config(path: Path) -> mc.ModelConfig:
     """Parse a config.pbtxt (a directory means its config.pbtxt) with tritonclient's protobuf."""
-    path = path / CONFIG_FILE if path.is_dir() else path
+    path = path / MODEL_CONFIG_FILE if path.is_dir() else path
     return text_format.Parse(path.read_text(), mc.ModelConfig())
 
 
 def write_config(model_dir: Path, config: mc.ModelConfig) -> None:
-    _atomic_write(model_dir / CONFIG_FILE, config_text(config))
+    files.write_text(model_dir / MODEL_CONFIG_FILE, config_text(config))
 
 
 def specs_from_config(tensors) -> list[TensorSpec]:
@@ -204,21 +191,11 @@ def specs_from_config(tensors) -> list[TensorSpec]:
 # --- repository writing -------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, json.dumps(data, indent=2) + "\n")
-
-
 def _write_component(root: Path, name: str, onnx_file: Path, inputs, outputs, models: ModelSet,
                      flavour: Flavour) -> None:
     version = root / name / "1"
     version.mkdir(parents=True)
-    shutil.copyfile(onnx_file, version / "model.onnx")
+    shutil.copyfile(onnx_file, version / ONNX_MODEL_FILE)
     if flavour.backend == "python":
         shutil.copyfile(PYTHON_MODEL_SOURCE, version / "model.py")
     write_config(root / name, component_config(name, inputs, outputs, models.max_batch_size, flavour))
@@ -245,9 +222,9 @@ def write_repository(repository: Path, models: ModelSet, flavour: Flavour) -> Pa
         write_config(ensemble, ensemble_config(models))
         if models.parity_sample is not None:
             shutil.copyfile(models.parity_sample, ensemble / PARITY_SAMPLE_FILE)
-        write_json(ensemble / PARITY_FILE, models.parity)
-        write_json(ensemble / METADATA_FILE, {**models.metadata, "flavour": flavour.name,
-                                              "max_batch_size": models.max_batch_size})
+        files.write_json(ensemble / PARITY_FILE, models.parity)
+        models.metadata.replace(flavour=flavour.name, max_batch_size=models.max_batch_size).write(
+            ensemble / METADATA_FILE)
         for name in (models.encoder_name, models.head_name, models.name):  # the ensemble last
             target = repository / name
             if target.exists():

@@ -6,21 +6,16 @@ Every flag has a DCS_* environment variable (--max-batch-size <-> DCS_MAX_BATCH_
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-from serve.settings import ENV_PREFIX, Settings, load_settings, parse_bool
+from contract.cli import add_dataclass_arguments
+from serve.settings import ENV_PREFIX, Settings, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n\n")[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(Settings):
-        kind = type(f.default)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                            type=parse_bool if kind is bool else kind,
-                            help=f"{f.metadata.get('help', '')} [env {ENV_PREFIX}{f.name.upper()}; "
-                                 f"default {f.default!r}]")
+    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__.split("\n\n")[1])
+    add_dataclass_arguments(parser, Settings,
+                            lambda f: f"env {ENV_PREFIX}{f.name.upper()}; default {f.default!r}")
     return parser
 
 

@@ -25,8 +25,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.metadata import ModelMetadata
+from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from serve import __version__
-from serve.backends import Backend, ModelSpec, make_backend
+from serve.backends import Backend, make_backend
 from serve.batching import Batcher
 from serve.errors import GatewayError, backend_unavailable, bad_request, not_found, unauthorized
 from serve.images import Upload, prepare_uploads, read_uploads
@@ -110,7 +112,7 @@ class Gateway:
                 if self.warm.get(name):
                     continue
                 try:
-                    zeros = np.zeros((1, spec.channels, spec.size, spec.size), np.uint8)
+                    zeros = np.zeros((1, spec.input.channels, spec.input.size, spec.input.size), np.uint8)
                     await asyncio.wait_for(self.backend.infer(name, zeros), WARMUP_TIMEOUT_S)
                     self.warm[name] = True
                 except (GatewayError, TimeoutError) as err:
@@ -124,7 +126,7 @@ class Gateway:
         await self.backend.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def spec(self, name: str | None) -> ModelSpec:
+    async def spec(self, name: str | None) -> ModelMetadata:
         models = self.backend.models()
         if not models:
             await self.start()
@@ -140,11 +142,12 @@ class Gateway:
         return models[name]
 
     async def run(self, request: Request, endpoint: str, model: str | None
-                  ) -> tuple[ModelSpec, list[Upload], list[int], dict[int, str], dict[str, np.ndarray] | None]:
+                  ) -> tuple[ModelMetadata, list[Upload], list[int], dict[int, str], dict[str, np.ndarray] | None]:
         """Read, prepare and infer the images of one request."""
         spec = await self.spec(model)
         uploads = await read_uploads(request, self.settings)
-        images, ok, errors = await prepare_uploads(uploads, spec.size, spec.channels, self.settings, self.pool)
+        images, ok, errors = await prepare_uploads(uploads, spec.input.size, spec.input.channels, self.settings,
+                                                   self.pool)
         if errors:
             self.metrics.errors.labels("image_decode").inc(len(errors))
             self.metrics.images.labels(endpoint, "error").inc(len(errors))
@@ -155,6 +158,15 @@ class Gateway:
         return spec, uploads, ok, errors, outputs
 
 
+def model_summary(spec: ModelMetadata) -> dict[str, Any]:
+    """What /models lists per model, besides its runtime and full metadata."""
+    return {"name": spec.name, "method": spec.method, "dataset": spec.dataset, "num_clusters": spec.num_clusters,
+            "embedding_dim": spec.embedding_dim, "class_names": spec.class_names,
+            "input": {"name": spec.input.name, "dtype": spec.input.dtype, "layout": spec.input.layout,
+                      "channels": spec.input.channels, "height": spec.input.height, "width": spec.input.width},
+            "outputs": list(spec.outputs)}
+
+
 def cluster_results(uploads: list[Upload], ok: list[int], errors: dict[int, str],
                     outputs: dict[str, np.ndarray] | None, top_k: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = [{}] * len(uploads)
@@ -162,8 +174,8 @@ def cluster_results(uploads: list[Upload], ok: list[int], errors: dict[int, str]
         results[i] = {"index": i, "filename": uploads[i].filename, "error": message}
     if outputs is None:
         return results
-    probs = outputs["probabilities"]
-    cluster = outputs["cluster"].astype(np.int64, copy=False)
+    probs = outputs[PROBABILITIES]
+    cluster = outputs[CLUSTER].astype(np.int64, copy=False)
     k = min(top_k, probs.shape[1])
     order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     top_ids, top_p = order.tolist(), np.take_along_axis(probs, order, axis=1).tolist()
@@ -184,7 +196,7 @@ def embed_results(uploads: list[Upload], ok: list[int], errors: dict[int, str],
     for i, message in errors.items():
         results[i] = {"index": i, "filename": uploads[i].filename, "error": message}
     if outputs is not None:
-        emb = np.ascontiguousarray(outputs["embedding"], dtype=np.float32)
+        emb = np.ascontiguousarray(outputs[EMBEDDING], dtype=np.float32)
         rows = emb if orjson is not None else emb.tolist()  # orjson writes numpy rows without Python floats
         for j, i in enumerate(ok):
             results[i] = {"index": i, "filename": uploads[i].filename, "embedding": rows[j]}
@@ -323,8 +335,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @app.get("/models", response_model=ModelsResponse, responses=auth_errors, dependencies=protected,
              summary="Served models and their metadata")
     async def models() -> Response:
-        items = [{**spec.summary(), "ready": gateway.warm.get(name, False), "runtime": gateway.backend.describe(name),
-                  "metadata": spec.metadata} for name, spec in gateway.backend.models().items()]
+        items = [{**model_summary(spec), "ready": gateway.warm.get(name, False),
+                  "runtime": gateway.backend.describe(name), "metadata": spec.to_json()}
+                 for name, spec in gateway.backend.models().items()]
         return FastJSONResponse({"backend": gateway.backend.name, "models": items})
 
     @app.get("/healthz", response_model=Health, summary="Liveness")

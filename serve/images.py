@@ -3,8 +3,8 @@
 Bodies are multipart/form-data (field "files") or JSON {"images": [base64, ...]}; anything else is
 415. Sizes are checked while reading (request bytes), per image (encoded bytes, then pixels from the
 header: 413) and per request (image count: 413). Decoding runs on a thread pool, through
-`train.data.preprocess` (numpy + PIL only): an image that cannot be decoded becomes an error entry
-for that image alone.
+`contract.preprocess` (numpy + PIL only, the same code as training): an image that cannot be decoded
+becomes an error entry for that image alone.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from contract.preprocess import ImageError, open_image, prepare
 from serve.errors import GatewayError, bad_request, too_large, unsupported_media_type
 from serve.schemas import ImagesRequest
 from serve.settings import Settings
-from train.data.preprocess import ImageError, open_image, prepare
 
 try:
     import orjson

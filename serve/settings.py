@@ -13,17 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.cli import parse_bool
+
 ENV_PREFIX = "DCS_"
 BACKENDS = ("embedded", "triton")
-
-
-def parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected a boolean (true/false, 1/0, yes/no, on/off), got {text!r}")
 
 
 @dataclass(frozen=True)

@@ -10,20 +10,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from contract import files
+from contract.cli import add_dataclass_arguments
+
 Presets = dict[str, dict[str, dict[str, Any]]]
 """preset name -> data set name (or "*" for every data set) -> field overrides."""
+REQUIRED_PRESETS = ("paper", "fast")
+"""Every method has these: `paper` is the paper's official recipe, `fast` a short schedule."""
+
+
+ARCHITECTURE = {"architecture": True}
+"""Field metadata of the fields that shape the model's weights."""
+
+
+def architecture_fields(cls: type[Config]) -> tuple[str, ...]:
+    """Fields that shape the model's weights (metadata "architecture"): a checkpoint loads only where they agree."""
+    return tuple(f.name for f in fields(cls) if f.metadata.get("architecture"))
 
 
 @dataclass
 class Config:
     # --- what to train -------------------------------------------------------------------------
-    method: str = field(default="cc", metadata={"help": "clustering method (see --method list)"})
+    method: str = field(kw_only=True, metadata={"help": "clustering method: its registry key (train/methods)"})
     dataset: str = field(default="digits", metadata={"help": "data set name"})
     data_dir: str | None = field(
         default=None, metadata={"help": "directory holding the data set in its distributed format"}
@@ -35,17 +47,27 @@ class Config:
     )
     preset: str = field(default="paper", metadata={"help": "hyper-parameter preset: paper or fast"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, augmentation, init)"})
+    init: str | None = field(
+        default=None,
+        metadata={"help": "methods with a parent (c3: cc): the parent's run directory or checkpoint to start from; "
+                  "default: the latest finished parent run of this data set and architecture under the runs root"},
+    )
+    train_parent: bool = field(
+        default=False, metadata={"help": "methods with a parent: train the parent run first when none is found "
+                                 "(otherwise the command that trains it is printed and nothing runs)"}
+    )
     # --- model ---------------------------------------------------------------------------------
     backbone: str = field(
-        default="resnet34", metadata={"help": "resnet18, resnet34, resnet50 or smallcnn"}
+        default="resnet34", metadata={**ARCHITECTURE, "help": "resnet18, resnet34, resnet50 or smallcnn"}
     )
     stem: str = field(
-        default="cifar", metadata={"help": "cifar (3x3 conv, no max-pool) or imagenet (7x7/2 + max-pool)"}
+        default="cifar",
+        metadata={**ARCHITECTURE, "help": "cifar (3x3 conv, no max-pool) or imagenet (7x7/2 + max-pool)"}
     )
-    image_size: int = field(default=32, metadata={"help": "side of the square model input, pixels"})
-    num_clusters: int = field(default=0, metadata={"help": "number of clusters; 0 = number of classes"})
+    image_size: int = field(default=32, metadata={**ARCHITECTURE, "help": "side of the square model input, pixels"})
+    num_clusters: int = field(default=0, metadata={**ARCHITECTURE, "help": "number of clusters; 0 = number of classes"})
     normalize: bool = field(
-        default=False, metadata={"help": "standardise inputs with the data set's channel mean/std"}
+        default=False, metadata={**ARCHITECTURE, "help": "standardise inputs with the data set's channel mean/std"}
     )
     # --- optimisation --------------------------------------------------------------------------
     epochs: int = field(default=1000, metadata={"help": "training epochs"})
@@ -88,35 +110,27 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        files.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def _field_type(cls: type, f: dataclasses.Field) -> type:
-    hint = typing.get_type_hints(cls)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return hint
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config], resolved: Config | None = None,
+                         preset_source: str = "") -> None:
+    """One --option per config field but --method; unset options stay None so presets are not overridden.
+
+    The help shows `resolved`'s value (what the run gets without the option) when given.
+    """
+    def describe(f: dataclasses.Field) -> str:
+        if resolved is None:
+            return f"default: {f.default!r}"
+        value = getattr(resolved, f.name)
+        return f"default: {value!r}" + (f", from {preset_source}" if value != f.default and preset_source else "")
+
+    add_dataclass_arguments(parser, cls, describe, skip=("method",))
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
-    """One --option per config field; unset options stay None so presets are not overridden."""
-    for f in fields(cls):
-        kind = _field_type(cls, f)
-        option = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "") + f" (default: {f.default!r}, before presets)"
-        if kind is bool:
-            parser.add_argument(option, type=_parse_bool, default=None, metavar="BOOL", help=help_text)
-        else:
-            parser.add_argument(option, type=kind, default=None, help=help_text)
+def option_value(value: Any) -> str:
+    """A config value as the command line writes it (booleans as true/false)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def resolve_config(cls: type[Config], presets: Presets, dataset_defaults: dict[str, Any],

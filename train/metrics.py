@@ -7,8 +7,8 @@ Ids may be any non-negative integers (not necessarily contiguous); they are mapp
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+# scipy and scikit-learn are imported where used: `python -m train --help` must not pay for them.
 
 
 def _check(labels: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +48,8 @@ def hungarian_match(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scipy.optimize.linear_sum_assignment: cluster row rows[k] is matched to class column cols[k];
     min(num_clusters, num_classes) pairs, rows sorted ascending.
     """
+    from scipy.optimize import linear_sum_assignment
+
     return linear_sum_assignment(table, maximize=True)
 
 
@@ -65,12 +67,16 @@ def cluster_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
 def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
     """Normalized mutual information, arithmetic-mean normalisation: 2 I(U; V) / (H(U) + H(V))."""
     labels, clusters = _check(labels, clusters)
+    from sklearn.metrics import normalized_mutual_info_score
+
     return float(normalized_mutual_info_score(labels, clusters, average_method="arithmetic"))
 
 
 def ari(labels: np.ndarray, clusters: np.ndarray) -> float:
     """Adjusted Rand index."""
     labels, clusters = _check(labels, clusters)
+    from sklearn.metrics import adjusted_rand_score
+
     return float(adjusted_rand_score(labels, clusters))
 
 

@@ -8,19 +8,16 @@ so no global backend is touched and pyplot is never imported.
 from __future__ import annotations
 
 import csv
-import json
-import os
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from contract.files import atomic_open
 from train.metrics import contingency, hungarian_match
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MAX_GALLERY_ROWS = 100
 """The gallery shows at most this many clusters (the ones with the smallest ids)."""
@@ -30,29 +27,33 @@ MAX_TICK_LABELS = 50
 """An axis of the confusion plot gets one tick label per row/column up to this many."""
 
 
-@contextmanager
-def _atomic_open(path: Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file next to `path`; on success it replaces `path`, on error it is removed."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    # os.open with mode 0o666 honours the umask (mkstemp would leave the artefact owner-only).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_figure(fig: Figure, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
-    with _atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png")
+
+
+def _figure(**kwargs: Any) -> Figure:
+    from matplotlib.figure import Figure  # matplotlib only where a plot is drawn: `--help` stays light
+
+    return Figure(**kwargs)
+
+
+def tile_canvas(images: np.ndarray, rows: list[np.ndarray], cols: int) -> np.ndarray:
+    """One row of tiles per entry of `rows` (indices into images (N, C, H, W) uint8), `cols` wide, on white.
+
+    Returns (H', W', 3) uint8; a row with fewer indices than `cols` leaves white tiles.
+    """
+    _, _, h, w = images.shape
+    pad = max(1, min(h, w) // 8)
+    canvas = np.full((max(len(rows), 1) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for r, indices in enumerate(rows):
+        for col, idx in enumerate(indices[:cols]):
+            y, x = pad + r * (h + pad), pad + col * (w + pad)
+            canvas[y : y + h, x : x + w] = images[idx].transpose(1, 2, 0)  # C=1 broadcasts to gray
+    return canvas
 
 
 def write_assignments(
@@ -89,7 +90,7 @@ def write_assignments(
         header.append("label")
         if class_names is not None:
             header.append("class_name")
-    with _atomic_open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for i in range(n):
@@ -129,7 +130,7 @@ def plot_confusion(
     table, cluster_ids = table[order], cluster_ids[order]
     n_clusters, n_classes = table.shape
 
-    fig = Figure(figsize=(min(max(3 + 0.35 * n_classes, 6), 20), min(max(2 + 0.35 * n_clusters, 5), 20)))
+    fig = _figure(figsize=(min(max(3 + 0.35 * n_classes, 6), 20), min(max(2 + 0.35 * n_clusters, 5), 20)))
     ax = fig.add_subplot()
     im = ax.imshow(table, cmap="Blues", aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, label="samples")
@@ -212,19 +213,15 @@ def plot_gallery(
     rows = sorted(picks)[:MAX_GALLERY_ROWS]
     sizes = np.bincount(clusters, minlength=total) if clusters.size else np.zeros(total, np.int64)
 
-    _, c, h, w = images.shape
-    pad = max(1, min(h, w) // 8)
-    canvas = np.full((max(len(rows), 1) * (h + pad) + pad, per_cluster * (w + pad) + pad, 3), 255, np.uint8)
-    for r, cid in enumerate(rows):
-        for col, idx in enumerate(picks[cid]):
-            y, x = pad + r * (h + pad), pad + col * (w + pad)
-            canvas[y : y + h, x : x + w] = images[idx].transpose(1, 2, 0)  # C=1 broadcasts to gray
+    _, _, h, _ = images.shape
+    pad = max(1, min(images.shape[2:]) // 8)
+    canvas = tile_canvas(images, [picks[cid] for cid in rows], per_cluster)
 
     # Undistorted tiles of about 0.9 inch, shrunk so the image part stays within 18 x 36 inches.
     img_w = 0.9 * per_cluster
     img_h = img_w * canvas.shape[0] / canvas.shape[1]
     scale = min(1.0, 18 / img_w, 36 / img_h)
-    fig = Figure(figsize=(scale * img_w + 2.5, scale * img_h + 1))
+    fig = _figure(figsize=(scale * img_w + 2.5, scale * img_h + 1))
     ax = fig.add_subplot()
     ax.imshow(canvas, interpolation="nearest")
     ax.set_xticks([])
@@ -245,22 +242,45 @@ def plot_gallery(
     save_figure(fig, path)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {_jsonable(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+def plot_tree(path: Path, images: np.ndarray, clusters: np.ndarray, nodes: list[dict[str, Any]], depth: int,
+              cols: int = 3, rows: int = 4, seed: int = 0) -> None:
+    """Save a PNG of the pruned tree (node id and size) with cols x rows random samples under each leaf.
 
+    images: (N, C, H, W) uint8; clusters: (N,) cluster ids; nodes: tree.json's "nodes" (surviving only).
+    """
+    leaves = [n for n in nodes if "cluster" in n]
+    x = {n["id"]: float(n["cluster"]) for n in leaves}
+    for node in sorted(nodes, key=lambda n: -n["level"]):  # parents sit above the middle of their children
+        if node["children"]:
+            x[node["id"]] = float(np.mean([x[c] for c in node["children"]]))
+    picks = gallery_indices(clusters, cols * rows, seed, num_clusters=len(leaves))
 
-def write_json(path: Path, obj: Any) -> None:
-    """Atomically write obj as JSON (indent 2); numpy scalars/arrays and Paths are converted."""
-    with _atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(_jsonable(obj), f, indent=2)
-        f.write("\n")
+    k = len(leaves)
+    tile_w = 1.1
+    tile_h = tile_w * rows / cols
+    from matplotlib.gridspec import GridSpec
+
+    fig = _figure(figsize=(max(6.0, tile_w * k), 0.75 * (depth + 1) + tile_h + 0.8))
+    grid = GridSpec(2, k, figure=fig, height_ratios=[0.75 * (depth + 1), tile_h], wspace=0, hspace=0.02,
+                    left=0.01, right=0.99, top=0.93, bottom=0.01)
+    ax = fig.add_subplot(grid[0, :])
+    for node in nodes:
+        for child in node["children"]:
+            ax.plot([x[node["id"]], x[child]], [node["level"], node["level"] + 1], color="0.5", lw=1, zorder=1)
+    for node in nodes:
+        text = f"{node['id']}\nn={node['size']}"
+        if "cluster" in node:
+            text = f"cluster {node['cluster']}\n" + text
+        ax.text(x[node["id"]], node["level"], text, ha="center", va="center", fontsize=7, zorder=2,
+                bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="0.3", lw=0.6))
+    ax.set_xlim(-0.5, k - 0.5)
+    ax.set_ylim(depth + 0.5, -0.5)
+    ax.axis("off")
+    ax.set_title(f"CoHiClust tree: depth {depth}, {k} leaves (node id, size); {cols * rows} random samples per leaf")
+    for leaf in leaves:
+        c = leaf["cluster"]
+        tile = fig.add_subplot(grid[1, c])
+        grid_rows = [picks[c][r * cols:(r + 1) * cols] for r in range(rows)]
+        tile.imshow(tile_canvas(images, grid_rows, cols), interpolation="nearest")
+        tile.axis("off")
+    save_figure(fig, path)

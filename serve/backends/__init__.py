@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from serve.backends.base import Backend, ModelSpec
+from contract.metadata import ModelMetadata
+from serve.backends.base import Backend
 from serve.settings import Settings
 
 
@@ -19,4 +20,4 @@ def make_backend(settings: Settings) -> Backend:
     raise ValueError(f"unknown backend {settings.backend!r}; choose from ['embedded', 'triton']")
 
 
-__all__ = ["Backend", "ModelSpec", "make_backend"]
+__all__ = ["Backend", "ModelMetadata", "make_backend"]

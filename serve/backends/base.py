@@ -1,45 +1,13 @@
-"""The one small interface every inference backend implements, and the model description they share."""
+"""The one small interface every inference backend implements; models are described by contract.metadata."""
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the gateway needs to know about one servable model (from its metadata.json or Triton)."""
-
-    name: str
-    channels: int
-    size: int  # square input side, pixels
-    outputs: tuple[str, ...]  # head outputs: embedding, probabilities, cluster, [path]
-    num_clusters: int
-    embedding_dim: int | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def outputs_meta(self) -> dict[str, Any]:
-        """metadata["outputs"]: name -> {"dtype", "shape", ...} (shape with -1 for the batch)."""
-        outputs = self.metadata.get("outputs")
-        return outputs if isinstance(outputs, dict) else {}
-
-    def summary(self) -> dict[str, Any]:
-        meta = self.metadata
-        return {
-            "name": self.name,
-            "method": meta.get("method"),
-            "dataset": meta.get("dataset"),
-            "num_clusters": self.num_clusters,
-            "embedding_dim": self.embedding_dim,
-            "class_names": meta.get("class_names"),
-            "input": {"name": "images", "dtype": "uint8", "layout": "NCHW", "channels": self.channels,
-                      "height": self.size, "width": self.size},
-            "outputs": list(self.outputs),
-        }
+from contract.metadata import ModelMetadata
 
 
 class Backend(abc.ABC):
@@ -57,7 +25,7 @@ class Backend(abc.ABC):
         """Load or connect, and discover the models; may be called again after a failure."""
 
     @abc.abstractmethod
-    def models(self) -> dict[str, ModelSpec]:
+    def models(self) -> dict[str, ModelMetadata]:
         """Servable models by name (empty before a successful `start`)."""
 
     @abc.abstractmethod

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from serve.backends.base import Backend, ModelSpec
+from contract.metadata import ModelMetadata
+from contract.names import FEATURES, IMAGES
+from serve.backends.base import Backend
 from serve.backends.repository import onnx_file, read_repository
 from serve.errors import GatewayError
 
@@ -24,7 +26,7 @@ def choose_providers(available: list[str]) -> list[str]:
 
 
 class _Model:
-    def __init__(self, spec: ModelSpec, encoder: Any, head: Any, requested: list[str]) -> None:
+    def __init__(self, spec: ModelMetadata, encoder: Any, head: Any, requested: list[str]) -> None:
         self.spec = spec
         self.encoder = encoder
         self.head = head
@@ -33,8 +35,8 @@ class _Model:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{spec.name}")
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        (features,) = self.encoder.run(["features"], {"images": images})
-        return dict(zip(self.head_outputs, self.head.run(self.head_outputs, {"features": features}), strict=True))
+        (features,) = self.encoder.run([FEATURES], {IMAGES: images})
+        return dict(zip(self.head_outputs, self.head.run(self.head_outputs, {FEATURES: features}), strict=True))
 
 
 class EmbeddedBackend(Backend):
@@ -62,14 +64,14 @@ class EmbeddedBackend(Backend):
         models = {}
         for name, spec in read_repository(self.repository).items():
             sessions = []
-            for part in ("encoder", "head"):
-                path = onnx_file(self.repository, spec.metadata.get(part, f"{name}_{part}"))
+            for part in (spec.encoder, spec.head):
+                path = onnx_file(self.repository, part)
                 sessions.append(ort.InferenceSession(str(path), options, providers=providers))
             models[name] = _Model(spec, *sessions, providers)
             log.info("model %s: providers %s", name, sessions[0].get_providers())
         return models
 
-    def models(self) -> dict[str, ModelSpec]:
+    def models(self) -> dict[str, ModelMetadata]:
         return {name: m.spec for name, m in self._models.items()}
 
     async def infer(self, model: str, images: np.ndarray) -> dict[str, np.ndarray]:

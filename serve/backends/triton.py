@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from serve.backends.base import Backend, ModelSpec
-from serve.backends.repository import read_repository, spec_from_metadata
+from contract.metadata import ImageInput, ModelMetadata, TensorSpec
+from contract.names import CLUSTER, IMAGES, PROBABILITIES, REQUIRED_OUTPUTS
+from serve.backends.base import Backend
+from serve.backends.repository import read_repository
 from serve.errors import GatewayError, backend_error, backend_unavailable
 
 log = logging.getLogger("serve")
@@ -37,7 +39,7 @@ class TritonBackend(Backend):
         self.repository = None if repository is None else Path(repository)
         self.timeout_s = timeout_s
         self._client: Any = None
-        self._specs: dict[str, ModelSpec] = {}
+        self._specs: dict[str, ModelMetadata] = {}
         self._limits: dict[str, int] = {}  # Triton's max_batch_size per model (0: no batching)
 
     def _connect(self) -> Any:
@@ -57,7 +59,7 @@ class TritonBackend(Backend):
             specs = await self._discover(client)
         self._specs = specs
 
-    async def _discover(self, client: Any) -> dict[str, ModelSpec]:
+    async def _discover(self, client: Any) -> dict[str, ModelMetadata]:
         """Models whose input is 'images' UINT8 (-1, C, S, S) and whose outputs include 'cluster'."""
         try:
             index = await client.get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
@@ -68,24 +70,16 @@ class TritonBackend(Backend):
             if entry.get("state") != "READY":
                 continue
             meta = await client.get_model_metadata(entry["name"], as_json=True, client_timeout=self.timeout_s)
-            inputs = {i["name"]: i for i in meta.get("inputs", [])}
-            outputs = {o["name"]: o for o in meta.get("outputs", [])}
-            image = inputs.get("images")
-            if image is None or image["datatype"] != "UINT8" or "cluster" not in outputs or len(image["shape"]) != 4:
-                continue
-            _, c, h, w = (int(d) for d in image["shape"])
-            probs = outputs.get("probabilities", {}).get("shape", [-1, 0])
-            emb = outputs.get("embedding", {}).get("shape", [-1, 0])
-            specs[entry["name"]] = spec_from_metadata({
-                "name": entry["name"], "num_clusters": int(probs[-1]), "embedding_dim": int(emb[-1]) or None,
-                "input": {"name": "images", "dtype": "uint8", "channels": c, "height": h, "width": w, "layout": "NCHW"},
-                "outputs": {n: {"dtype": o["datatype"], "shape": o["shape"]} for n, o in outputs.items()},
-            }, f"triton model {entry['name']}")
+            try:
+                specs[entry["name"]] = metadata_from_triton(meta)
+            except ValueError as err:  # not one of ours (other input, outputs missing): not served here
+                log.info("Triton model %s is not a clustering model: %s", entry["name"], err)
         if not specs:
             raise backend_error(f"Triton at {self.url} serves no clustering model")
         return specs
 
-    def models(self) -> dict[str, ModelSpec]:
+
+    def models(self) -> dict[str, ModelMetadata]:
         return dict(self._specs)
 
     async def _limit(self, model: str) -> int:
@@ -110,7 +104,7 @@ class TritonBackend(Backend):
         import tritonclient.grpc.aio as grpcclient
 
         spec = self._specs[model]
-        inp = grpcclient.InferInput("images", list(images.shape), "UINT8")
+        inp = grpcclient.InferInput(IMAGES, list(images.shape), "UINT8")
         inp.set_data_from_numpy(images)
         requested = [grpcclient.InferRequestedOutput(name) for name in spec.outputs]
         try:
@@ -134,10 +128,31 @@ class TritonBackend(Backend):
             self._client = None
 
 
-def _as_graph_shape(spec: ModelSpec, name: str, array: np.ndarray) -> np.ndarray:
+def metadata_from_triton(meta: dict[str, Any]) -> ModelMetadata:
+    """A model's Triton metadata (inputs/outputs) as a ModelMetadata; ValueError when it is not a clustering model."""
+    inputs = {i["name"]: i for i in meta.get("inputs", [])}
+    outputs = {o["name"]: o for o in meta.get("outputs", [])}
+    image = inputs.get(IMAGES)
+    if image is None or image["datatype"] != "UINT8" or len(image["shape"]) != 4:
+        raise ValueError(f"input {IMAGES!r} UINT8 (-1, C, S, S) missing, inputs are {list(inputs)}")
+    _, c, h, w = (int(d) for d in image["shape"])
+    dtypes = {"FP32": "float32", "FP16": "float16", "INT64": "int64", "INT32": "int32", "UINT8": "uint8"}
+    specs = {}
+    for name, o in outputs.items():
+        shape = [int(d) for d in o["shape"]]
+        if name == CLUSTER and shape[1:] == [1]:
+            shape = shape[:1]  # declared dims [1] for a (B,) graph tensor
+        specs[name] = TensorSpec(name, dtypes.get(o["datatype"], "float32"), tuple(shape))
+    missing = [n for n in REQUIRED_OUTPUTS if n not in specs]
+    if missing:
+        raise ValueError(f"outputs {missing} missing, outputs are {list(outputs)}")
+    return ModelMetadata(name=meta["name"], num_clusters=specs[PROBABILITIES].shape[1],
+                         input=ImageInput(channels=c, height=h, width=w), outputs=specs)
+
+
+def _as_graph_shape(spec: ModelMetadata, name: str, array: np.ndarray) -> np.ndarray:
     """Triton gives a (B,) graph output declared with dims [1] as (B, 1): back to the graph's rank."""
-    shape = spec.outputs_meta.get(name, {}).get("shape") if spec.outputs_meta else None
-    rank = len(shape) if shape else (1 if name == "cluster" else array.ndim)
+    rank = len(spec.outputs[name].shape) if name in spec.outputs else array.ndim
     while array.ndim > rank and array.shape[-1] == 1:
         array = array.reshape(array.shape[:-1])
     return array

@@ -1,0 +1,10 @@
+"""What train/, export/ and serve/ share, defined once (numpy + PIL only, no torch).
+
+- `names`: tensor names of the exported graphs, the head outputs every model has, file names of a
+  run directory and of a model repository.
+- `files`: atomic, fsync'd file writes (checkpoints, artefacts, repository files).
+- `runs`: reading run directories (finished?, the latest finished run matching filters).
+- `metadata`: the typed, versioned record an export writes beside each model and the gateway reads.
+- `preprocess`: image file -> uint8 (C, S, S), bit for bit the same in training, export and serving.
+- `cli`: a typed dataclass -> argparse options (train's config, the gateway's settings).
+"""

@@ -1,0 +1,160 @@
+"""The typed, versioned record an export writes beside each model (metadata.json) and every reader uses.
+
+    meta = ModelMetadata.read(repository / name / METADATA_FILE)   # validated; ValueError says what is wrong
+    meta.input.size, meta.input.channels, meta.outputs["probabilities"].shape, meta.num_clusters
+
+Written by export (export/pipeline.py), extended in place by export/tensorrt.py, read by the gateway's
+backends and the bulk path. `schema_version` grows when a field changes meaning; a file written by a
+newer version than this code knows is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contract import files
+from contract.names import IMAGES, REQUIRED_OUTPUTS, encoder_model, head_model
+
+SCHEMA_VERSION = 1
+DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: numpy dtype name and shape with -1 for the (dynamic) batch dimension."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"tensor {self.name!r}: dtype {self.dtype!r} is not one of {list(DTYPES)}")
+        if not self.shape or self.shape[0] != -1 or any(d < 1 for d in self.shape[1:]):
+            raise ValueError(f"tensor {self.name!r}: shape {list(self.shape)} must be a dynamic batch (-1) "
+                             "followed by fixed positive dimensions")
+
+    @property
+    def triton_dims(self) -> list[int]:
+        """dims as Triton declares them: no batch dimension, [1] for a batch-only tensor."""
+        return list(self.shape[1:]) or [1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape), "triton_dims": self.triton_dims}
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> TensorSpec:
+        return cls(name, str(data["dtype"]), tuple(int(d) for d in data["shape"]))
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """The encoder's input: uint8 NCHW square images, as contract.preprocess.prepare makes them."""
+
+    channels: int
+    height: int
+    width: int
+    name: str = IMAGES
+    dtype: str = "uint8"
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        if (self.name, self.dtype, self.layout) != (IMAGES, "uint8", "NCHW"):
+            raise ValueError(f"input must be {IMAGES!r} uint8 NCHW, got {self.name!r} {self.dtype} {self.layout}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"input channels must be 1 or 3, got {self.channels}")
+        if self.height != self.width or self.height < 1:
+            raise ValueError(f"input must be square (the preprocessing is), got {self.height}x{self.width}")
+
+    @property
+    def size(self) -> int:
+        return self.height
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """One exported model: what it is, where it came from, how to call it."""
+
+    name: str
+    num_clusters: int
+    input: ImageInput
+    outputs: dict[str, TensorSpec]  # the head's outputs, in graph order
+    method: str | None = None
+    dataset: str | None = None
+    feature_dim: int | None = None
+    class_names: list[str] | None = None
+    source_run: str | None = None
+    epoch: int | None = None
+    finished: bool | None = None  # False: exported with --allow-unfinished
+    flavour: str | None = None  # how the repository runs it: onnxruntime, python, tensorrt
+    max_batch_size: int | None = None
+    opset: int | None = None
+    exported_at: str | None = None
+    parity: dict[str, Any] = field(default_factory=dict)
+    tensorrt: dict[str, Any] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {self.num_clusters}")
+        missing = [o for o in REQUIRED_OUTPUTS if o not in self.outputs]
+        if missing:
+            raise ValueError(f"outputs lack {missing} (has {list(self.outputs)})")
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version} is newer than this code reads "
+                             f"({SCHEMA_VERSION}): upgrade deepcluster-serve")
+
+    @property
+    def encoder(self) -> str:
+        return encoder_model(self.name)
+
+    @property
+    def head(self) -> str:
+        return head_model(self.name)
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.outputs["embedding"].shape[1]
+
+    def replace(self, **changes: Any) -> ModelMetadata:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["input"] = dataclasses.asdict(self.input)
+        data["outputs"] = {name: spec.to_json() for name, spec in self.outputs.items()}
+        # derived, written for people and for clients that read the file without this code
+        data.update(encoder=self.encoder, head=self.head, embedding_dim=self.embedding_dim)
+        return files.jsonable(data)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "metadata") -> ModelMetadata:
+        """Validate a parsed metadata.json; ValueError names `source` and what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: not a model metadata record (a JSON object), got {type(data).__name__}")
+        try:
+            inp = data["input"]
+            values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+            values["input"] = ImageInput(int(inp["channels"]), int(inp["height"]), int(inp["width"]),
+                                         inp.get("name", IMAGES), inp.get("dtype", "uint8"), inp.get("layout", "NCHW"))
+            values["outputs"] = {name: TensorSpec.from_json(name, spec) for name, spec in data["outputs"].items()}
+            values["num_clusters"] = int(data["num_clusters"])
+            return cls(**values)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            what = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            raise ValueError(f"{source}: not a valid model metadata record: {what}") from err
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelMetadata:
+        path = Path(path)
+        try:
+            data = files.read_json(path)
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read model metadata: {err.strerror or err}") from err
+        return cls.from_json(data, str(path))
+
+    def write(self, path: str | Path) -> None:
+        files.write_json(path, self.to_json())
