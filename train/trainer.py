@@ -19,14 +19,27 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from contract import files
+from contract.names import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    INIT_FILE,
+    METRICS_FILE,
+    PARITY_SAMPLE_FILE,
+    RESULTS_FILE,
+)
 from train import metrics, report
-from train.checkpoint import CHECKPOINT_NAME, read_checkpoint, save_checkpoint
+from train.checkpoint import read_checkpoint, save_checkpoint
 from train.config import Config
 from train.data.augment import AugmentParams, BatchAugment
 from train.data.datasets import ImageData, load_dataset
-from train.distributed import ProcessGroup, init_from_env
+from train.distributed import ProcessGroup, gather_with_grad, init_from_env
 from train.methods import get_method
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
+from train.parents import load_parent, resolve_parent
+
+PARITY_IMAGES = 64
+"""Images of the training data saved with the run for export's parity check (evenly spaced)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -34,7 +47,7 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA device")
+        raise ValueError(f"--device {name} asked for, but torch sees no CUDA device: use --device cpu or auto")
     return device
 
 
@@ -72,29 +85,35 @@ def build_optimizer(cfg: Config, model: ClusteringMethod) -> torch.optim.Optimiz
 
 
 @torch.no_grad()
-def map_images(fn, images: torch.Tensor, batch_size: int, autocast) -> torch.Tensor:
-    """Run fn over float [0, 1] batches of uint8 images and concatenate the results (float32)."""
-    outs = []
-    for start in range(0, images.shape[0], batch_size):
-        with autocast():
-            outs.append(fn(images[start:start + batch_size].float().div(255)).float())
-    return torch.cat(outs)
+def map_batches(model: ClusteringMethod, fn, images: torch.Tensor, batch_size: int, autocast,
+                to_cpu: bool = False):
+    """fn over float [0, 1] batches of uint8 images, model in eval mode; the results concatenated.
+
+    fn returns a tensor or a dict of tensors; floating results come back as float32.
+    """
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            with autocast():
+                parts.append(fn(images[start:start + batch_size].float().div(255)))
+    finally:
+        model.train(was_training)
+
+    def cat(values: list[torch.Tensor]) -> torch.Tensor:
+        out = torch.cat([v.float() if v.is_floating_point() else v for v in values])
+        return out.cpu() if to_cpu else out
+
+    if isinstance(parts[0], dict):
+        return {key: cat([p[key] for p in parts]) for key in parts[0]}
+    return cat(parts)
 
 
-@torch.no_grad()
 def predict_dataset(model: ClusteringMethod, images: torch.Tensor, batch_size: int,
                     autocast) -> dict[str, torch.Tensor]:
     """Head outputs for every un-augmented image, on the CPU."""
-    was_training = model.training
-    model.eval()
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, images.shape[0], batch_size):
-        with autocast():
-            out = model.predict(images[start:start + batch_size].float().div(255))
-        for key, value in out.items():
-            parts.setdefault(key, []).append(value.float().cpu() if value.is_floating_point() else value.cpu())
-    model.train(was_training)
-    return {k: torch.cat(v) for k, v in parts.items()}
+    return map_batches(model, model.predict, images, batch_size, autocast, to_cpu=True)
 
 
 def evaluate(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: Config,
@@ -105,6 +124,14 @@ def evaluate(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg
     if data.labels is not None:
         scores.update(metrics.clustering_metrics(data.labels.numpy(), clusters))
     return outputs, scores
+
+
+def step_losses(model: ClusteringMethod, ddp_model, x1: torch.Tensor, x2: torch.Tensor,
+                ctx: StepContext) -> dict[str, torch.Tensor]:
+    """One training step's losses: the method's forward (under DDP), its outputs gathered across processes
+    with gradients, so every method's loss sees the global batch, then the method's loss."""
+    outputs = ddp_model(x1, x2, ctx)
+    return model.loss({k: gather_with_grad(v) for k, v in outputs.items()}, ctx)
 
 
 def train_one_epoch(model, ddp_model, optimizer, scheduler, augment: BatchAugment, images: torch.Tensor,
@@ -124,7 +151,7 @@ def train_one_epoch(model, ddp_model, optimizer, scheduler, augment: BatchAugmen
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
         ctx = StepContext(epoch, cfg.epochs, epoch * steps + i, steps, aug_gen, idx)
         with autocast():
-            losses = ddp_model(x1, x2, ctx)
+            losses = step_losses(model, ddp_model, x1, x2, ctx)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
@@ -137,6 +164,7 @@ def train_one_epoch(model, ddp_model, optimizer, scheduler, augment: BatchAugmen
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train (or resume) one run; returns the contents of results.json."""
+    method = get_method(cfg.method)
     device = pick_device(cfg.device)
     group = init_from_env(device.type)
     if group.world_size > 1 and device.type == "cuda":
@@ -146,9 +174,14 @@ def train(cfg: Config) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     if cfg.batch_size % group.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {group.world_size} processes")
+    if cfg.init and method.parent is None:
+        raise ValueError(f"--init: {cfg.method} starts from no other run (only methods with a parent do)")
     run_dir = cfg.resolved_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
     log = (lambda msg: print(msg, flush=True)) if group.is_main else (lambda msg: None)
+    ckpt_file = run_dir / CHECKPOINT_FILE
+    state = read_checkpoint(ckpt_file) if ckpt_file.exists() else None
+    # before any data is read: a fresh run of a method with a parent needs that parent run first
+    parent_file = resolve_parent(cfg, method.parent, run_dir, log) if method.parent and state is None else None
 
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
     for skipped in data.skipped:
@@ -162,18 +195,28 @@ def train(cfg: Config) -> dict[str, Any]:
     meta = {"in_channels": in_channels, "num_clusters": num_clusters, "class_names": data.class_names,
             "dataset": cfg.dataset, "image_size": cfg.image_size, "method": cfg.method}
     mean, std = channel_stats(data.images) if cfg.normalize else (None, None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    use_amp = cfg.amp and device.type == "cuda"
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
 
     torch.manual_seed(cfg.seed)
-    model = get_method(cfg.method)(cfg, in_channels, num_clusters, mean, std)
-    ckpt_file = run_dir / CHECKPOINT_NAME
-    state = read_checkpoint(ckpt_file) if ckpt_file.exists() else None
+    model = method(cfg, in_channels, num_clusters, mean, std)
+    images = data.images.to(device)
     if state is not None:
         if state["method"] != cfg.method:
             raise ValueError(f"{ckpt_file} holds a {state['method']} run, not {cfg.method}: use another --run-dir")
         model.load_state_dict(state["model"])
-    else:
-        model.initialize(run_dir)
     model.to(device)
+    if parent_file is not None:
+        init = load_parent(model, parent_file, cfg, method.parent)
+        if group.is_main:
+            init["before"] = evaluate(model, data, images, cfg, autocast)[1]
+            log(f"{cfg.method}: {method.parent} model {parent_file} (epoch {init['epoch']}) before training: "
+                f"{_summary(init['before'])}")
+            files.write_json(run_dir / INIT_FILE, init)
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
@@ -185,20 +228,20 @@ def train(cfg: Config) -> dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, train_seconds = state["epoch"], state.get("train_seconds", 0.0)
+        changed = {k: (v, getattr(cfg, k)) for k, v in state["config"].items()
+                   if hasattr(cfg, k) and getattr(cfg, k) != v}
+        if changed:
+            log("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
         log(f"{run_dir} already finished {start_epoch} epochs: evaluating it again" if start_epoch >= cfg.epochs
             else f"resuming {run_dir} from epoch {start_epoch}/{cfg.epochs}")
-    if group.is_main:
-        cfg.save(run_dir / "config.json")
-
-    use_amp = cfg.amp and device.type == "cuda"
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    if group.is_main and (state is None or start_epoch < cfg.epochs):  # a finished run keeps its config.json
+        cfg.save(run_dir / CONFIG_FILE)
+    if group.is_main and not (run_dir / PARITY_SAMPLE_FILE).is_file():  # lets an unfinished run export too
+        save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data)
 
     ddp_model = DistributedDataParallel(model) if group.world_size > 1 else model
     if cfg.compile:
         ddp_model = torch.compile(ddp_model)
-    images = data.images.to(device)
     augment = BatchAugment(AugmentParams.from_config(cfg))
     writer = _tensorboard(run_dir) if group.is_main else None
     log(f"{cfg.method} on {cfg.dataset}: {images.shape[0]} images {tuple(images.shape[1:])}, "
@@ -209,10 +252,11 @@ def train(cfg: Config) -> dict[str, Any]:
                disable=not (cfg.progress and group.is_main), dynamic_ncols=True)
     for epoch in bar:
         t0 = time.perf_counter()
-        model.on_epoch_start(EpochContext(
-            epoch, cfg.epochs, images, epoch_generator(cfg.seed, epoch, 10_000, device),
-            lambda fn: map_images(fn, images, cfg.eval_batch_size, autocast), run_dir))
+        ctx = EpochContext(epoch, cfg.epochs, images, epoch_generator(cfg.seed, epoch, 10_000, device),
+                           lambda fn: map_batches(model, fn, images, cfg.eval_batch_size, autocast), run_dir)
+        model.on_epoch_start(ctx)
         losses = train_one_epoch(model, ddp_model, optimizer, scheduler, augment, images, cfg, epoch, group, autocast)
+        model.on_epoch_end(ctx)
         train_seconds += time.perf_counter() - t0
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **losses,
                                   "train_seconds": round(train_seconds, 2)}
@@ -246,15 +290,48 @@ def finish(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: 
                         num_clusters=model.num_clusters)
     if labels is not None:
         report.plot_confusion(run_dir / "confusion.png", labels, clusters, data.class_names)
+    save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data, model)
     scores.update(model.write_artifacts(run_dir, outputs, data.labels, data.images))
+    init_file = run_dir / INIT_FILE
+    if get_method(cfg.method).parent and init_file.is_file():
+        init = files.read_json(init_file)
+        scores.update(init_checkpoint=init["checkpoint"], before=init["before"],
+                      after={k: v for k, v in scores.items() if k in ("nmi", "acc", "ari", "clusters_used")})
+        print(f"{cfg.method} from {init['checkpoint']}: before {_summary(init['before'])}; "
+              f"after {_summary(scores['after'])}", flush=True)
     results = {"finished": True, "method": cfg.method, "dataset": cfg.dataset, "backbone": cfg.backbone,
                "epochs": cfg.epochs, "num_images": int(images.shape[0]), "train_seconds": round(train_seconds, 1),
                "metrics": scores, "skipped_images": data.skipped}
-    report.write_json(run_dir / "results.json", results)
-    summary = "  ".join(f"{k.upper()} {v:.4f}" for k, v in scores.items() if k in ("nmi", "acc", "ari"))
-    print(f"finished {cfg.method} on {cfg.dataset} in {train_seconds:.0f} s: {summary or 'no labels, no metrics'}"
+    files.write_json(run_dir / RESULTS_FILE, results)
+    print(f"finished {cfg.method} on {cfg.dataset} in {train_seconds:.0f} s: {_summary(scores)}"
           f"  ({scores['clusters_used']} clusters used) -> {run_dir}", flush=True)
     return results
+
+
+def save_parity_sample(path: Path, data: ImageData, model: ClusteringMethod | None = None,
+                       count: int = PARITY_IMAGES) -> None:
+    """`count` training images spread evenly over the data set [and the model's fp32 CPU outputs on them].
+
+    Export checks its graphs on these images, so it needs no data set. parity_sample.npz holds images
+    uint8 (n, C, S, S), sources (n,) and, once training has finished, reference_<output> per head output.
+    """
+    total = data.images.shape[0]
+    index = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(np.int64))
+    reference: dict[str, torch.Tensor] = {}
+    if model is not None:
+        device = next(model.parameters()).device
+        model.cpu()
+        try:
+            reference = predict_dataset(model, data.images[index], len(index), contextlib.nullcontext)
+        finally:
+            model.to(device)
+    with files.atomic_open(path, "wb") as f:
+        np.savez_compressed(f, images=data.images[index].numpy(), sources=np.array([data.sources[i] for i in index]),
+                            **{f"reference_{k}": v.numpy() for k, v in reference.items()})
+
+
+def _summary(scores: dict[str, Any] | None) -> str:
+    return "  ".join(f"{k.upper()} {scores[k]:.4f}" for k in ("nmi", "acc", "ari") if k in scores) or "no labels"
 
 
 def _tensorboard(run_dir: Path):
@@ -264,7 +341,7 @@ def _tensorboard(run_dir: Path):
 
 
 def _log_record(run_dir: Path, writer, record: dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
+    with open(run_dir / METRICS_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
     if writer is not None:
         for key, value in record.items():

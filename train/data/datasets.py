@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .preprocess import ImageError, prepare, prepare_source
+from contract.preprocess import ImageError, prepare, prepare_source
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 

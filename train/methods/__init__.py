@@ -1,7 +1,16 @@
-"""Method registry: name -> method class (one file per method)."""
+"""Method registry: name -> method class, one file per method (README.md here: adding a method).
+
+The registry key is the method's one name: it is what `--method` takes, what `cfg.method` holds
+(set by `make_config`) and what checkpoints record. Registering checks the method's contract:
+`paper` and `fast` presets whose fields all exist, a config class of its own, a known parent.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from train.config import REQUIRED_PRESETS, Config, resolve_config
+from train.data.defaults import DATASET_DEFAULTS
 from train.methods.base import ClusteringMethod
 from train.methods.c3 import C3
 from train.methods.cc import CC
@@ -18,7 +27,49 @@ METHODS: dict[str, type[ClusteringMethod]] = {
 }
 
 
+def check_method(name: str, cls: type[ClusteringMethod]) -> None:
+    """ValueError unless `cls` keeps the method contract (see train/methods/base.py)."""
+    if not (isinstance(cls, type) and issubclass(cls, ClusteringMethod)):
+        raise ValueError(f"method {name!r}: {cls!r} is not a ClusteringMethod subclass")
+    if not issubclass(cls.Config, Config):
+        raise ValueError(f"method {name!r}: Config {cls.Config!r} is not a train.config.Config subclass")
+    missing = [p for p in REQUIRED_PRESETS if p not in cls.PRESETS]
+    if missing:
+        raise ValueError(f"method {name!r} lacks the preset(s) {missing}; every method has {list(REQUIRED_PRESETS)}")
+    known = {f for f in cls.Config.__dataclass_fields__}
+    for preset, layers in cls.PRESETS.items():
+        for dataset, values in layers.items():
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise ValueError(f"method {name!r}: preset {preset!r} for {dataset!r} sets unknown field(s) {unknown}")
+    if cls.parent is not None and cls.parent not in METHODS:
+        raise ValueError(f"method {name!r}: parent {cls.parent!r} is not a registered method")
+
+
+def register(name: str, cls: type[ClusteringMethod]) -> type[ClusteringMethod]:
+    """Add a method at run time (a plugin, a test); the literal METHODS above is checked at import."""
+    if name in METHODS:
+        raise ValueError(f"method {name!r} is already registered")
+    check_method(name, cls)
+    METHODS[name] = cls
+    return cls
+
+
 def get_method(name: str) -> type[ClusteringMethod]:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {sorted(METHODS)}")
     return METHODS[name]
+
+
+def make_config(method: str, **overrides: Any) -> Config:
+    """The resolved config of a run of `method`: defaults < presets < data-set defaults < overrides.
+
+    The registry key becomes cfg.method; overrides left at None do not override anything.
+    """
+    cls = get_method(method)
+    dataset = overrides.get("dataset") or cls.Config.dataset
+    return resolve_config(cls.Config, cls.PRESETS, DATASET_DEFAULTS.get(dataset, {}), {**overrides, "method": method})
+
+
+for _name, _cls in METHODS.items():
+    check_method(_name, _cls)

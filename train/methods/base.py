@@ -1,13 +1,20 @@
 """The thin base every method file builds on, and the contexts the trainer hands to its hooks.
 
-A method is an nn.Module holding a backbone and its heads:
-- `forward(x1, x2, step)` is the training step: two augmented views (B, C, S, S) in [0, 1] ->
-  dict of scalar losses, "loss" being the one to minimise (forward, so DistributedDataParallel
-  sees it; the losses themselves are pure functions in train/losses).
-- `head_outputs(features)` is the fixed inference contract that export wraps as is:
+A method is an nn.Module holding a backbone and its heads (train/methods/README.md is the checklist
+for adding one):
+- `forward(x1, x2, step)`: two augmented views (B, C, S, S) in [0, 1] -> dict of this process's
+  per-sample tensors the loss needs (leading dimension B, or 2B). It runs under DDP; the trainer then
+  gathers every tensor across processes (with gradients), so no method has to remember to.
+- `loss(outputs, step)`: the gathered outputs -> dict of scalar losses, "loss" being the one to
+  minimise. Built from the pure functions in train/losses.
+- `head_outputs(features)`: the fixed inference contract that export wraps as is:
   features (B, F) -> {"embedding": (B, D) L2-normalised, "probabilities": (B, K),
   "cluster": (B,) int64, ...method extras}. Pure tensor operations, so it traces to ONNX.
 - State needed at inference (pruning masks, centroids) lives in buffers.
+- Hooks: `on_epoch_start` / `on_epoch_end` (whole-data-set work: k-means, pruning), `on_step_end`
+  (EMA). `EpochContext.map_images` runs the model in eval mode.
+- A method that fine-tunes another method's trained model names it in `parent` (C3: "cc"); the
+  trainer finds and loads that run (train/parents.py) before the first epoch.
 """
 
 from __future__ import annotations
@@ -38,23 +45,25 @@ class StepContext:
 
 @dataclass
 class EpochContext:
-    """Handed to `on_epoch_start`: the whole data set (uint8, on the training device) and a mapper."""
+    """Handed to the epoch hooks: the whole data set (uint8, on the training device) and a mapper."""
 
     epoch: int
     epochs: int
     images: torch.Tensor  # (N, C, H, W) uint8
     generator: torch.Generator
     map_images: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
-    """map_images(fn) runs fn on float [0, 1] batches of the whole data set (no grad) and concatenates."""
+    """map_images(fn) runs fn on float [0, 1] batches of the whole data set, model in eval mode, no grad,
+    and concatenates the results (float32)."""
     run_dir: Path
 
 
 class ClusteringMethod(nn.Module):
-    """Backbone + heads; subclasses implement `forward` (training losses) and `head_outputs`."""
+    """Backbone + heads; subclasses implement `forward`, `loss` and `head_outputs`."""
 
-    name: ClassVar[str]
     Config: ClassVar[type[Config]] = Config
     PRESETS: ClassVar[Presets] = {}
+    parent: ClassVar[str | None] = None
+    """Registry name of the method whose finished run this one starts from (None: trains from scratch)."""
 
     def __init__(self, cfg: Config, in_channels: int, num_clusters: int,
                  mean: list[float] | None = None, std: list[float] | None = None) -> None:
@@ -64,6 +73,9 @@ class ClusteringMethod(nn.Module):
         self.backbone = build_backbone(cfg.backbone, cfg.stem, in_channels, mean, std)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def head_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -78,14 +90,18 @@ class ClusteringMethod(nn.Module):
         """Optimiser parameter groups; a group may carry "lr_scale" (multiplies the base lr)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
-    def initialize(self, run_dir: Path) -> None:
-        """Called once on a fresh (not resumed) run, before the optimiser is built."""
+    def load_parent(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Start from the parent run's weights (called once on a fresh run of a method with a `parent`)."""
+        self.load_state_dict(state_dict)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
-        """Called before every epoch (ProPos: k-means E-step; CoHiClust: pruning)."""
+        """Called before every epoch's first step."""
+
+    def on_epoch_end(self, ctx: EpochContext) -> None:
+        """Called after every epoch's last step, before the checkpoint is written."""
 
     def on_step_end(self, step: StepContext) -> None:
-        """Called after every optimiser step (ProPos: EMA update of the target network)."""
+        """Called after every optimiser step."""
 
     def write_artifacts(self, run_dir: Path, outputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
                         images: torch.Tensor) -> dict[str, Any]:

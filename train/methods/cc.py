@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from train.config import Config, Presets
-from train.distributed import gather_with_grad
+from train.config import ARCHITECTURE, Config, Presets
 from train.heads import cluster_head, mlp
 from train.losses.cc import cluster_contrastive_loss
 from train.losses.contrastive import nt_xent
@@ -24,8 +23,8 @@ from train.methods.base import ClusteringMethod, StepContext
 class CCConfig(Config):
     instance_temperature: float = field(default=0.5, metadata={"help": "instance NT-Xent temperature"})
     cluster_temperature: float = field(default=1.0, metadata={"help": "cluster NT-Xent temperature"})
-    feature_dim: int = field(default=128, metadata={"help": "instance embedding size"})
-    hidden_dim: int = field(default=512, metadata={"help": "hidden size of both heads"})
+    feature_dim: int = field(default=128, metadata={**ARCHITECTURE, "help": "instance embedding size"})
+    hidden_dim: int = field(default=512, metadata={**ARCHITECTURE, "help": "hidden size of both heads"})
 
 
 WEAK_JITTER = ("cifar10", "cifar100", "tiny-imagenet")
@@ -49,7 +48,6 @@ PRESETS: Presets = {
 
 
 class CC(ClusteringMethod):
-    name = "cc"
     Config = CCConfig
     PRESETS = PRESETS
 
@@ -64,9 +62,11 @@ class CC(ClusteringMethod):
         h = self.backbone(torch.cat([x1, x2]))
         z1, z2 = self.instance_head(h).chunk(2)
         p1, p2 = self.cluster_head(h).chunk(2)
-        z1, z2, p1, p2 = (gather_with_grad(t) for t in (z1, z2, p1, p2))
-        instance = nt_xent(z1, z2, self.cfg.instance_temperature)
-        cluster = cluster_contrastive_loss(p1, p2, self.cfg.cluster_temperature)
+        return {"z1": z1, "z2": z2, "p1": p1, "p2": p2}
+
+    def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
+        instance = nt_xent(outputs["z1"], outputs["z2"], self.cfg.instance_temperature)
+        cluster = cluster_contrastive_loss(outputs["p1"], outputs["p2"], self.cfg.cluster_temperature)
         return {"loss": instance + cluster, "instance": instance, "cluster": cluster}
 
     def head_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -21,13 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
-from matplotlib.gridspec import GridSpec
 from torch import nn
 
+from contract.files import write_json
 from train import report
-from train.config import Config, Presets
-from train.distributed import gather_with_grad
+from train.config import ARCHITECTURE, Config, Presets
 from train.heads import mlp
 from train.losses.cohiclust import level_slice, node_mask_from_leaves, node_probabilities, tree_loss, tree_regularizer
 from train.losses.contrastive import nt_xent
@@ -38,9 +36,9 @@ from train.metrics import clustering_metrics
 @dataclass
 class CoHiClustConfig(Config):
     temperature: float = field(default=0.5, metadata={"help": "SimCLR NT-Xent temperature"})
-    feature_dim: int = field(default=128, metadata={"help": "projection (SimCLR embedding) size"})
-    hidden_dim: int = field(default=512, metadata={"help": "hidden size of the projection head"})
-    depth: int = field(default=4, metadata={"help": "tree depth L: 2^L leaves before pruning"})
+    feature_dim: int = field(default=128, metadata={**ARCHITECTURE, "help": "projection (SimCLR embedding) size"})
+    hidden_dim: int = field(default=512, metadata={**ARCHITECTURE, "help": "hidden size of the projection head"})
+    depth: int = field(default=4, metadata={**ARCHITECTURE, "help": "tree depth L: 2^L leaves before pruning"})
     prune: int = field(
         default=6, metadata={"help": "leaves to prune (one per epoch); 2^depth - prune must equal num_clusters"}
     )
@@ -93,7 +91,6 @@ def _check_tree(cfg: CoHiClustConfig, num_clusters: int) -> None:
 
 
 class CoHiClust(ClusteringMethod):
-    name = "cohiclust"
     Config = CoHiClustConfig
     PRESETS = PRESETS
 
@@ -115,7 +112,10 @@ class CoHiClust(ClusteringMethod):
         h = self.backbone(torch.cat([x1, x2]))
         z1, z2 = self.projection_head(h).chunk(2)
         p1, p2 = self.node_probabilities(h).chunk(2)
-        z1, z2, p1, p2 = (gather_with_grad(t) for t in (z1, z2, p1, p2))
+        return {"z1": z1, "z2": z2, "p1": p1, "p2": p2}
+
+    def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
+        z1, z2, p1, p2 = outputs["z1"], outputs["z2"], outputs["p1"], outputs["p2"]
         node_mask = node_mask_from_leaves(self.leaf_mask)
         simclr = nt_xent(z1, z2, self.cfg.temperature)
         tree = tree_loss(p1, p2, node_mask, self.cfg.self_pairs_negative)
@@ -160,10 +160,7 @@ class CoHiClust(ClusteringMethod):
         missing = self.pruned_by(ctx.epoch, ctx.epochs) - int((~self.leaf_mask).sum())
         if missing <= 0:
             return
-        was_training = self.training
-        self.eval()
         s = ctx.map_images(lambda x: self.tree_head(self.backbone(x)))
-        self.train(was_training)
         self.prune_smallest(node_probabilities(s)[:, level_slice(self.depth)].sum(0), missing)
 
     def write_artifacts(self, run_dir: Path, outputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
@@ -187,63 +184,12 @@ class CoHiClust(ClusteringMethod):
                 "pruned_leaves": [u for u in range(2**depth - 1, node_mask.size) if not node_mask[u]],
                 "nodes": nodes,
                 "assignments": {str(level): paths[:, level - 1] for level in range(1, depth + 1)}}
-        report.write_json(run_dir / "tree.json", tree)
-        plot_tree(run_dir / "tree.png", images.numpy(), outputs["cluster"].numpy(), nodes, depth, seed=self.cfg.seed)
+        write_json(run_dir / "tree.json", tree)
+        report.plot_tree(run_dir / "tree.png", images.numpy(), outputs["cluster"].numpy(), nodes, depth,
+                         seed=self.cfg.seed)
         if labels is None:
             return {}
         truth = labels.numpy()
         return {"levels": {str(level): {**clustering_metrics(truth, paths[:, level - 1]),
                                         "clusters_used": int(np.unique(paths[:, level - 1]).size)}
                            for level in range(1, depth + 1)}}
-
-
-def _montage(images: np.ndarray, indices: np.ndarray, cols: int, rows: int) -> np.ndarray:
-    """(rows x cols) grid of images[indices] (N, C, H, W uint8) on white, (H', W', 3) uint8."""
-    _, _, h, w = images.shape
-    pad = max(1, min(h, w) // 8)
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
-    for k, idx in enumerate(indices):
-        y, x = pad + (k // cols) * (h + pad), pad + (k % cols) * (w + pad)
-        canvas[y:y + h, x:x + w] = images[idx].transpose(1, 2, 0)  # C=1 broadcasts to gray
-    return canvas
-
-
-def plot_tree(path: Path, images: np.ndarray, clusters: np.ndarray, nodes: list[dict[str, Any]], depth: int,
-              cols: int = 3, rows: int = 4, seed: int = 0) -> None:
-    """Save a PNG of the pruned tree (node id and size) with cols x rows random samples under each leaf.
-
-    images: (N, C, H, W) uint8; clusters: (N,) cluster ids; nodes: tree.json's "nodes" (surviving only).
-    """
-    leaves = [n for n in nodes if "cluster" in n]
-    x = {n["id"]: float(n["cluster"]) for n in leaves}
-    for node in sorted(nodes, key=lambda n: -n["level"]):  # parents sit above the middle of their children
-        if node["children"]:
-            x[node["id"]] = float(np.mean([x[c] for c in node["children"]]))
-    picks = report.gallery_indices(clusters, cols * rows, seed, num_clusters=len(leaves))
-
-    k = len(leaves)
-    tile_w = 1.1
-    tile_h = tile_w * rows / cols
-    fig = Figure(figsize=(max(6.0, tile_w * k), 0.75 * (depth + 1) + tile_h + 0.8))
-    grid = GridSpec(2, k, figure=fig, height_ratios=[0.75 * (depth + 1), tile_h], wspace=0, hspace=0.02,
-                    left=0.01, right=0.99, top=0.93, bottom=0.01)
-    ax = fig.add_subplot(grid[0, :])
-    for node in nodes:
-        for child in node["children"]:
-            ax.plot([x[node["id"]], x[child]], [node["level"], node["level"] + 1], color="0.5", lw=1, zorder=1)
-    for node in nodes:
-        text = f"{node['id']}\nn={node['size']}"
-        if "cluster" in node:
-            text = f"cluster {node['cluster']}\n" + text
-        ax.text(x[node["id"]], node["level"], text, ha="center", va="center", fontsize=7, zorder=2,
-                bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="0.3", lw=0.6))
-    ax.set_xlim(-0.5, k - 0.5)
-    ax.set_ylim(depth + 0.5, -0.5)
-    ax.axis("off")
-    ax.set_title(f"CoHiClust tree: depth {depth}, {k} leaves (node id, size); {cols * rows} random samples per leaf")
-    for leaf in leaves:
-        c = leaf["cluster"]
-        tile = fig.add_subplot(grid[1, c])
-        tile.imshow(_montage(images, picks[c], cols, rows), interpolation="nearest")
-        tile.axis("off")
-    report.save_figure(fig, path)

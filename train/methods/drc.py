@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.config import Config, Presets
-from train.distributed import gather_with_grad
 from train.losses.contrastive import nt_xent
 from train.losses.drc import cluster_regularization
 from train.methods.base import ClusteringMethod, StepContext
@@ -56,7 +55,6 @@ PRESETS: Presets = {
 
 
 class DRC(ClusteringMethod):
-    name = "drc"
     Config = DRCConfig
     PRESETS = PRESETS
 
@@ -67,7 +65,10 @@ class DRC(ClusteringMethod):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
         a1, a2 = self.assignment_head(self.backbone(torch.cat([x1, x2]))).float().chunk(2)
-        a1, a2 = gather_with_grad(a1), gather_with_grad(a2)
+        return {"a1": a1, "a2": a2}
+
+    def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
+        a1, a2 = outputs["a1"], outputs["a2"]
         p1, p2 = a1.softmax(1), a2.softmax(1)
         af = nt_xent(a1, a2, self.cfg.af_temperature)
         ap = nt_xent(p1.T, p2.T, self.cfg.ap_temperature)

@@ -17,7 +17,7 @@ backbone (what `predict` runs) and `self.projector` the target projector; the on
 buffer (K, D), so they are saved in the checkpoint and baked into the export; `head_outputs`
 assigns each image to its nearest centroid by cosine.
 
-When the E-step runs: at the end of every epoch (after its last optimiser step), so the centroids
+When the E-step runs: at the end of every epoch (`on_epoch_end`, after its last optimiser step), so the centroids
 in each checkpoint, the evaluations and the final clustering match the weights saved with them,
 and the labels serve the next epoch; plus once at the start of a process's first epoch (fresh or
 resumed run), since pseudo-labels are not saved.
@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from train.config import Config, Presets
-from train.distributed import gather_with_grad
 from train.ema import ema_update, momentum_at
 from train.heads import mlp
 from train.kmeans import spherical_kmeans
@@ -90,7 +89,6 @@ PRESETS: Presets = {
 
 
 class ProPos(ClusteringMethod):
-    name = "propos"
     Config = ProPosConfig
     PRESETS = PRESETS
 
@@ -105,7 +103,6 @@ class ProPos(ClusteringMethod):
         self.projector = copy.deepcopy(self.online_projector).requires_grad_(False)
         self.register_buffer("centroids", torch.zeros(num_clusters, cfg.feature_dim))
         self.pseudo_labels: torch.Tensor | None = None  # (N,) of the last E-step; not saved
-        self._epoch: EpochContext | None = None
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -113,20 +110,24 @@ class ProPos(ClusteringMethod):
         with torch.no_grad():
             k1, k2 = self.projector(self.backbone(torch.cat([x1, x2]))).chunk(2)
             k = torch.cat([k2, k1])                                             # other view's target
-        psl_on = step.epoch >= cfg.psl_warmup_epochs
-        noised = q
-        if psl_on and cfg.noise_sigma > 0:
-            noise = torch.randn(q.shape, generator=step.generator, device=q.device).to(q.dtype)
-            noised = q + cfg.noise_sigma * noise
-        psa = psa_loss(self.predictor(noised), k)
-        if not psl_on:
-            return {"loss": psa, "psa": psa, "psl": torch.zeros_like(psa)}
+        if not self.psl_on(step):
+            return {"p": self.predictor(q), "k": k}
         if self.pseudo_labels is None:
             raise RuntimeError("ProPos has no pseudo-labels: on_epoch_start must run before training steps")
-        labels = self.pseudo_labels[step.indices].repeat(2)
-        q_all, k_all, labels = (gather_with_grad(t) for t in (q, k, labels))
-        psl = psl_loss(q_all, k_all, labels, self.num_clusters, cfg.psl_temperature)
-        return {"loss": psa + cfg.psl_weight * psl, "psa": psa, "psl": psl}
+        noised = q + cfg.noise_sigma * torch.randn(q.shape, generator=step.generator, device=q.device).to(q.dtype) \
+            if cfg.noise_sigma > 0 else q
+        return {"p": self.predictor(noised), "k": k, "q": q, "labels": self.pseudo_labels[step.indices].repeat(2)}
+
+    def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
+        psa = psa_loss(outputs["p"], outputs["k"])
+        if not self.psl_on(step):
+            return {"loss": psa, "psa": psa, "psl": torch.zeros_like(psa)}
+        psl = psl_loss(outputs["q"], outputs["k"], outputs["labels"], self.num_clusters, self.cfg.psl_temperature)
+        return {"loss": psa + self.cfg.psl_weight * psl, "psa": psa, "psl": psl}
+
+    def psl_on(self, step: StepContext) -> bool:
+        """PSL and the PSA noise start after `psl_warmup_epochs` epochs of plain BYOL."""
+        return step.epoch >= self.cfg.psl_warmup_epochs
 
     def head_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features (B, F) of the target backbone -> embedding (B, D), probabilities (B, K), cluster (B,).
@@ -148,26 +149,22 @@ class ProPos(ClusteringMethod):
                 {"params": list(self.predictor.parameters()), "lr_scale": self.cfg.predictor_lr_scale}]
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
-        self._epoch = ctx
-        if self.pseudo_labels is None:
+        if self.pseudo_labels is None:  # a process's first epoch (pseudo-labels are not saved)
             self.e_step(ctx)
+
+    def on_epoch_end(self, ctx: EpochContext) -> None:
+        self.e_step(ctx)
 
     def on_step_end(self, step: StepContext) -> None:
         total = step.epochs * step.steps_per_epoch
         momentum = momentum_at(self.cfg.ema_momentum, step.step, total, self.cfg.ema_schedule)
         ema_update(self.backbone, self.online_backbone, momentum)
         ema_update(self.projector, self.online_projector, momentum)
-        if (step.step + 1) % step.steps_per_epoch == 0 and self._epoch is not None:
-            self.e_step(self._epoch)
 
     @torch.no_grad()
     def target_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) in [0, 1] -> (B, D) L2-normalised target projections, in eval mode."""
-        was_training = self.training
-        self.eval()
-        z = F.normalize(self.projector(self.backbone(x)), dim=1)
-        self.train(was_training)
-        return z
+        """(B, C, S, S) in [0, 1] -> (B, D) L2-normalised target projections."""
+        return F.normalize(self.projector(self.backbone(x)), dim=1)
 
     @torch.no_grad()
     def e_step(self, ctx: EpochContext) -> None:
