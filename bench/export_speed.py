@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from contract.names import FEATURES, IMAGES  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 
 
@@ -114,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
                 names = [o.name for o in hd.get_outputs()]
 
                 def run(images=images, enc=enc, hd=hd, names=names):
-                    (features,) = enc.run(["features"], {"images": images})
-                    return hd.run(names, {"features": features})
+                    (features,) = enc.run([FEATURES], {IMAGES: images})
+                    return hd.run(names, {FEATURES: features})
 
                 seconds = median_seconds(run, args.warmup, args.repeats, lambda: None)
                 rows.append((batch, label, seconds, base / seconds))
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 version, encoder_plan, head_plan = plans
 
                 def run_plan(images=images, encoder_plan=encoder_plan, head_plan=head_plan):
-                    return head_plan({"features": encoder_plan({"images": images})["features"]})
+                    return head_plan({FEATURES: encoder_plan({IMAGES: images})[FEATURES]})
 
                 seconds = median_seconds(run_plan, args.warmup, args.repeats, lambda: None)
                 rows.append((batch, f"tensorrt {version} plans (fp32, incl. cudaMalloc+copies)", seconds,
@@ -135,14 +136,16 @@ def main(argv: list[str] | None = None) -> None:
 
 def _tensorrt_plans(encoder: Path, head: Path, max_batch: int):
     """(version, encoder runner, head runner) when TensorRT and a GPU are here, else None (and say why)."""
-    from export import tensorrt
+    from export.trt_runtime import PlanRunner, missing_requirements, require_tensorrt
 
-    problem = tensorrt.missing_requirements()
+    problem = missing_requirements()
     if problem:
         print(f"TensorRT: skipped ({problem.split('. ')[0]})")
         return None
-    trt = tensorrt.require_tensorrt()
-    runners = [tensorrt.PlanRunner(tensorrt.build_engine(p, max_batch, max(1, max_batch // 2), False, 2048, None)[0])
+    from export.trt_build import build_engine
+
+    trt = require_tensorrt()
+    runners = [PlanRunner(build_engine(p, max_batch, max(1, max_batch // 2), False, 2048, None)[0])
                for p in (encoder, head)]
     return trt.__version__, *runners
 

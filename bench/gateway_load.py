@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import socket
 import statistics
@@ -38,37 +37,42 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from contract.metadata import ModelMetadata  # noqa: E402
+from contract.names import FEATURES, IMAGES, METADATA_FILE  # noqa: E402
+
 
 def make_model(workdir: Path, images: list[bytes], keep: Path | None = None) -> tuple[Path, str]:
-    """Random-weight CC / ResNet-18 (CIFAR stem) at 32 px, exported by export.pipeline (parity on `images`)."""
+    """Random-weight CC / ResNet-18 (CIFAR stem) at 32 px, exported by export.pipeline (parity on `images`).
+
+    An untrained run (epoch 0) with a parity sample made of `images`: exported with allow_unfinished,
+    as its metadata then says (finished: false)."""
     import torch
 
+    from contract.names import CHECKPOINT_FILE, PARITY_SAMPLE_FILE
+    from contract.preprocess import prepare_source
     from export.pipeline import export_run
     from train.checkpoint import save_checkpoint
-    from train.config import resolve_config
-    from train.data.defaults import DATASET_DEFAULTS
-    from train.methods import get_method
+    from train.data.datasets import ImageData
+    from train.methods import get_method, make_config
+    from train.trainer import save_parity_sample
 
-    folder = workdir / "images"
-    folder.mkdir()
-    for i, data in enumerate(images):
-        (folder / f"{i:04d}.png").write_bytes(data)
-    cls = get_method("cc")
-    cfg = resolve_config(cls.Config, cls.PRESETS, DATASET_DEFAULTS["folder"],
-                         dict(method="cc", dataset="folder", data_dir=str(folder), backbone="resnet18", stem="cifar",
-                              image_size=32, preset="fast", run_dir=str(workdir / "run")))
-    torch.manual_seed(0)
-    model = cls(cfg, 3, 10)
     run = workdir / "run"
+    cfg = make_config("cc", dataset="folder", backbone="resnet18", stem="cifar", image_size=32, preset="fast",
+                      run_dir=str(run))
+    torch.manual_seed(0)
+    model = get_method("cc")(cfg, 3, 10)
     run.mkdir()
     meta = {"method": "cc", "dataset": "folder", "in_channels": 3, "num_clusters": 10, "class_names": None,
             "image_size": 32}
     save_checkpoint({"method": "cc", "config": cfg.to_dict(), "meta": meta, "model": model.state_dict(),
-                     "epoch": 0}, run / "last.pt")
+                     "epoch": 0}, run / CHECKPOINT_FILE)
+    pixels = torch.from_numpy(np.stack([prepare_source(data, 32, 3) for data in images]))
+    save_parity_sample(run / PARITY_SAMPLE_FILE, ImageData(pixels, None, None, [f"{i}.png" for i in range(len(images))],
+                                                           "folder", []))
     name = "cc_resnet18_32"
     out = keep or workdir
     cpu = out / "model_repository_cpu" if keep else None  # the CPU flavour for scripts/perf_analyzer.sh
-    export_run(run, out / "model_repository", cpu, name=name, data_dir=str(folder), log=lambda m: None)
+    export_run(run, out / "model_repository", cpu, name=name, allow_unfinished=True, force=True, log=lambda m: None)
     return out / "model_repository", name
 
 
@@ -104,15 +108,15 @@ def raw_onnxruntime(repository: Path, name: str, batch: np.ndarray, batches: int
     from serve.backends.embedded import choose_providers
     from serve.backends.repository import onnx_file
 
-    meta = json.loads((repository / name / "metadata.json").read_text())
+    meta = ModelMetadata.read(repository / name / METADATA_FILE)
     providers = choose_providers(ort.get_available_providers())
-    encoder = ort.InferenceSession(str(onnx_file(repository, meta["encoder"])), providers=providers)
-    head = ort.InferenceSession(str(onnx_file(repository, meta["head"])), providers=providers)
+    encoder = ort.InferenceSession(str(onnx_file(repository, meta.encoder)), providers=providers)
+    head = ort.InferenceSession(str(onnx_file(repository, meta.head)), providers=providers)
     outputs = [o.name for o in head.get_outputs()]
 
     def run() -> None:
-        (features,) = encoder.run(["features"], {"images": batch})
-        head.run(outputs, {"features": features})
+        (features,) = encoder.run([FEATURES], {IMAGES: batch})
+        head.run(outputs, {FEATURES: features})
 
     run()
     began = time.perf_counter()
@@ -205,11 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             repository, name = make_model(Path(tmp), pngs, args.keep)
         else:
             repository, name = args.repository, args.model
-            meta = json.loads((repository / name / "metadata.json").read_text())
-            pngs = random_pngs(args.images, meta["input"]["height"])
-        meta = json.loads((repository / name / "metadata.json").read_text())
-        size, channels = meta["input"]["height"], meta["input"]["channels"]
-        from train.data.preprocess import prepare_source
+            pngs = random_pngs(args.images, ModelMetadata.read(repository / name / METADATA_FILE).input.size)
+        meta = ModelMetadata.read(repository / name / METADATA_FILE)
+        size, channels = meta.input.size, meta.input.channels
+        from contract.preprocess import prepare_source
 
         batch = np.stack([prepare_source(p, size, channels) for p in pngs])
         body, content_type = multipart(pngs)

@@ -8,7 +8,9 @@
 backend, KIND_CPU). trt: checks for TensorRT first, then does the same and builds plans in place in
 model_repository/ (tensorrt_plan). all: writes the ONNX repositories even without TensorRT, then
 builds plans (exit 2, after writing, when TensorRT is missing).
-Exit status: 0 done, 1 parity failure or bad input, 2 TensorRT missing.
+The run's own parity sample (written by the trainer) is the parity check's input: no data set needed.
+Exit status: 0 done; 1 parity failure; 2 refused or missing input (unfinished run, a model of another
+run, no run, TensorRT missing).
 """
 
 from __future__ import annotations
@@ -17,26 +19,38 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.runs import latest_finished_run
+from contract.runs import latest_finished_run
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0],
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", choices=("onnx", "trt", "all"), default="onnx")
-    parser.add_argument("--run", type=Path, help="run directory or checkpoint (default: latest finished under "
-                        "--runs-root)")
-    parser.add_argument("--runs-root", type=Path, default=Path("runs"))
-    parser.add_argument("--output", type=Path, default=Path("model_repository"), help="GPU Triton repository")
+    parser.add_argument("--engine", choices=("onnx", "trt", "all"), default="onnx",
+                        help="onnx: ONNX repositories; trt: also TensorRT plans (TensorRT checked first); "
+                             "all: ONNX repositories, then plans where TensorRT is present (default: onnx)")
+    parser.add_argument("--run", type=Path, help="run directory or checkpoint (default: the latest finished run "
+                        "under --runs-root)")
+    parser.add_argument("--runs-root", type=Path, default=Path("runs"),
+                        help="where to look for the latest finished run (default: runs)")
+    parser.add_argument("--output", type=Path, default=Path("model_repository"),
+                        help="GPU Triton repository, also what the gateway's embedded backend reads "
+                             "(default: model_repository)")
     parser.add_argument("--cpu-output", type=Path, default=Path("model_repository_cpu"),
-                        help="CPU (python backend) Triton repository; 'none' to skip")
+                        help="CPU (python backend) Triton repository; 'none' to skip (default: model_repository_cpu)")
     parser.add_argument("--name", help="model name, [a-z0-9_]+ (default: <method>_<dataset>)")
-    parser.add_argument("--max-batch", type=int, default=64, help="Triton max_batch_size and TensorRT profile max")
+    parser.add_argument("--max-batch", type=int, default=64,
+                        help="Triton max_batch_size and TensorRT profile max (default: 64)")
     parser.add_argument("--opt-batch", type=int, help="TensorRT profile optimum (default: max/2)")
     parser.add_argument("--fp16", action="store_true", help="TensorRT: allow FP16 kernels (where the API has them)")
-    parser.add_argument("--workspace-mb", type=int, default=2048, help="TensorRT builder workspace limit")
-    parser.add_argument("--data-dir", help="where the run's data set lives here (default: the run's data_dir)")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="parity: max |embedding difference| (fp32)")
+    parser.add_argument("--workspace-mb", type=int, default=2048,
+                        help="TensorRT builder workspace limit, MiB (default: 2048)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="parity: largest |difference| of float outputs, fp32 (default: 1e-4)")
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="export a run that has not finished training (its metadata says finished: false)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a model of the same name that was exported from another run")
     return parser.parse_args(argv)
 
 
@@ -55,21 +69,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run = latest_finished_run(args.runs_root)
         except FileNotFoundError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+            print(f"error: {exc}; train one or give --run", file=sys.stderr)
+            return 2
         print(f"using the latest finished run: {run}")
     cpu_output = None if str(args.cpu_output).lower() == "none" else args.cpu_output
 
     from export.pipeline import export_run
 
     try:
-        result = export_run(run, args.output, cpu_output, args.name, args.max_batch, args.data_dir, args.tolerance)
+        result = export_run(run, args.output, cpu_output, args.name, args.max_batch, args.tolerance,
+                            args.allow_unfinished, args.force)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if args.engine == "onnx":
         return 0
     try:
