@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.images import encode, png_header_only
-from train.data.preprocess import (
+from contract.preprocess import (
     ImageError,
     open_image,
     prepare,
@@ -19,15 +18,16 @@ from train.data.preprocess import (
     resize_center_crop,
     to_mode,
 )
+from tests.support.images import encode, png_header_only
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
 
 
 
 def test_imports_without_torch() -> None:
-    code = "import sys; sys.modules['torch'] = None; import train.data, train.data.preprocess"
+    code = "import sys; sys.modules['torch'] = None; import contract.preprocess"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 

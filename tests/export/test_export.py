@@ -18,16 +18,17 @@ from tritonclient.grpc import model_config_pb2
 
 from export import parity, tensorrt
 from export.__main__ import main as export_main
+from export.naming import check_name, model_name
 from export.onnx_export import graph_specs
 from export.pipeline import export_run
-from export.runs import check_name, latest_finished_run, model_name
-from export.triton import read_config
+from export.triton import read_config, triton_type
+from tests.support.runs import digit_images
 from train.methods import METHODS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METHOD_NAMES = sorted(METHODS)
 METADATA_KEYS = {"name", "method", "dataset", "num_clusters", "input", "outputs", "embedding_dim", "class_names",
-                 "encoder", "head", "parity", "source_run", "exported_at"}
+                 "encoder", "head", "parity", "source_run", "exported_at", "finished", "epoch", "schema_version"}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,7 @@ def exported(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits():
-    images, _ = parity.parity_images("digits", None, 16, count=64)
-    return images
+    return digit_images(64, 16)
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -106,7 +106,7 @@ def test_configs_parse_and_match_the_graphs(method, exported):
             for declared, graph in ((config.input, inputs), (config.output, outputs)):
                 assert [t.name for t in declared] == [s.name for s in graph]
                 for tensor, spec in zip(declared, graph, strict=True):
-                    assert model_config_pb2.DataType.Name(tensor.data_type) == spec.triton_type
+                    assert model_config_pb2.DataType.Name(tensor.data_type) == triton_type(spec)
                     assert list(tensor.dims) == (list(spec.shape[1:]) or [1])  # no batch dimension
                     assert tensor.HasField("reshape") == (len(spec.shape) == 1)
             assert config.dynamic_batching.max_queue_delay_microseconds > 0
@@ -149,6 +149,7 @@ def test_metadata_describes_the_model(method, exported, tiny_run):
     assert meta["class_names"] == [str(d) for d in range(10)]
     assert (meta["encoder"], meta["head"]) == (f"{result.name}_encoder", f"{result.name}_head")
     assert meta["parity"]["passed"] and Path(meta["source_run"]) == tiny_run(method).resolve()
+    assert meta["finished"] is True and meta["epoch"] == 2
     cpu_meta = json.loads((result.repositories["python"] / "metadata.json").read_text())
     assert cpu_meta["flavour"] == "python" and meta["flavour"] == "onnxruntime"
 
@@ -189,27 +190,60 @@ def test_cli_exports_latest_finished_run_and_refuses_failed_parity(tiny_run, tmp
     assert (cpu / "digits_cc_head/1/model.py").is_file()
     # a tolerance nothing can meet: non-zero exit, the numbers printed, nothing written
     code = export_main(["--run", str(runs / "cc-digits"), "--output", str(tmp_path / "bad"),
-                        "--cpu-output", "none", "--tolerance", "-1"])
+                        "--cpu-output", "none", "--tolerance", "-1", "--name", "cc_digits"])
     captured = capsys.readouterr()
     assert code == 1 and "parity FAILED" in captured.out and "parity check failed" in captured.err
     assert not (tmp_path / "bad" / "cc_digits").exists()
 
 
-def test_latest_finished_run_is_the_newest_finished(tmp_path):
-    def run(name: str, finished: bool, mtime: float) -> Path:
-        d = tmp_path / name
-        d.mkdir()
-        (d / "last.pt").write_bytes(b"")
-        (d / "results.json").write_text(json.dumps({"finished": finished}))
-        os.utime(d / "results.json", (mtime, mtime))
-        return d
+def test_export_needs_no_data_set(tmp_path, capsys):
+    from tests.support.runs import digit_folder, tiny_config
+    from train.trainer import train
 
-    run("old", True, 1_000)
-    newest = run("new", True, 2_000)
-    run("newer-but-unfinished", False, 3_000)
-    assert latest_finished_run(tmp_path) == newest
-    with pytest.raises(FileNotFoundError, match="no finished run"):
-        latest_finished_run(tmp_path / "nothing")
+    data = digit_folder(tmp_path / "photos")
+    run = tmp_path / "runs" / "cc-folder"
+    train(tiny_config("cc", run, dataset="folder", data_dir=str(data), image_size=16, batch_size=32))
+    shutil.rmtree(data)  # the parity check uses the run's own sample
+    code = export_main(["--run", str(run), "--output", str(tmp_path / "repo"), "--cpu-output", "none"])
+    assert code == 0, capsys.readouterr().err
+    assert "parity PASSED" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "repo" / "cc_folder" / "metadata.json").read_text())
+    assert meta["parity"]["images"] == "parity_sample.npz: 64 training images" and meta["finished"] is True
+
+
+def test_an_unfinished_run_is_refused_unless_allowed(tiny_run, tmp_path, capsys):
+    run = shutil.copytree(tiny_run("cc"), tmp_path / "run")
+    (run / "results.json").unlink()  # as a run killed mid-training leaves it
+    args = ["--run", str(run), "--output", str(tmp_path / "repo"), "--cpu-output", "none"]
+    assert export_main(args) == 2
+    assert "--allow-unfinished" in capsys.readouterr().err and not (tmp_path / "repo").exists()
+    assert export_main([*args, "--allow-unfinished"]) == 0
+    meta = json.loads((tmp_path / "repo" / "cc_digits" / "metadata.json").read_text())
+    assert meta["finished"] is False and meta["epoch"] == 2
+
+
+def test_a_model_of_another_run_is_not_replaced_without_force(tiny_run, tmp_path, capsys):
+    first, second = (shutil.copytree(tiny_run("cc"), tmp_path / name) for name in ("first", "second"))
+    repo = tmp_path / "repo"
+    assert export_main(["--run", str(first), "--output", str(repo), "--cpu-output", "none"]) == 0
+    assert export_main(["--run", str(first), "--output", str(repo), "--cpu-output", "none"]) == 0  # same run: fine
+    capsys.readouterr()
+    assert export_main(["--run", str(second), "--output", str(repo), "--cpu-output", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "exported from another run" in err and "--force" in err
+    assert json.loads((repo / "cc_digits" / "metadata.json").read_text())["source_run"] == str(first.resolve())
+    assert export_main(["--run", str(second), "--output", str(repo), "--cpu-output", "none", "--force"]) == 0
+    assert json.loads((repo / "cc_digits" / "metadata.json").read_text())["source_run"] == str(second.resolve())
+
+
+def test_a_checkpoint_whose_weights_are_not_its_methods_is_a_clear_error(tiny_run, tmp_path, capsys):
+    run = shutil.copytree(tiny_run("cc"), tmp_path / "run")
+    state = torch.load(run / "last.pt", weights_only=True)
+    state["method"] = "drc"  # CC's weights under DRC's name
+    torch.save(state, run / "last.pt")
+    assert export_main(["--run", str(run), "--output", str(tmp_path / "repo"), "--cpu-output", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "weights do not fit a drc model" in err and "Traceback" not in err
 
 
 def test_model_names_are_triton_names():

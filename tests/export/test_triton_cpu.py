@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tritonserver import TritonServer, triton_available
 
 from export import parity
 from export.pipeline import export_run
+from tests.support.runs import digit_images
+from tests.support.tritonserver import TritonServer, triton_available
 from train.methods import METHODS
 
 REASON = triton_available()
@@ -48,7 +49,7 @@ def test_tritonserver_serves_every_method_like_pytorch(tiny_run, tmp_path):
     from train.checkpoint import load_run
 
     repo = tmp_path / "model_repository_cpu"
-    images, _ = parity.parity_images("digits", None, 16, count=64)
+    images = digit_images(64, 16)
     expected = {}
     for method in sorted(METHODS):
         run = tiny_run(method)

@@ -7,13 +7,13 @@ import asyncio
 import httpx
 import numpy as np
 import pytest
-from test_serve_support import FakeBackend, digit_pngs, exported, files, grey_png, metric
 
 from serve.app import create_app
 from serve.batching import Batcher
 from serve.errors import GatewayError
 from serve.metrics import Metrics
 from serve.settings import load_settings
+from tests.support.serving import FakeBackend, digit_pngs, exported, files, grey_png, metric
 
 
 def _images(n: int, start: int = 0) -> np.ndarray:

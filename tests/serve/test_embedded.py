@@ -7,7 +7,10 @@ import base64
 import numpy as np
 import pytest
 from PIL import Image
-from test_serve_support import (
+
+from contract.preprocess import prepare_source
+from tests.support.images import png_header_only
+from tests.support.serving import (
     copy_model,
     digit_pngs,
     encode,
@@ -18,9 +21,6 @@ from test_serve_support import (
     mixed_images,
     torch_predict,
 )
-
-from tests.images import png_header_only
-from train.data.preprocess import prepare_source
 
 
 @pytest.fixture(scope="module")

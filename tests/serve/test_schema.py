@@ -12,10 +12,10 @@ import traceback
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from test_serve_support import FakeBackend, exported
 
 from serve.app import create_app
 from serve.settings import load_settings
+from tests.support.serving import FakeBackend, exported
 
 EXAMPLES = 25
 

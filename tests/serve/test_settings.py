@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_serve_support import exported
 
 from serve.__main__ import build_parser
 from serve.settings import Settings, load_settings
+from tests.support.serving import exported
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_environment_and_overrides_in_that_order():
@@ -59,7 +59,7 @@ sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import serve, serve.app, serve.__main__, serve.backends.embedded, serve.backends.triton, serve.images
 from fastapi.testclient import TestClient
 from serve.settings import load_settings
-from test_serve_support import digit_pngs_without_torch
+from tests.support.serving import digit_pngs_without_torch
 app = serve.create_app(load_settings({}, model_repository=sys.argv[1]))
 with TestClient(app) as client:
     r = client.post("/cluster", files=[("files", ("a.png", digit_pngs_without_torch(), "image/png"))])
@@ -72,7 +72,7 @@ print("ok without torch")
 
 def test_gateway_imports_and_answers_without_torch(tiny_run, tmp_path_factory):
     model = exported(tiny_run, tmp_path_factory, "cc")
-    out = subprocess.run([sys.executable, "-c", _NO_TORCH, str(model.repository)], cwd=ROOT / "tests",
+    out = subprocess.run([sys.executable, "-c", _NO_TORCH, str(model.repository)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok without torch" in out.stdout
@@ -85,3 +85,25 @@ def test_cli_help_and_bad_settings():
     bad = subprocess.run([sys.executable, "-m", "serve", "--max-batch-size", "0"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "max_batch_size must be >= 1" in bad.stderr
+
+
+def test_the_gateway_image_copies_no_train_code_and_its_import_check_passes(tmp_path):
+    """What docker/Dockerfile.gateway COPYs, alone in a folder, passes the image's own import check."""
+    import re
+    import shutil
+
+    dockerfile = (ROOT / "docker" / "Dockerfile.gateway").read_text()
+    sources = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert "train" not in sources and not any(s.startswith("train") for s in sources)
+    for source in sources:
+        path = ROOT / source
+        (shutil.copytree if path.is_dir() else shutil.copy)(path, tmp_path / source)
+    (check,) = [c for c in re.findall(r'python -c "([^"]+)"', dockerfile) if "import serve" in c]
+    # the editable install of this checkout would find train/ anyway: take its finder out first
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in "
+            "getattr(f, '__module__', '')]; sys.path[0:0] = ['.']; " + check)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    broken = subprocess.run([sys.executable, "-c", code.replace("import serve.app", "import train, serve.app")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert broken.returncode != 0  # the check can fail: train/ is really absent

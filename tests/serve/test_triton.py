@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 import pytest
-from test_serve_support import digit_pngs, exported, files, gateway, metric, mixed_images, torch_predict
-from tritonserver import TritonServer, triton_available
 
-from train.data.preprocess import prepare_source
+from contract.preprocess import prepare_source
+from tests.support.serving import digit_pngs, exported, files, gateway, metric, mixed_images, torch_predict
+from tests.support.tritonserver import TritonServer, triton_available
 
 REASON = triton_available()
 pytestmark = [pytest.mark.triton, pytest.mark.skipif(REASON is not None, reason=REASON or "")]

@@ -1,4 +1,4 @@
-"""Helpers shared by the gateway tests (tests/test_serve_*.py import them), and checks of the helpers.
+"""Helpers shared by the gateway and bulk tests (tests/serve/test_support.py checks them).
 
 - `exported(tiny_run, tmp_path_factory, method)`: a tiny trained run exported by `export.pipeline`
   (GPU-flavour repository for the embedded backend, CPU flavour for tritonserver), cached per session.
@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from serve.backends.base import Backend, ModelSpec
+from contract.metadata import ImageInput, ModelMetadata, TensorSpec
+from serve.backends.base import Backend
 from serve.settings import load_settings
-from tests.images import encode
+from tests.support.images import encode
 
 _EXPORTS: dict[tuple[str, str], Exported] = {}
 
@@ -52,15 +52,12 @@ def exported(tiny_run, tmp_path_factory, method: str = "cc", name: str | None = 
 
 def copy_model(repository: Path, name: str, destination: Path, new_name: str) -> None:
     """Copy one exported model (ensemble dir, encoder, head) under a new name, as the exporter would name it."""
-    import json
     import shutil
 
     for suffix in ("", "_encoder", "_head"):
         shutil.copytree(repository / f"{name}{suffix}", destination / f"{new_name}{suffix}")
     meta_file = destination / new_name / "metadata.json"
-    meta = json.loads(meta_file.read_text())
-    meta.update(name=new_name, encoder=f"{new_name}_encoder", head=f"{new_name}_head")
-    meta_file.write_text(json.dumps(meta))
+    ModelMetadata.read(meta_file).replace(name=new_name).write(meta_file)
 
 
 @contextmanager
@@ -81,9 +78,9 @@ def gateway(repository: Path | str, instance: Backend | None = None, **overrides
 
 def digit_pngs(count: int, size: int = 16, seed: int = 0) -> list[bytes]:
     """Real digits (the data set the tiny models were trained on) as grayscale PNGs."""
-    from export import parity
+    from tests.support.runs import digit_images  # torch: not for the no-torch gateway test
 
-    images, _ = parity.parity_images("digits", None, size, count=count)
+    images = digit_images(count, size)
     return [encode(Image.fromarray(img[0], "L")) for img in images]
 
 
@@ -94,9 +91,9 @@ def digit_pngs_without_torch() -> bytes:
 
 def mixed_images() -> list[tuple[str, bytes]]:
     """Digits in every awkward form: RGB, upscaled non-square, palette, RGBA, 16-bit, EXIF-rotated JPEG."""
-    from export import parity
+    from tests.support.runs import digit_images
 
-    images, _ = parity.parity_images("digits", None, 16, count=8)
+    images = digit_images(8, 16)
     grey = [Image.fromarray(img[0], "L") for img in images]
     rgba = grey[3].convert("RGBA")
     alpha = np.full((16, 16), 255, np.uint8)
@@ -149,8 +146,11 @@ class FakeBackend(Backend):
     name = "fake"
 
     def __init__(self, gate: asyncio.Event | None = None, error: Exception | None = None) -> None:
-        self.spec = ModelSpec("fake", 1, 8, ("embedding", "probabilities", "cluster"), 4, 2,
-                              {"name": "fake", "method": "fake"})
+        self.spec = ModelMetadata(
+            name="fake", num_clusters=4, input=ImageInput(channels=1, height=8, width=8), method="fake",
+            outputs={"embedding": TensorSpec("embedding", "float32", (-1, 2)),
+                     "probabilities": TensorSpec("probabilities", "float32", (-1, 4)),
+                     "cluster": TensorSpec("cluster", "int64", (-1,))})
         self.gate = gate
         self.error = error
         self.batches: list[int] = []
@@ -158,7 +158,7 @@ class FakeBackend(Backend):
     async def start(self) -> None:
         pass
 
-    def models(self) -> dict[str, ModelSpec]:
+    def models(self) -> dict[str, ModelMetadata]:
         return {"fake": self.spec}
 
     async def infer(self, model: str, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -177,31 +177,3 @@ class FakeBackend(Backend):
 
 def grey_png(value: int, size: int = 8) -> bytes:
     return encode(Image.new("L", (size, size), value))
-
-
-# --- checks of the helpers themselves ----------------------------------------------------------------
-
-
-def test_export_fixture_follows_the_repository_spec(tiny_run, tmp_path_factory):
-    import json
-
-    import onnxruntime as ort
-
-    ex = exported(tiny_run, tmp_path_factory)
-    meta = json.loads((ex.repository / ex.name / "metadata.json").read_text())
-    assert meta["input"] == {"name": "images", "dtype": "uint8", "channels": 1, "height": 16, "width": 16,
-                             "layout": "NCHW"}
-    encoder = ort.InferenceSession(str(ex.repository / meta["encoder"] / "1" / "model.onnx"))
-    head = ort.InferenceSession(str(ex.repository / meta["head"] / "1" / "model.onnx"))
-    assert [(i.name, i.type) for i in encoder.get_inputs()] == [("images", "tensor(uint8)")]
-    assert [o.name for o in encoder.get_outputs()] == ["features"]
-    assert {o.name for o in head.get_outputs()} == set(meta["outputs"]) == {"embedding", "probabilities", "cluster"}
-    assert (ex.cpu_repository / ex.name / "metadata.json").is_file()
-
-
-def test_metric_reader_sums_matching_samples():
-    text = 'x_total{a="1",b="2"} 3.0\nx_total{a="1",b="3"} 4.0\nx_total{a="2",b="3"} 5.0\n'
-    assert metric(text, "x_total", a="1") == 7.0
-    assert metric(text, "x_total") == 12.0
-    with pytest.raises(AssertionError):
-        assert metric(text, "x_total", a="9") > 0

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".triton-venv"
 TRITON_DIR = VENV / "lib" / "python3.11" / "site-packages" / "pytriton" / "tritonserver"
 BINARY = TRITON_DIR / "bin" / "tritonserver"

@@ -9,14 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import tiny_config
+from contract.runs import finished_runs
+from tests.support.runs import tiny_config
 from train import trainer
 from train.checkpoint import read_checkpoint
-from train.config import resolve_config
-from train.data.defaults import DATASET_DEFAULTS
 from train.losses.c3 import zeta_instance_loss
-from train.methods.c3 import C3, find_latest_cc_run
-from train.methods.cc import CC
+from train.methods import make_config
+from train.methods.c3 import C3
+from train.parents import ParentRunMissing, find_parent, parent_command
 
 
 def slow_zeta_loss(a: torch.Tensor, b: torch.Tensor, zeta: float, t: float) -> float:
@@ -80,7 +80,8 @@ def test_c3_freezes_the_cluster_head_and_reports_before_and_after(tiny_run, tmp_
              not torch.equal(v, cc_state["model"][k])]
     assert moved  # the rest did train
     cc_results = json.loads((cc_run / "results.json").read_text())
-    assert results["metrics"]["before"]["nmi"] == cc_results["metrics"]["nmi"]
+    # measured on the initialised model: the same weights and data give CC's own figures
+    assert results["metrics"]["before"]["nmi"] == pytest.approx(cc_results["metrics"]["nmi"], abs=1e-12)
     assert results["metrics"]["after"]["nmi"] == pytest.approx(results["metrics"]["nmi"])
     assert results["metrics"]["init_checkpoint"] == str(cc_run / "last.pt")
 
@@ -95,7 +96,7 @@ def test_c3_optimiser_leaves_the_cluster_head_out(tmp_path):
 def test_c3_refuses_a_checkpoint_of_another_method(tiny_run, tmp_path):
     drc_run = tiny_run("drc")
     with pytest.raises(ValueError, match=r"last.pt is a drc checkpoint \(smallcnn, 10 clusters\); "
-                                         r"C3 needs a CC checkpoint with smallcnn, 10 clusters"):
+                                         r"c3 needs a cc checkpoint with smallcnn, 10 clusters"):
         trainer.train(tiny_config("c3", tmp_path / "c3", init=str(drc_run)))
 
 
@@ -104,21 +105,49 @@ def test_c3_refuses_another_architecture(tiny_run, tmp_path):
         trainer.train(tiny_config("c3", tmp_path / "c3", init=str(tiny_run("cc")), feature_dim=64))
 
 
-def test_latest_finished_cc_run_is_found(tiny_run, tmp_path, capsys):
+def test_latest_matching_cc_run_is_found(tiny_run, tmp_path, capsys):
     for name, age in (("old", 100), ("new", 10), ("newest-unfinished", 0)):
         run = shutil.copytree(tiny_run("cc"), tmp_path / name)
         if name.endswith("unfinished"):
             (run / "results.json").write_text(json.dumps({"finished": False, "method": "cc"}))
         os.utime(run / "results.json", (1e9 - age, 1e9 - age))
-    assert find_latest_cc_run(tmp_path, "digits", "smallcnn") == tmp_path / "new"
-    assert find_latest_cc_run(tmp_path, "digits", "resnet18") is None
+    assert find_parent(tiny_config("c3", tmp_path / "c3"), "cc", tmp_path) == tmp_path / "new" / "last.pt"
+    # the architecture comes from the config dataclasses: another embedding size matches no run
+    assert find_parent(tiny_config("c3", tmp_path / "c3", feature_dim=64), "cc", tmp_path) is None
+    assert [r.path.name for r in finished_runs(tmp_path, {"method": "cc"})] == ["new", "old"]
     trainer.train(tiny_config("c3", tmp_path / "c3", epochs=1))
-    assert f"latest finished CC run {tmp_path / 'new'}" in capsys.readouterr().out
+    assert f"latest finished cc run {tmp_path / 'new'}" in capsys.readouterr().out
     assert json.loads((tmp_path / "c3" / "results.json").read_text())["metrics"]["init_checkpoint"] == str(
         tmp_path / "new" / "last.pt")
 
 
-def test_without_a_cc_run_cc_is_trained_first(tiny_run, tmp_path, monkeypatch):
+def test_without_a_cc_run_nothing_trains_and_the_command_is_printed(tmp_path):
+    cfg = tiny_config("c3", tmp_path / "c3", epochs=1, seed=3, feature_dim=64)
+    with pytest.raises(ParentRunMissing) as err:
+        trainer.train(cfg)
+    command = parent_command(cfg, "cc", tmp_path / "cc-digits-smallcnn")
+    assert command in str(err.value)
+    assert command == (f"python -m train --method cc --dataset digits --preset fast --seed 3 --feature-dim 64 "
+                       f"--run-dir {tmp_path / 'cc-digits-smallcnn'}")
+    assert not (tmp_path / "c3").exists()
+
+
+def test_the_cli_exits_2_with_the_command_in_seconds(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    began = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "train", "--method", "c3", "--dataset", "digits",
+                          "--run-dir", str(tmp_path / "c3")], capture_output=True, text=True, timeout=60)
+    took = time.perf_counter() - began
+    assert out.returncode == 2, out.stderr
+    assert f"python -m train --method cc --dataset digits --run-dir {tmp_path / 'cc-digits-smallcnn'}" in out.stderr
+    assert not (tmp_path / "c3").exists() and not (tmp_path / "cc-digits-smallcnn").exists()
+    print(f"c3 without a cc run: exit 2 after {took:.1f} s")
+
+
+def test_train_parent_trains_cc_first_with_its_own_preset(tiny_run, tmp_path, monkeypatch):
     trained = []
     real_train = trainer.train
 
@@ -129,9 +158,9 @@ def test_without_a_cc_run_cc_is_trained_first(tiny_run, tmp_path, monkeypatch):
         shutil.copytree(tiny_run("cc"), cfg.run_dir)
 
     monkeypatch.setattr(trainer, "train", fake_cc_train)
-    real_train(tiny_config("c3", tmp_path / "c3", epochs=1, seed=3))
+    real_train(tiny_config("c3", tmp_path / "c3", epochs=1, seed=3, train_parent=True))
     (cc_cfg,) = trained
     assert (cc_cfg.method, cc_cfg.dataset, cc_cfg.preset, cc_cfg.seed) == ("cc", "digits", "fast", 3)
     assert cc_cfg.run_dir == str(tmp_path / "cc-digits-smallcnn")
-    cc_fast = resolve_config(CC.Config, CC.PRESETS, DATASET_DEFAULTS["digits"], {"preset": "fast"})
+    cc_fast = make_config("cc", dataset="digits", preset="fast")
     assert (cc_cfg.instance_temperature, cc_cfg.epochs, cc_cfg.lr) == (0.5, cc_fast.epochs, cc_fast.lr)  # CC's preset

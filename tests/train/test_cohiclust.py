@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import tiny_config
+from tests.support.runs import tiny_config
 from train.losses.cohiclust import (
     level_slice,
     node_mask_from_leaves,

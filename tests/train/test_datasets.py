@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from contract.preprocess import prepare
 from train.data import datasets
 from train.data.datasets import DATASETS, DataError, DatasetInfo, ImageData, load_dataset
-from train.data.preprocess import prepare
 
 CIFAR10_FILES = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.support.runs import tiny_config
 from train.trainer import train
 
 

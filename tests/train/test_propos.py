@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.conftest import tiny_config
+from tests.support.runs import tiny_config
 from train.checkpoint import load_run, read_checkpoint
 from train.data.datasets import load_dataset
 from train.ema import ema_update, momentum_at
@@ -16,6 +16,7 @@ from train.kmeans import assign, centroids_of
 from train.losses.propos import psa_loss, psl_loss
 from train.methods.base import StepContext
 from train.methods.propos import ProPos
+from train.trainer import step_losses
 
 
 def slow_psa(p: torch.Tensor, k: torch.Tensor) -> float:
@@ -124,7 +125,7 @@ def test_training_step_with_psl_on_cpu(tmp_path):
     model.pseudo_labels = torch.randint(10, (100,), generator=g)
     x1, x2 = torch.rand(8, 1, 16, 16, generator=g), torch.rand(8, 1, 16, 16, generator=g)
     step = StepContext(epoch=1, epochs=2, step=3, steps_per_epoch=4, generator=g, indices=torch.arange(8) * 3)
-    losses = model(x1, x2, step)
+    losses = step_losses(model, model, x1, x2, step)
     assert losses["psl"].item() > 0 and torch.isfinite(losses["loss"])
     losses["loss"].backward()
     assert all(p.grad is None for p in model.backbone.parameters())

@@ -1,9 +1,8 @@
-"""Run-directory artefacts: CSV round trip, PNGs readable, gallery sampling, atomic JSON."""
+"""Run-directory artefacts: CSV round trip, PNGs readable, gallery sampling."""
 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ from train.report import (
     plot_confusion,
     plot_gallery,
     write_assignments,
-    write_json,
 )
 
 SOURCES = ["a.png", "dir,with,commas/b.png", 'q"uote.png']
@@ -169,35 +167,3 @@ def test_plot_gallery_bad_inputs(tmp_path: Path) -> None:
         plot_gallery(tmp_path / "g.png", np.zeros((2, 2, 8, 8), np.uint8), np.array([0, 1]))
     with pytest.raises(ValueError, match="cluster ids"):
         plot_gallery(tmp_path / "g.png", np.zeros((2, 1, 8, 8), np.uint8), np.array([0, 1, 1]))
-
-
-def test_write_json_numpy_and_atomic(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.json"
-    obj = {
-        "acc": np.float32(0.5),
-        "n": np.int64(3),
-        "ok": np.bool_(True),
-        "per_class": np.array([1, 2, 3]),
-        "nested": [{"x": np.float64(1.25)}, (np.int32(1), "a")],
-        np.int64(7): "numpy key",
-        "dir": tmp_path,
-    }
-    write_json(path, obj)
-    text = path.read_text()
-    assert '\n  "acc": 0.5' in text  # indent 2
-    assert json.loads(text) == {
-        "acc": 0.5,
-        "n": 3,
-        "ok": True,
-        "per_class": [1, 2, 3],
-        "nested": [{"x": 1.25}, [1, "a"]],
-        "7": "numpy key",
-        "dir": str(tmp_path),
-    }
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-
-    # A failing write leaves the previous file untouched and no temp file behind.
-    with pytest.raises(TypeError):
-        write_json(path, {"bad": object()})
-    assert json.loads(path.read_text())["n"] == 3
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -5,14 +5,11 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from sklearn.datasets import load_digits
 
 import train.trainer as trainer
-from tests.conftest import tiny_config
+from tests.support.runs import digit_folder, tiny_config
 from train.__main__ import main
 from train.checkpoint import load_run, read_checkpoint
 from train.data.datasets import load_dataset
@@ -74,21 +71,10 @@ def test_finished_run_directory_holds_every_artefact(tiny_run):
     assert [int(r["cluster"]) for r in rows] == predicted.tolist()  # the CSV is the saved model's answer
 
 
-def _digit_folder(root, per_class: int = 40):
-    digits = load_digits()
-    for label in range(3):
-        folder = root / f"class_{label}"
-        folder.mkdir(parents=True)
-        for i, image in enumerate(digits.images[digits.target == label][:per_class]):
-            pixels = np.round(image * 255 / 16).astype(np.uint8)
-            Image.fromarray(pixels).resize((24, 24), Image.NEAREST).save(folder / f"{i}.png")
-    (root / "class_1" / "broken.png").write_bytes(b"\x89PNG not really")
-
-
 def test_folder_of_pngs_trains_with_metrics(tmp_path, capsys):
     data = tmp_path / "photos"
-    _digit_folder(data)
-    code = main(["--dataset", "folder", "--data-dir", str(data), "--run-dir", str(tmp_path / "run"),
+    digit_folder(data)
+    code = main(["--method", "cc", "--dataset", "folder", "--data-dir", str(data), "--run-dir", str(tmp_path / "run"),
                  "--preset", "fast", "--backbone", "smallcnn", "--image-size", "16", "--epochs", "2",
                  "--batch-size", "32", "--eval-every", "0", "--progress", "false"])
     out = capsys.readouterr()
@@ -103,27 +89,56 @@ def test_folder_of_pngs_trains_with_metrics(tmp_path, capsys):
 
 
 def test_missing_data_directory_fails_at_once_naming_the_files(tmp_path, capsys):
-    code = main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r")])
+    code = main(["--method", "cc", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"),
+                 "--run-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2
     assert "cifar10" in err and "data_batch_1" in err
-    assert not (tmp_path / "r" / "last.pt").exists()
+    assert not (tmp_path / "r").exists()  # no empty run directory left behind
+
+
+def test_an_empty_folder_fails_and_leaves_no_run_directory(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(["--method", "cc", "--dataset", "folder", "--data-dir", str(tmp_path / "empty"),
+                 "--run-dir", str(tmp_path / "r"), "--num-clusters", "3"])
+    assert code == 2 and "empty" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["--method", "cc", "--dataset", "digits", "--device", "cuda", "--run-dir", str(tmp_path / "r")])
+    assert code == 2 and "torch sees no CUDA device" in capsys.readouterr().err
 
 
 def test_unknown_method_and_dataset_list_the_choices(capsys):
     assert main(["--method", "nope"]) == 2
     assert "cc" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--dataset", "nope"])
+    assert main(["--method", "cc", "--dataset", "nope"]) == 2
     assert "digits" in capsys.readouterr().err
 
 
-def test_help_explains_every_option(capsys):
+def test_method_list_prints_every_registered_method(capsys):
+    from train.methods import METHODS
+
+    assert main(["--method", "list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == sorted(METHODS)
+
+
+def test_help_explains_every_option_with_the_resolved_defaults(capsys):
     with pytest.raises(SystemExit):
-        main(["--help"])
-    out = capsys.readouterr().out
+        main(["--method", "cc", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
     for option in ("--dataset", "--data-dir", "--preset", "--epochs", "--instance-temperature", "--jitter-strength"):
         assert option in out
+    # digits (the default data set) with CC's paper preset: smallcnn for 300 epochs, not the dataclass's resnet34/1000
+    assert "default: 'smallcnn', from the paper preset / digits defaults" in out
+    assert "default: 300, from the paper preset / digits defaults" in out
+    with pytest.raises(SystemExit):
+        main(["--method", "cc", "--dataset", "cifar10", "--preset", "fast", "--help"])
+    assert "default: 'resnet18', from the fast preset / cifar10 defaults" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_foreign_checkpoint_is_refused(tmp_path):
