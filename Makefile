@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow install triton lint clean
+.PHONY: demo test test-slow install triton browser lint clean
 
 install: $(STAMP)
 
@@ -20,13 +20,17 @@ triton: .triton-venv/.installed
 	bash scripts/setup_triton.sh
 	touch $@
 
+# Debian's chromium for the page tests (playwright drives it; no browser download).
+browser:
+	bash scripts/setup_browser.sh
+
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP) triton
+test: $(STAMP) triton browser
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP) triton
+test-slow: $(STAMP) triton browser
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)

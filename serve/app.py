@@ -33,6 +33,7 @@ from serve.batching import Batcher
 from serve.errors import GatewayError, backend_unavailable, bad_request, not_found, unauthorized
 from serve.images import Upload, prepare_uploads, read_uploads
 from serve.metrics import Metrics
+from serve.page import mount_page
 from serve.schemas import (
     ClusterResponse,
     EmbedResponse,
@@ -287,6 +288,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                   description="Deep image clustering: cluster ids, probabilities and embeddings of images.")
     app.state.gateway = gateway
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
+    mount_page(app)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, err: GatewayError) -> Response:

@@ -1,0 +1,328 @@
+// The gateway's page: plain JavaScript, no build step, no external assets (works offline).
+// It talks to the same HTTP API as every other client; nothing here is privileged.
+"use strict";
+
+const state = { model: null, card: null, keyWaiters: null, objectUrls: [] };
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined && v !== false) node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function status(text) { $("status").textContent = text || ""; }
+
+// --- HTTP, with the API key asked for once when the gateway answers 401 -------------------------------
+
+function askKey() {
+  if (state.keyWaiters) return new Promise((resolve) => state.keyWaiters.push(resolve));
+  state.keyWaiters = [];
+  const dialog = $("key-dialog");
+  return new Promise((resolve) => {
+    state.keyWaiters.push(resolve);
+    dialog.addEventListener("close", () => {
+      const key = dialog.returnValue === "ok" ? $("key").value : null;
+      if (key) sessionStorage.setItem("dcs-api-key", key);
+      const waiters = state.keyWaiters;
+      state.keyWaiters = null;
+      waiters.forEach((w) => w(key));
+    }, { once: true });
+    dialog.showModal();
+    $("key").focus();
+  });
+}
+
+async function api(path, options = {}, retried = false) {
+  const headers = new Headers(options.headers || {});
+  const key = sessionStorage.getItem("dcs-api-key");
+  if (key) headers.set("X-API-Key", key);
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401 && !retried) {
+    sessionStorage.removeItem("dcs-api-key");
+    if (await askKey()) return api(path, options, true);
+  }
+  return response;
+}
+
+async function json(path, options) {
+  const response = await api(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = body.error ? body.error.message : `${response.status} ${response.statusText}`;
+    throw new Error(message);
+  }
+  return body;
+}
+
+const q = (params) => new URLSearchParams(Object.entries(params).filter(([, v]) => v !== null && v !== undefined));
+
+// --- models and their cards ------------------------------------------------------------------------
+
+function clusterName(id) {
+  const cluster = state.card && state.card.clusters ? state.card.clusters[id] : null;
+  return cluster && cluster.name ? cluster.name : `cluster ${id}`;
+}
+
+async function loadModels() {
+  const { models } = await json("models");
+  const select = $("model");
+  select.replaceChildren(...models.map((m) => el("option", { value: m.name }, m.name)));
+  if (!models.length) { status("This gateway serves no model."); return; }
+  select.value = models[0].name;
+  await selectModel(models[0].name);
+}
+
+async function selectModel(name) {
+  state.model = name;
+  state.card = await json(`models/${encodeURIComponent(name)}`).catch(() => null);
+  const card = state.card || {};
+  $("model-info").textContent = [card.method, card.dataset, card.num_clusters && `${card.num_clusters} clusters`,
+    card.version && `version ${card.version}`, card.finished === false && "UNFINISHED run"]
+    .filter(Boolean).join(" · ");
+  $("tab-tree").hidden = !(card.tree && card.tree.nodes);
+  renderClusters();
+  renderTree();
+  await renderMap();
+}
+
+// --- cluster images ----------------------------------------------------------------------------------
+
+function percent(p) { return `${(100 * p).toFixed(1)}%`; }
+
+function flags(result) {
+  const out = [];
+  if (result.low_confidence) out.push(el("span", { class: "flag warn" }, "low confidence"));
+  if (result.out_of_distribution) out.push(el("span", { class: "flag bad" }, "out of distribution"));
+  return out;
+}
+
+function answerCard(result, file) {
+  const title = result.filename || (file && file.name) || `image ${result.index}`;
+  const thumb = file ? el("img", { src: URL.createObjectURL(file), alt: title, class: "thumb" }) : null;
+  if (thumb) {
+    state.objectUrls.push(thumb.src);
+    thumb.addEventListener("error", () => thumb.remove());  // not an image the browser can show either
+  }
+  if (result.error) {
+    return el("li", { class: "card error", "data-index": result.index },
+      thumb, el("h3", {}, title), el("p", { class: "error-text" }, result.error));
+  }
+  const top = el("ol", { class: "topk", "aria-label": "most probable clusters" },
+    (result.top_k || []).map((t) => el("li", {}, `${t.name || clusterName(t.cluster)}: ${percent(t.probability)}`)));
+  return el("li", { class: "card answer", "data-index": result.index, "data-cluster": result.cluster },
+    thumb, el("h3", {}, title),
+    el("p", { class: "cluster" }, el("strong", { class: "cluster-name" }, result.name || clusterName(result.cluster)),
+      ` (${result.cluster}) `, el("span", { class: "probability" }, percent(result.probability))),
+    el("p", { class: "flags" }, flags(result)),
+    result.ood_score !== undefined ? el("p", { class: "muted" }, `novelty ${result.ood_score.toFixed(3)}`) : null,
+    result.path ? el("p", { class: "muted" }, `tree path ${result.path.join(" → ")}`) : null,
+    top);
+}
+
+async function clusterFiles(files) {
+  if (!files.length || !state.model) return;
+  state.objectUrls.forEach((u) => URL.revokeObjectURL(u));
+  state.objectUrls = [];
+  const body = new FormData();
+  files.forEach((f) => body.append("files", f, f.name));
+  status(`Clustering ${files.length} image(s)…`);
+  try {
+    const answer = await json(`cluster?${q({ model: state.model, positions: state.projection ? "true" : null })}`,
+      { method: "POST", body });
+    $("results").replaceChildren(...answer.results.map((r) => answerCard(r, files[r.index])));
+    state.dropped = answer.results.filter((r) => r.position).map((r) => ({ ...r, label: files[r.index].name }));
+    drawMap();
+    status(`${answer.results.filter((r) => !r.error).length} clustered, ` +
+      `${answer.results.filter((r) => r.error).length} error(s).`);
+  } catch (err) {
+    status(`Failed: ${err.message}`);
+  }
+}
+
+// --- clusters: names, sizes, samples, renaming -----------------------------------------------------------
+
+function renameForm(id) {
+  const input = el("input", { value: clusterName(id), "aria-label": `new name for cluster ${id}`, required: true });
+  const form = el("form", { class: "rename" }, input, el("button", { type: "submit" }, "Rename"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      await json(`models/${encodeURIComponent(state.model)}/clusters/${id}`, {
+        method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name: input.value }),
+      });
+      state.card.clusters[id].name = input.value;
+      status(`Cluster ${id} is now called ${input.value}.`);
+      renderClusters();
+      renderLegend();
+    } catch (err) {
+      status(`Rename failed: ${err.message}`);
+    }
+  });
+  return form;
+}
+
+function samples(urls, label) {
+  return el("div", { class: "thumbs" }, (urls || []).map((u, i) => el("img", { src: u, alt: `${label} sample ${i + 1}` })));
+}
+
+function renderClusters() {
+  const card = state.card;
+  if (!card || !card.clusters) {
+    $("clusters-note").textContent = "This model has no model card.";
+    $("clusters").replaceChildren();
+    return;
+  }
+  $("clusters-note").textContent = `${card.clusters.length} clusters; sizes and purity on the training data.`;
+  $("clusters").replaceChildren(...card.clusters.map((c, id) => el("li", { class: "card", "data-cluster": id },
+    el("h3", {}, `${c.name || `cluster ${id}`} (${id})`),
+    el("p", {}, `${c.size} training images`, c.purity !== undefined && c.purity !== null
+      ? ` · purity ${percent(c.purity)}${c.class_name ? ` (${c.class_name})` : ""}` : ""),
+    samples(c.samples, c.name || `cluster ${id}`),
+    renameForm(id))));
+}
+
+// --- the embedding map -----------------------------------------------------------------------------------
+
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+  "#bcbd22", "#17becf"];
+const colour = (c) => PALETTE[c % PALETTE.length];
+
+async function renderMap() {
+  state.projection = null;
+  state.dropped = [];
+  try {
+    state.projection = await json(`models/${encodeURIComponent(state.model)}/projection`);
+    $("map-note").textContent = `${state.projection.points.length} training images, ${state.projection.method}; ` +
+      "dropped images appear as large outlined points.";
+  } catch (err) {
+    $("map-note").textContent = `No embedding map for this model (${err.message}).`;
+  }
+  drawMap();
+  renderLegend();
+}
+
+function drawMap() {
+  const box = $("map");
+  const p = state.projection;
+  if (!p) { box.replaceChildren(); return; }
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "-0.05 -0.05 1.1 1.1");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `embedding map of ${p.points.length} training images`);
+  for (const [x, y, c] of p.points) {
+    const dot = document.createElementNS(ns, "circle");
+    dot.setAttribute("cx", x); dot.setAttribute("cy", 1 - y); dot.setAttribute("r", 0.006);
+    dot.setAttribute("fill", colour(c));
+    svg.append(dot);
+  }
+  for (const r of state.dropped || []) {
+    const [x, y] = r.position;
+    const mark = document.createElementNS(ns, "circle");
+    mark.setAttribute("cx", x); mark.setAttribute("cy", 1 - y); mark.setAttribute("r", 0.02);
+    mark.setAttribute("fill", colour(r.cluster)); mark.setAttribute("stroke", "#000"); mark.setAttribute("stroke-width", 0.005);
+    mark.setAttribute("class", "dropped");
+    const title = document.createElementNS(ns, "title");
+    title.textContent = `${r.label}: ${r.name || clusterName(r.cluster)}`;
+    mark.append(title);
+    svg.append(mark);
+  }
+  box.replaceChildren(svg);
+}
+
+function renderLegend() {
+  const n = state.card && state.card.clusters ? state.card.clusters.length : 0;
+  $("legend").replaceChildren(...Array.from({ length: n }, (_, c) =>
+    el("li", {}, el("span", { class: "swatch", style: `background:${colour(c)}` }), clusterName(c))));
+}
+
+// --- CoHiClust's tree ------------------------------------------------------------------------------------
+
+function renderTree() {
+  const tree = state.card && state.card.tree;
+  if (!tree || !tree.nodes) { $("tree").replaceChildren(); return; }
+  const byId = new Map(tree.nodes.map((n) => [n.id, n]));
+  const leavesUnder = (node) => (node.children.length ? node.children.flatMap((c) => leavesUnder(byId.get(c))) : [node]);
+  const item = (node) => el("li", {},
+    el("button", { class: "node", "data-node": node.id, onclick: () => showNode(node, leavesUnder(node)) },
+      node.cluster !== undefined ? `${clusterName(node.cluster)}: ${node.size}` : `node ${node.id}: ${node.size}`),
+    node.children.length ? el("ul", {}, node.children.map((c) => item(byId.get(c)))) : null);
+  $("tree").replaceChildren(el("ul", { class: "tree-root" }, item(byId.get(0))));
+}
+
+function showNode(node, leaves) {
+  const clusters = state.card.clusters;
+  const urls = leaves.flatMap((leaf) => (clusters[leaf.cluster] || {}).samples || []);
+  $("tree-images").replaceChildren(el("h3", {}, `node ${node.id}: ${node.size} training images`),
+    samples(urls, `node ${node.id}`));
+}
+
+// --- a bulk job's output --------------------------------------------------------------------------------
+
+async function loadBulk() {
+  let summary;
+  try {
+    summary = await json("bulk/summary");
+  } catch {
+    return;
+  }
+  $("tab-bulk").hidden = false;
+  const counts = summary.clusters || {};
+  $("bulk-summary").textContent = `${summary.images || 0} images clustered offline with ${summary.model || "?"}, ` +
+    `${summary.errors || 0} error(s).`;
+  $("bulk").replaceChildren(...Object.entries(counts).map(([id, count]) => el("li", { class: "card" },
+    el("h3", {}, `cluster ${id}: ${count} images`),
+    el("img", { src: `bulk/galleries/${id}.png`, alt: `samples of cluster ${id}`, class: "gallery" }))));
+}
+
+// --- tabs, drop zone, start ------------------------------------------------------------------------------
+
+function selectTab(tab) {
+  for (const t of document.querySelectorAll('[role="tab"]')) {
+    const selected = t === tab;
+    t.setAttribute("aria-selected", selected);
+    t.tabIndex = selected ? 0 : -1;
+    $(t.getAttribute("aria-controls")).hidden = !selected;
+  }
+  tab.focus();
+}
+
+function setUp() {
+  const tabs = [...document.querySelectorAll('[role="tab"]')];
+  for (const tab of tabs) {
+    tab.addEventListener("click", () => selectTab(tab));
+    tab.addEventListener("keydown", (event) => {
+      const visible = tabs.filter((t) => !t.hidden);
+      const i = visible.indexOf(tab);
+      if (event.key === "ArrowRight") selectTab(visible[(i + 1) % visible.length]);
+      if (event.key === "ArrowLeft") selectTab(visible[(i - 1 + visible.length) % visible.length]);
+    });
+  }
+  const drop = $("drop");
+  const picker = $("files");
+  drop.addEventListener("click", () => picker.click());
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); picker.click(); }
+  });
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    clusterFiles([...event.dataTransfer.files]);
+  });
+  picker.addEventListener("change", () => { clusterFiles([...picker.files]); picker.value = ""; });
+  $("model").addEventListener("change", (event) => selectModel(event.target.value));
+  loadModels().catch((err) => status(`Cannot list models: ${err.message}`));
+  loadBulk();
+}
+
+document.addEventListener("DOMContentLoaded", setUp);
