@@ -161,7 +161,7 @@ class FakeBackend(Backend):
     def models(self) -> dict[str, ModelMetadata]:
         return {"fake": self.spec}
 
-    async def infer(self, model: str, images: np.ndarray) -> dict[str, np.ndarray]:
+    async def infer(self, model: str, images: np.ndarray, version: int | None = None) -> dict[str, np.ndarray]:
         if self.gate is not None and self.batches:  # the warm-up batch passes
             await self.gate.wait()
         self.batches.append(len(images))
