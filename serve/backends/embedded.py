@@ -4,13 +4,14 @@ Versions (the repository's NAME/<v>/): the latest version of every model is load
 `refresh` (called every few seconds by the gateway) loads a new latest version, warms it up, and only
 then switches requests to it, so a re-export never leaves a gap; a removed version is unloaded and
 the latest remaining one served (rollback). A version pinned by a request (`?version=`) is loaded on
-first use and kept while it exists.
+first use; versions other than the latest are unloaded after a minute without requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from serve.backends.repository import ModelVersion, RepositoryError, check_root,
 from serve.errors import GatewayError, not_found
 
 log = logging.getLogger("serve")
+IDLE_UNLOAD_S = 60.0
+"""A version that is no longer the latest is unloaded once no request has used it for this long."""
 
 
 def choose_providers(available: list[str]) -> list[str]:
@@ -60,6 +63,7 @@ class EmbeddedBackend(Backend):
         self.threads = threads
         self._loaded: dict[tuple[str, int], _Model] = {}
         self._latest: dict[str, int] = {}  # model -> the version unpinned requests get
+        self._used: dict[tuple[str, int], float] = {}  # monotonic time of the last request per loaded version
         self._lock = asyncio.Lock()
         self.problems: list[str] = []  # versions that failed to load at the last refresh
 
@@ -95,6 +99,7 @@ class EmbeddedBackend(Backend):
             except RepositoryError as err:
                 raise not_found(str(err)) from err
             self._loaded[key] = await asyncio.to_thread(self._load, files)
+        self._used[key] = time.monotonic()
         return self._loaded[key]
 
     async def refresh(self) -> bool:
@@ -117,8 +122,11 @@ class EmbeddedBackend(Backend):
                 log.info("model %s: removed from the repository", name)
                 del self._latest[name]
                 changed = True
-            for key in [k for k in self._loaded if k[1] not in on_disk.get(k[0], [])]:
+            idle = time.monotonic() - IDLE_UNLOAD_S
+            for key in [k for k in self._loaded if k[1] not in on_disk.get(k[0], [])
+                        or (self._latest.get(k[0]) != k[1] and self._used.get(k, 0) < idle)]:
                 self._loaded.pop(key).close()
+                self._used.pop(key, None)
             return changed
 
     def models(self) -> dict[str, ModelMetadata]:
