@@ -297,10 +297,10 @@ def write_repository(repository: Path, models: ModelSet, flavour: Flavour,
     with export_lock(repository, options.lock_timeout_s):
         remove_orphans(repository, models.name)
         check_compatible(repository, models.metadata, options.force)
+        version = next_version(repository, models.name)  # before a forced removal: numbers never go back
         if options.force:  # a new interface: the old versions cannot share the new config
             for old in complete_versions(repository, models.name):
                 _remove_version(repository, models.name, old)
-        version = next_version(repository, models.name)
         scratch = Path(tempfile.mkdtemp(prefix=f".{models.name}-v{version}-", dir=repository.parent))
         try:
             _stage_component(scratch, models.encoder_name, version, models.encoder_onnx, models.encoder_inputs,

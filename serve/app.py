@@ -191,7 +191,7 @@ class Gateway:
         if key not in self.batchers:
             s = self.settings
             self.batchers[key] = Batcher(
-                spec.name if spec.version is None else f"{spec.name}/{spec.version}",
+                spec.name,  # one label per model in /metrics (a version switch is short-lived)
                 lambda images: self.backend.infer(spec.name, images, spec.version), self.metrics,
                 max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, queue_size=s.queue_size,
                 concurrency=s.concurrency, retry_after_s=s.retry_after_s)

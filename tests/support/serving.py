@@ -56,8 +56,8 @@ def copy_model(repository: Path, name: str, destination: Path, new_name: str) ->
 
     for suffix in ("", "_encoder", "_head"):
         shutil.copytree(repository / f"{name}{suffix}", destination / f"{new_name}{suffix}")
-    meta_file = destination / new_name / "metadata.json"
-    ModelMetadata.read(meta_file).replace(name=new_name).write(meta_file)
+    for meta_file in (destination / new_name).glob("*/metadata.json"):  # every version
+        ModelMetadata.read(meta_file).replace(name=new_name).write(meta_file)
 
 
 @contextmanager
