@@ -30,13 +30,20 @@ LOW_CONFIDENCE_QUANTILE = 0.05
 OOD_QUANTILE = 0.99
 
 
-def _read_record(cls, path: str | Path):
-    path = Path(path)
-    try:
-        data = files.read_json(path)
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from err
-    return cls.from_json(data, str(path))
+class _JSONRecord:
+    """read/write of a record with `to_json` and `from_json(data, source)`; ValueError names the file."""
+
+    @classmethod
+    def read(cls, path: str | Path):
+        path = Path(path)
+        try:
+            data = files.read_json(path)
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read: {err.strerror or err}") from err
+        return cls.from_json(data, str(path))
+
+    def write(self, path: str | Path) -> None:
+        files.write_json(path, self.to_json())
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ class ClusterInfo:
 
 
 @dataclass(frozen=True)
-class ClusterStats:
+class ClusterStats(_JSONRecord):
     """The final model on its whole training set (cluster_stats.json in a run, `stats` of a model card)."""
 
     num_images: int
@@ -162,16 +169,10 @@ class ClusterStats:
         except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as err:
             raise ValueError(f"{source}: not valid cluster statistics: {err!r}") from err
 
-    @classmethod
-    def read(cls, path: str | Path) -> ClusterStats:
-        return _read_record(cls, path)
-
-    def write(self, path: str | Path) -> None:
-        files.write_json(path, self.to_json())
 
 
 @dataclass(frozen=True)
-class ModelCard:
+class ModelCard(_JSONRecord):
     """One exported model version for people and pages: provenance, training metrics, its clusters."""
 
     name: str
@@ -210,12 +211,6 @@ class ModelCard:
         except TypeError as err:
             raise ValueError(f"{source}: not a valid model card: {err}") from err
 
-    @classmethod
-    def read(cls, path: str | Path) -> ModelCard:
-        return _read_record(cls, path)
-
-    def write(self, path: str | Path) -> None:
-        files.write_json(path, self.to_json())
 
     def markdown(self) -> str:
         """A short human rendering (card.md)."""

@@ -10,27 +10,22 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from contract.card import ModelCard, nearest_centroid_distance
-from tests.support.serving import exported
 
 
 @pytest.fixture(scope="module")
-def model(tiny_run, tmp_path_factory):
-    return exported(tiny_run, tmp_path_factory, "cc")
-
-
-@pytest.fixture(scope="module")
-def assignments(model):
-    rows = list(csv.DictReader(open(model.run / "assignments.csv")))
+def assignments(cc_model):
+    rows = list(csv.DictReader(open(cc_model.run / "assignments.csv")))
     return np.array([int(r["cluster"]) for r in rows]), np.array([int(r["label"]) for r in rows]), \
         np.array([float(r["confidence"]) for r in rows])
 
 
-def test_card_mapping_and_purity_match_the_assignments(model, assignments):
+def test_card_mapping_and_purity_match_the_assignments(cc_model, assignments):
     clusters, labels, _ = assignments
-    card = ModelCard.read(model.repository / model.name / "1" / "card.json")
+    card = ModelCard.read(cc_model.repository / cc_model.name / "1" / "card.json")
     stats = card.stats
-    assert (card.name, card.version, card.method, card.dataset, card.finished) == (model.name, 1, "cc", "digits", True)
-    assert card.source_run == model.run.name  # the run's name, not a host path
+    assert (card.name, card.version, card.method, card.dataset, card.finished) == \
+        (cc_model.name, 1, "cc", "digits", True)
+    assert card.source_run == cc_model.run.name  # the run's name, not a host path
     assert set(card.metrics) >= {"nmi", "acc", "ari"} and stats.num_images == len(clusters) == 1797
     k = len(stats.clusters)
     table = np.zeros((k, 10), np.int64)
@@ -47,15 +42,15 @@ def test_card_mapping_and_purity_match_the_assignments(model, assignments):
         else:
             assert c.purity is None and c.centroid is None
     # default names: the mapped digit, else "cluster <id>"
-    names = json.loads((model.repository / model.name / "1" / "cluster_names.json").read_text())
+    names = json.loads((cc_model.repository / cc_model.name / "1" / "cluster_names.json").read_text())
     assert names == {str(c.id): expected.get(c.id, f"cluster {c.id}") for c in stats.clusters}
-    markdown = (model.repository / model.name / "1" / "card.md").read_text()
-    assert f"# {model.name} v1" in markdown and "| cluster | name | images |" in markdown
+    markdown = (cc_model.repository / cc_model.name / "1" / "card.md").read_text()
+    assert f"# {cc_model.name} v1" in markdown and "| cluster | name | images |" in markdown
 
 
-def test_card_calibration_is_the_training_distribution(model, assignments):
+def test_card_calibration_is_the_training_distribution(cc_model, assignments):
     clusters, _, confidence = assignments
-    stats = ModelCard.read(model.repository / model.name / "1" / "card.json").stats
+    stats = ModelCard.read(cc_model.repository / cc_model.name / "1" / "card.json").stats
     assert stats.confidence.threshold == pytest.approx(np.percentile(confidence, 5), abs=1e-5)
     assert stats.confidence.flag(confidence).mean() == pytest.approx(0.05, abs=0.01)
     centroids = stats.centroids()
@@ -65,10 +60,10 @@ def test_card_calibration_is_the_training_distribution(model, assignments):
     assert 0.5 < stats.ood.threshold / stats.ood.quantiles[100] <= 1  # 99th percentile below the maximum
 
 
-def test_sample_images_per_cluster_are_its_most_confident(model, assignments):
+def test_sample_images_per_cluster_are_its_most_confident(cc_model, assignments):
     clusters, _, confidence = assignments
-    stats = ModelCard.read(model.repository / model.name / "1" / "card.json").stats
-    with np.load(model.repository / model.name / "1" / "cluster_samples.npz") as samples:
+    stats = ModelCard.read(cc_model.repository / cc_model.name / "1" / "card.json").stats
+    with np.load(cc_model.repository / cc_model.name / "1" / "cluster_samples.npz") as samples:
         assert samples["images"].shape[1:] == (1, 16, 16) and samples["images"].dtype == np.uint8
         np.testing.assert_array_equal(clusters[samples["index"]], samples["cluster"])
     for c in stats.clusters:

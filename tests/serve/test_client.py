@@ -16,17 +16,12 @@ import pytest
 from PIL import Image
 
 from serve.client import AsyncClient, Client, ClusterResult, GatewayClientError, array_to_pil
-from tests.support.serving import digit_pngs, exported, files, gateway
+from tests.support.serving import digit_pngs, files, gateway
 
 
 @pytest.fixture(scope="module")
-def model(tiny_run, tmp_path_factory):
-    return exported(tiny_run, tmp_path_factory, "cc")
-
-
-@pytest.fixture(scope="module")
-def testclient(model):
-    with gateway(model.repository) as c:
+def testclient(cc_model):
+    with gateway(cc_model.repository) as c:
         yield c
 
 
@@ -40,7 +35,7 @@ def every_kind(tmp_path: Path) -> list:
     return [path, pngs[1], pil, array, pngs[4], pngs[5]]
 
 
-def test_sync_client_clusters_and_embeds_every_image_kind_in_batches(testclient, model, tmp_path):
+def test_sync_client_clusters_and_embeds_every_image_kind_in_batches(testclient, cc_model, tmp_path):
     images = every_kind(tmp_path)
     direct = testclient.post("/cluster", files=files([(str(i), d) for i, d in enumerate(digit_pngs(6))])).json()
     with Client(http=testclient, batch_size=4) as client:
@@ -49,25 +44,25 @@ def test_sync_client_clusters_and_embeds_every_image_kind_in_batches(testclient,
         assert [r.cluster for r in results] == [x["cluster"] for x in direct["results"]]
         assert all(isinstance(r, ClusterResult) and r.ok and r.name and r.version == 1 for r in results)
         assert results[0].filename == "zero.png" and results[0].top_k[0].cluster == results[0].cluster
-        embedded = client.embed(images, model=model.name)
+        embedded = client.embed(images, model=cc_model.name)
         assert embedded.embeddings.shape == (6, 128) and not embedded.errors
         np.testing.assert_allclose(np.linalg.norm(embedded.embeddings, axis=1), 1, atol=1e-5)
         broken = client.embed([images[1], b"not an image"])
         assert np.isnan(broken.embeddings[1]).all() and "image 1" in broken.errors[1]
-        assert client.card(model.name)["card"]["name"] == model.name
+        assert client.card(cc_model.name)["card"]["name"] == cc_model.name
         with pytest.raises(GatewayClientError) as err:
             client.cluster(images[:1], model="nope")
         assert err.value.status == 404 and err.value.kind == "not_found"
 
 
-def test_async_client_gives_the_sync_answers(model, testclient, tmp_path):
+def test_async_client_gives_the_sync_answers(cc_model, testclient, tmp_path):
     from serve.app import create_app
     from serve.settings import load_settings
 
     images = every_kind(tmp_path)
     with Client(http=testclient, batch_size=4) as client:
         expected = client.cluster(images)
-    app = create_app(load_settings({}, model_repository=str(model.repository)))
+    app = create_app(load_settings({}, model_repository=str(cc_model.repository)))
 
     async def run():
         transport = httpx.ASGITransport(app=app)

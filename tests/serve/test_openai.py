@@ -7,19 +7,14 @@ import base64
 import numpy as np
 import pytest
 
-from tests.support.serving import digit_pngs, exported, files, gateway
+from tests.support.serving import digit_pngs, files, gateway
 
 openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")
-def model(tiny_run, tmp_path_factory):
-    return exported(tiny_run, tmp_path_factory, "cc")
-
-
-@pytest.fixture(scope="module")
-def client(model):
-    with gateway(model.repository) as c:
+def client(cc_model):
+    with gateway(cc_model.repository) as c:
         yield c
 
 
@@ -27,38 +22,38 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def test_the_openai_client_gets_the_same_embeddings_as_embed(client, model):
+def test_the_openai_client_gets_the_same_embeddings_as_embed(client, cc_model):
     pngs = digit_pngs(5)
     expected = np.array([x["embedding"] for x in client.post(
         "/embed", files=files([(f"{i}.png", p) for i, p in enumerate(pngs)])).json()["results"]])
     sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="not-needed", http_client=client, max_retries=0)
     # the SDK asks for base64 by default and decodes it; also plain floats, and a bare base64 input
     for fmt in (openai.NOT_GIVEN, "float"):
-        answer = sdk.embeddings.create(model=model.name, input=[data_uri(p) for p in pngs], encoding_format=fmt)
+        answer = sdk.embeddings.create(model=cc_model.name, input=[data_uri(p) for p in pngs], encoding_format=fmt)
         got = np.array([d.embedding for d in answer.data])
         np.testing.assert_allclose(got, expected, atol=1e-6)
-        assert [d.index for d in answer.data] == list(range(5)) and answer.model == model.name
+        assert [d.index for d in answer.data] == list(range(5)) and answer.model == cc_model.name
         assert answer.usage.prompt_tokens == answer.usage.total_tokens == 5
-    single = sdk.embeddings.create(model=model.name, input=base64.b64encode(pngs[0]).decode())
+    single = sdk.embeddings.create(model=cc_model.name, input=base64.b64encode(pngs[0]).decode())
     np.testing.assert_allclose(single.data[0].embedding, expected[0], atol=1e-6)
-    assert [m.id for m in sdk.models.list().data] == [model.name]
+    assert [m.id for m in sdk.models.list().data] == [cc_model.name]
 
 
-def test_openai_errors_are_all_or_nothing_and_name_the_image(client, model):
+def test_openai_errors_are_all_or_nothing_and_name_the_image(client, cc_model):
     sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
     with pytest.raises(openai.BadRequestError, match="image 1"):
-        sdk.embeddings.create(model=model.name, input=[data_uri(digit_pngs(1)[0]), data_uri(b"not an image")])
+        sdk.embeddings.create(model=cc_model.name, input=[data_uri(digit_pngs(1)[0]), data_uri(b"not an image")])
     with pytest.raises(openai.NotFoundError, match="unknown model"):
         sdk.embeddings.create(model="nope", input=[data_uri(digit_pngs(1)[0])])
     with pytest.raises(openai.BadRequestError, match="dimensions"):
-        sdk.embeddings.create(model=model.name, input=[data_uri(digit_pngs(1)[0])], dimensions=7)
-    r = client.post("/v1/embeddings", json={"model": model.name, "input": [], "encoding_format": "float"})
+        sdk.embeddings.create(model=cc_model.name, input=[data_uri(digit_pngs(1)[0])], dimensions=7)
+    r = client.post("/v1/embeddings", json={"model": cc_model.name, "input": [], "encoding_format": "float"})
     assert r.status_code == 400
 
 
-def test_a_request_as_the_openai_client_writes_it(client, model):
+def test_a_request_as_the_openai_client_writes_it(client, cc_model):
     """The body and headers openai 1.x+ sends (captured from its documented shape), without the SDK."""
-    body = {"input": [data_uri(digit_pngs(1)[0])], "model": model.name, "encoding_format": "base64"}
+    body = {"input": [data_uri(digit_pngs(1)[0])], "model": cc_model.name, "encoding_format": "base64"}
     headers = {"Authorization": "Bearer sk-unused", "User-Agent": "OpenAI/Python 1.0", "X-Stainless-Lang": "python"}
     r = client.post("/v1/embeddings", json=body, headers=headers)
     assert r.status_code == 200, r.text

@@ -13,19 +13,14 @@ from pathlib import Path
 import pytest
 
 from serve.__main__ import build_parser
-from tests.support.serving import digit_pngs, exported, files, gateway
+from tests.support.serving import digit_pngs, files, gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def model(tiny_run, tmp_path_factory):
-    return exported(tiny_run, tmp_path_factory, "cc")
-
-
-def test_request_ids_are_echoed_or_made_and_logged(model, caplog):
+def test_request_ids_are_echoed_or_made_and_logged(cc_model, caplog):
     caplog.set_level(logging.INFO, logger="serve")
-    with gateway(model.repository, log_format="json") as client:
+    with gateway(cc_model.repository, log_format="json") as client:
         given = client.get("/healthz", headers={"X-Request-ID": "job-42.a:b"})
         made = client.post("/cluster", files=files([("a.png", digit_pngs(1)[0])]))
         unsafe = client.get("/healthz", headers={"X-Request-ID": "two words\r\n"})
@@ -40,12 +35,12 @@ def test_request_ids_are_echoed_or_made_and_logged(model, caplog):
     assert cluster["duration_ms"] > 0
 
 
-def test_the_start_up_summary_names_models_versions_and_providers(model, caplog):
+def test_the_start_up_summary_names_models_versions_and_providers(cc_model, caplog):
     caplog.set_level(logging.INFO, logger="serve")
-    with gateway(model.repository, access_log=False):
+    with gateway(cc_model.repository, access_log=False):
         pass
     (summary,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("gateway ready")]
-    assert "backend embedded" in summary and f"{model.name} (version 1, versions [1]" in summary
+    assert "backend embedded" in summary and f"{cc_model.name} (version 1, versions [1]" in summary
     assert "CPUExecutionProvider" in summary
     assert not [r for r in caplog.records if r.name == "serve.access"]  # access_log false: no lines
 
@@ -73,8 +68,8 @@ def test_serve_help_shows_each_default_once_and_right(capsys):
     assert out.count("default 'embedded'") == 1
 
 
-def test_swagger_ui_is_served_by_the_gateway_itself(model):
-    with gateway(model.repository) as client:
+def test_swagger_ui_is_served_by_the_gateway_itself(cc_model):
+    with gateway(cc_model.repository) as client:
         page = client.get("/docs")
         assert page.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in page.text
         assert "cdn" not in page.text.lower()
@@ -90,13 +85,13 @@ def test_swagger_ui_is_served_by_the_gateway_itself(model):
     assert "example" in spec["components"]["schemas"]["ClusterResult"]
 
 
-def test_cors_only_for_the_configured_origins(model):
+def test_cors_only_for_the_configured_origins(cc_model):
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
-    with gateway(model.repository, cors_origins="https://app.example, https://other.example") as client:
+    with gateway(cc_model.repository, cors_origins="https://app.example, https://other.example") as client:
         r = client.options("/cluster", headers=preflight)
         assert r.headers["access-control-allow-origin"] == "https://app.example"
         r = client.get("/models", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
-    with gateway(model.repository) as client:
+    with gateway(cc_model.repository) as client:
         assert "access-control-allow-origin" not in client.get("/models", headers={"Origin": "https://app.example"}
                                                                ).headers

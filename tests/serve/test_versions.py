@@ -6,17 +6,10 @@ import shutil
 import threading
 import time
 
-import pytest
-
 from export.triton import FLAVOURS, write_repository
 from export.versions import remove_version
 from tests.support.repository import assert_valid, model_set
-from tests.support.serving import digit_pngs, exported, files, gateway
-
-
-@pytest.fixture(scope="module")
-def model(tiny_run, tmp_path_factory):
-    return exported(tiny_run, tmp_path_factory, "cc")
+from tests.support.serving import digit_pngs, files, gateway
 
 
 def served_version(client, **params) -> int:
@@ -32,26 +25,26 @@ def wait_for(fn, timeout: float = 20.0):
     return result
 
 
-def test_a_new_version_is_served_without_restart_and_removing_it_rolls_back(model, tmp_path):
-    repo = shutil.copytree(model.repository, tmp_path / "repo")
+def test_a_new_version_is_served_without_restart_and_removing_it_rolls_back(cc_model, tmp_path):
+    repo = shutil.copytree(cc_model.repository, tmp_path / "repo")
     with gateway(repo, repository_poll_s=0.1) as client:
         assert served_version(client) == 1
-        write_repository(repo, model_set(repo, model.name), FLAVOURS["onnxruntime"])
+        write_repository(repo, model_set(repo, cc_model.name), FLAVOURS["onnxruntime"])
         assert wait_for(lambda: served_version(client) == 2), "version 2 was not picked up"
         assert served_version(client, version=1) == 1  # a pinned version is still served
         (listed,) = client.get("/models").json()["models"]
         assert (listed["version"], listed["versions"]) == (2, [1, 2])
-        assert client.get(f"/models/{model.name}", params={"version": 1}).json()["version"] == 1
-        remove_version(repo, model.name, 2)
+        assert client.get(f"/models/{cc_model.name}", params={"version": 1}).json()["version"] == 1
+        remove_version(repo, cc_model.name, 2)
         assert wait_for(lambda: served_version(client) == 1), "removing version 2 did not roll back to 1"
         r = client.post("/cluster", files=files([("a.png", digit_pngs(1)[0])]), params={"version": 2})
         assert r.status_code == 404 and "no version 2" in r.json()["error"]["message"]
         assert "gateway_model_version" in client.get("/metrics").text
 
 
-def test_forty_re_exports_while_the_gateway_answers_never_show_a_missing_model(model, tmp_path):
-    repo = shutil.copytree(model.repository, tmp_path / "repo")
-    models = model_set(repo, model.name)
+def test_forty_re_exports_while_the_gateway_answers_never_show_a_missing_model(cc_model, tmp_path):
+    repo = shutil.copytree(cc_model.repository, tmp_path / "repo")
+    models = model_set(repo, cc_model.name)
     answers: list[tuple[int, int | None]] = []
     stop = threading.Event()
     with gateway(repo, repository_poll_s=0.05) as client:
@@ -79,4 +72,4 @@ def test_forty_re_exports_while_the_gateway_answers_never_show_a_missing_model(m
     cluster_versions = [v for v in answers[::2]]
     assert [v for _, v in cluster_versions] == sorted(v for _, v in cluster_versions)  # never back, never missing
     assert all(count == 1 for _, count in answers[1::2])
-    assert assert_valid(repo, model.name) == list(range(1, 42))
+    assert assert_valid(repo, cc_model.name) == list(range(1, 42))
