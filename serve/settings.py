@@ -24,7 +24,7 @@ class Settings:
     backend: str = field(default="embedded", metadata={"help": f"inference backend: one of {BACKENDS}"})
     model_repository: str = field(
         default="model_repository",
-        metadata={"help": "model repository (dirs with metadata.json); the triton backend reads metadata "
+        metadata={"help": "model repository (NAME/<version>/metadata.json); the triton backend reads metadata "
                           "from it too, or from Triton itself when it does not exist"})
     triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address host:port"})
     triton_timeout_s: float = field(default=10.0, metadata={"help": "timeout of one Triton call, seconds"})

@@ -64,6 +64,7 @@ class EmbeddedBackend(Backend):
         self._loaded: dict[tuple[str, int], _Model] = {}
         self._latest: dict[str, int] = {}  # model -> the version unpinned requests get
         self._used: dict[tuple[str, int], float] = {}  # monotonic time of the last request per loaded version
+        self._loading: dict[tuple[str, int], asyncio.Future] = {}
         self._lock = asyncio.Lock()
         self.problems: list[str] = []  # versions that failed to load at the last refresh
 
@@ -92,13 +93,21 @@ class EmbeddedBackend(Backend):
         return model
 
     async def _ensure(self, name: str, version: int) -> _Model:
+        """The loaded version, loading it first (once, however many requests wait for it)."""
         key = (name, version)
         if key not in self._loaded:
+            loading = self._loading.get(key)
+            if loading is None:
+                try:
+                    files = resolve(self.repository, name, version)
+                except RepositoryError as err:
+                    raise not_found(str(err)) from err
+                loading = self._loading[key] = asyncio.ensure_future(asyncio.to_thread(self._load, files))
             try:
-                files = resolve(self.repository, name, version)
-            except RepositoryError as err:
-                raise not_found(str(err)) from err
-            self._loaded[key] = await asyncio.to_thread(self._load, files)
+                model = await asyncio.shield(loading)
+            finally:
+                self._loading.pop(key, None)
+            self._loaded.setdefault(key, model)
         self._used[key] = time.monotonic()
         return self._loaded[key]
 
