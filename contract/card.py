@@ -144,7 +144,7 @@ class ClusterStats(_JSONRecord):
 
     def default_names(self) -> list[str]:
         """The mapped class where there is one (with a suffix when two clusters share it), else "cluster <id>"."""
-        names = [c.mapped_class or f"cluster {c.id}" for c in self.clusters]
+        names = [c.mapped_class or unnamed(c.id) for c in self.clusters]
         return [n if names.count(n) == 1 else f"{n} ({c.id})" for n, c in zip(names, self.clusters, strict=True)]
 
     def to_json(self) -> dict[str, Any]:
@@ -234,6 +234,18 @@ class ModelCard(_JSONRecord):
             share = c.size / s.num_images if s.num_images else 0.0
             lines.append(f"| {c.id} | {name} | {c.size} | {share:.1%} | {c.mapped_class or ''} | {purity} |")
         return "\n".join([*lines, ""])
+
+
+def unnamed(cluster: int) -> str:
+    """The name of a cluster nothing else names."""
+    return f"cluster {cluster}"
+
+
+def cluster_names(card: ModelCard | None, count: int) -> list[str]:
+    """Default names of `count` clusters: the card's (mapped classes), else "cluster <id>"."""
+    if card is not None and card.stats is not None:
+        return card.stats.default_names()
+    return [unnamed(k) for k in range(count)]
 
 
 def nearest_centroid_distance(embedding: np.ndarray, centroids: np.ndarray) -> np.ndarray:

@@ -48,6 +48,8 @@ NAMES_FILE = "cluster_names.json"
 MODEL_CONFIG_FILE = "config.pbtxt"
 ONNX_MODEL_FILE = "model.onnx"
 PLAN_MODEL_FILE = "model.plan"
+LAST_VERSION_FILE = ".last_version"
+"""In NAME/: the highest version number ever given to the model, so a removed version's number is never reused."""
 EXPORT_LOCK_FILE = ".export.lock"
 """Held (flock) by an exporter while it adds a version to a repository: concurrent exports queue."""
 

@@ -40,7 +40,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from contract import files
-from contract.card import ModelCard
+from contract.card import ModelCard, cluster_names
 from contract.metadata import ModelMetadata, TensorSpec
 from contract.names import (
     CARD_FILE,
@@ -51,11 +51,20 @@ from contract.names import (
     ONNX_MODEL_FILE,
     PARITY_FILE,
     PLAN_MODEL_FILE,
+    PROBABILITIES,
     encoder_model,
     head_model,
 )
 from contract.repository import complete_versions, model_names
-from export.versions import LOCK_TIMEOUT_S, check_compatible, export_lock, next_version, prune, remove_orphans
+from export.versions import (
+    LOCK_TIMEOUT_S,
+    check_compatible,
+    export_lock,
+    next_version,
+    prune,
+    record_version,
+    remove_orphans,
+)
 from export.versions import remove_version as _remove_version
 
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
@@ -250,10 +259,7 @@ def _stage_component(scratch: Path, name: str, version: int, onnx_file: Path, in
 
 def default_names(models: ModelSet) -> dict[str, str]:
     """cluster_names.json as written: the card's names (mapped classes), else "cluster <id>"."""
-    if models.card is not None and models.card.stats is not None:
-        names = models.card.stats.default_names()
-    else:
-        names = [f"cluster {k}" for k in range(models.metadata.outputs["probabilities"].shape[1])]
+    names = cluster_names(models.card, models.metadata.outputs[PROBABILITIES].shape[1])
     return {str(k): n for k, n in enumerate(names)}
 
 
@@ -310,6 +316,7 @@ def write_repository(repository: Path, models: ModelSet, flavour: Flavour,
             _stage_ensemble(scratch, version, models, flavour)
             for model in (models.encoder_name, models.head_name, models.name):  # the ensemble last
                 _publish(scratch, repository, model, version)
+            record_version(repository, models.name, version)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         prune(repository, models.name, options.keep_versions)

@@ -15,7 +15,8 @@ Semantics (Triton's versioned layout, contract/repository.py):
 - exporters hold REPOSITORY/.export.lock (flock) from choosing the version number to the last rename:
   concurrent exports of one repository queue (each gets its own version) or, after the lock timeout,
   fail with a message and leave the repository as it was;
-- removing NAME/<v> first (then the graphs' <v>) rolls back; `--keep-versions N` prunes to the newest N.
+- removing NAME/<v> first (then the graphs' <v>) rolls back; `--keep-versions N` prunes to the newest N;
+  a removed version's number is never given again (NAME/.last_version).
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from contract import files
 from contract.metadata import ModelMetadata
-from contract.names import EXPORT_LOCK_FILE, METADATA_FILE, encoder_model, head_model
+from contract.names import EXPORT_LOCK_FILE, LAST_VERSION_FILE, METADATA_FILE, encoder_model, head_model
 from contract.repository import complete_versions, model_names, numeric_versions, version_dirs
 
 LOCK_TIMEOUT_S = 600.0
@@ -68,9 +70,17 @@ def export_lock(repository: Path, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator
 
 
 def next_version(repository: Path, name: str) -> int:
-    """One more than any version directory of the model's three Triton models (complete or not)."""
+    """One more than any version the model has or had: its directories (complete or not) and NAME/.last_version
+    (a removed version's number is never given again, so no reader can mistake a new version for an old one)."""
     taken = [v for m in (name, encoder_model(name), head_model(name)) for v in numeric_versions(repository / m)]
+    recorded = repository / name / LAST_VERSION_FILE
+    if recorded.is_file() and recorded.read_text().strip().isdigit():
+        taken.append(int(recorded.read_text().strip()))
     return max(taken, default=0) + 1
+
+
+def record_version(repository: Path, name: str, version: int) -> None:
+    files.write_text(repository / name / LAST_VERSION_FILE, f"{version}\n")
 
 
 def latest_metadata(repository: Path, name: str) -> ModelMetadata | None:

@@ -32,6 +32,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.card import cluster_names
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from serve import __version__
@@ -43,6 +44,7 @@ from serve.cards import VersionCard
 from serve.errors import GatewayError, backend_unavailable, bad_request, unauthorized
 from serve.images import Upload, prepare_uploads, read_uploads
 from serve.metrics import Metrics
+from serve.openai_api import openai_router
 from serve.schemas import (
     ClusterResponse,
     EmbedResponse,
@@ -153,16 +155,20 @@ class Gateway:
                     for name, spec in self.backend.models().items():
                         self.warm[name] = True  # a backend switches only to versions that loaded (and warmed up)
                         self.metrics.served_version.labels(name).set(spec.version or 0)
-                    await self._close_stale_batchers()
+                    await self._forget_removed_versions()
                     log.info("%s", self.summary())
             except Exception:  # noqa: BLE001 - the poller must survive a half-written repository
                 log.exception("looking for new model versions failed")
 
-    async def _close_stale_batchers(self) -> None:
+    async def _forget_removed_versions(self) -> None:
+        """Batchers and cards of versions that are no longer servable (removed: rollback)."""
         for key in list(self.batchers):
             name, version = key
             if version is not None and version not in self.backend.versions(name):
                 await self.batchers.pop(key).close()
+        for name, version in list(self.cards):
+            if version not in self.backend.versions(name):
+                del self.cards[(name, version)]
 
     async def close(self) -> None:
         if self._watcher is not None:
@@ -465,14 +471,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def model_card(name: str = Path(description="model name"), version: int | None = version_q) -> Response:
         spec = await gateway.spec(name, version)
         card = gateway.card(spec)
-        names = card.names() if card is not None else [f"cluster {k}" for k in
-                                                       range(spec.outputs[PROBABILITIES].shape[1])]
+        names = card.names() if card is not None else cluster_names(None, spec.outputs[PROBABILITIES].shape[1])
         return FastJSONResponse({"name": spec.name, "version": spec.version,
                                  "versions": gateway.backend.versions(spec.name), "names": names,
                                  "card": None if card is None or card.card is None else card.card.to_json(),
                                  "metadata": spec.to_json()})
-
-    from serve.openai_api import openai_router
 
     app.include_router(openai_router(gateway, protected, errors))
 

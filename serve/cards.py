@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from contract import files
-from contract.card import ModelCard, nearest_centroid_distance
+from contract.card import ModelCard, cluster_names, nearest_centroid_distance
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from serve.backends.repository import ModelVersion
 
@@ -64,9 +64,7 @@ class VersionCard:
         return made
 
     def default_names(self) -> list[str]:
-        if self.card is not None and self.card.stats is not None:
-            return self.card.stats.default_names()
-        return [f"cluster {k}" for k in range(self.num_clusters)]
+        return cluster_names(self.card, self.num_clusters)
 
     def names(self) -> list[str]:
         """Cluster names: the names file's entries over the card's defaults, re-read when the file changes."""

@@ -32,7 +32,7 @@ def test_each_write_adds_a_version_and_removing_one_rolls_back(cc_model, tmp_pat
     assert versions_main(["--repository", str(repo), "--name", cc_model.name, "--remove", "2"]) == 0
     assert "now served: 1" in capsys.readouterr().out
     assert assert_valid(repo, cc_model.name) == [1]
-    assert write_repository(repo, models, FLAVOURS["onnxruntime"]).name == "2"  # numbers are reused after removal
+    assert write_repository(repo, models, FLAVOURS["onnxruntime"]).name == "3"  # 2 is never given again
     assert versions_main(["--repository", str(repo), "--name", cc_model.name, "--remove", "9"]) == 2
 
 
