@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from export.triton import FLAVOURS, write_repository
+from export.pipeline import export_run
 from export.versions import remove_version
-from tests.support.repository import model_set
 from tests.support.serving import digit_pngs, exported, files, gateway
 from tests.support.tritonserver import TritonServer, triton_available
 
@@ -39,7 +38,7 @@ def test_triton_picks_up_a_new_version_and_a_removed_one_rolls_back(tiny_run, tm
 
         first = client.post("/cluster", files=one).json()
         assert first["version"] == 1 and first["results"][0]["name"]
-        write_repository(repo, model_set(repo, model.name), FLAVOURS["python"])
+        export_run(model.run, tmp_path / "gpu", repo, log=lambda msg: None)  # the second export: version 2
         assert wait_for(lambda: version() == 2), server.log()[-3000:]
         assert version(version=1) == 1  # version_policy latest 2: the previous one stays loaded
         assert client.get("/models").json()["models"][0]["versions"] == [1, 2]

@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 
+from export.pipeline import export_run
 from export.triton import FLAVOURS, write_repository
 from export.versions import remove_version
 from tests.support.repository import assert_valid, model_set
@@ -29,7 +30,7 @@ def test_a_new_version_is_served_without_restart_and_removing_it_rolls_back(cc_m
     repo = shutil.copytree(cc_model.repository, tmp_path / "repo")
     with gateway(repo, repository_poll_s=0.1) as client:
         assert served_version(client) == 1
-        write_repository(repo, model_set(repo, cc_model.name), FLAVOURS["onnxruntime"])
+        export_run(cc_model.run, repo, None, log=lambda msg: None)  # the second export: version 2
         assert wait_for(lambda: served_version(client) == 2), "version 2 was not picked up"
         assert served_version(client, version=1) == 1  # a pinned version is still served
         (listed,) = client.get("/models").json()["models"]
