@@ -132,7 +132,7 @@ class Gateway:
                 self._summarised = True
                 log.info("%s", self.summary())
 
-    def summary(self) -> str:
+    def summary(self, headline: str = "gateway ready") -> str:
         """The start-up line: backend, and per model its versions and the providers really used."""
         parts = []
         for name, spec in sorted(self.backend.models().items()):
@@ -140,7 +140,7 @@ class Gateway:
             providers = runtime.get("providers") or runtime.get("url", "")
             parts.append(f"{name} (version {spec.version}, versions {self.backend.versions(name) or '-'}, "
                          f"{spec.method} on {spec.dataset}, {providers})")
-        return f"gateway ready: backend {self.backend.name}, {len(parts)} model(s): " + "; ".join(parts)
+        return f"{headline}: backend {self.backend.name}, {len(parts)} model(s): " + "; ".join(parts)
 
     def watch(self) -> None:
         """Start polling the backend for new and removed versions every settings.repository_poll_s seconds."""
@@ -156,7 +156,7 @@ class Gateway:
                         self.warm[name] = True  # a backend switches only to versions that loaded (and warmed up)
                         self.metrics.served_version.labels(name).set(spec.version or 0)
                     await self._forget_removed_versions()
-                    log.info("%s", self.summary())
+                    log.info("%s", self.summary("models changed"))
             except Exception:  # noqa: BLE001 - the poller must survive a half-written repository
                 log.exception("looking for new model versions failed")
 
