@@ -45,18 +45,21 @@ def test_the_start_up_summary_names_models_versions_and_providers(cc_model, capl
     assert not [r for r in caplog.records if r.name == "serve.access"]  # access_log false: no lines
 
 
-@pytest.mark.parametrize("setup", ["missing", "empty"])
+@pytest.mark.parametrize("setup", ["missing", "empty", "unversioned"])
 def test_serving_an_unusable_repository_is_one_line_and_exit_2(tmp_path, setup):
     repo = tmp_path / "repo"
-    if setup == "empty":
+    if setup != "missing":
         repo.mkdir()
+    if setup == "unversioned":  # NAME/metadata.json: an export from before versions
+        (repo / "digits").mkdir()
+        (repo / "digits" / "metadata.json").write_text("{}")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "serve", "--model-repository", str(repo), "--port", "0"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(repo) in lines[0], proc.stderr
-    assert "python -m export" in lines[0]
+    assert ("older export" if setup == "unversioned" else "python -m export") in lines[0]
 
 
 def test_serve_help_shows_each_default_once_and_right(capsys):
