@@ -4,9 +4,10 @@ What it measures, in one run on one machine:
 - raw: onnxruntime alone (the exported encoder then head, default session options, the provider the
   gateway would pick) on already-prepared uint8 batches of `--images` images: the ceiling;
 - gateway: `python -m serve` (embedded backend) started as a subprocess on 127.0.0.1, driven by
-  `--concurrency` asyncio httpx clients, each request carrying `--images` PNG files (multipart), so
-  the gateway's figure includes HTTP, multipart parsing, PNG decoding and preprocessing, batching and
-  JSON output. Request bodies are built once, so the clients cost little CPU.
+  `--concurrency` concurrent calls of the project's AsyncClient (serve/client.py), each request
+  carrying `--images` PNG files (multipart), so the gateway's figure includes HTTP, multipart parsing,
+  PNG decoding and preprocessing, batching and JSON output. The PNGs are encoded once; the client
+  only frames them (httpx multipart) and parses the answers.
 Phases alternate (raw, gateway, raw, ...) for `--rounds` rounds, because the machine may be shared;
 it prints images/s per phase, p50/p95/p99 request latency, and the gateway/raw ratio (medians).
 
@@ -37,8 +38,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from contract.metadata import ModelMetadata  # noqa: E402
-from contract.names import FEATURES, IMAGES, METADATA_FILE  # noqa: E402
+from contract.names import FEATURES, IMAGES  # noqa: E402
+from serve.backends.repository import resolve  # noqa: E402
+from serve.client import AsyncClient  # noqa: E402
 
 
 def make_model(workdir: Path, images: list[bytes], keep: Path | None = None) -> tuple[Path, str]:
@@ -72,7 +74,7 @@ def make_model(workdir: Path, images: list[bytes], keep: Path | None = None) -> 
     name = "cc_resnet18_32"
     out = keep or workdir
     cpu = out / "model_repository_cpu" if keep else None  # the CPU flavour for scripts/perf_analyzer.sh
-    export_run(run, out / "model_repository", cpu, name=name, allow_unfinished=True, force=True, log=lambda m: None)
+    export_run(run, out / "model_repository", cpu, name=name, allow_unfinished=True, log=lambda m: None)
     return out / "model_repository", name
 
 
@@ -92,26 +94,16 @@ def random_pngs(count: int, size: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def multipart(images: list[bytes]) -> tuple[bytes, str]:
-    boundary = "gatewayloadboundary7d1c"
-    parts = []
-    for i, data in enumerate(images):
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.png"\r\n'
-                     f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
 def raw_onnxruntime(repository: Path, name: str, batch: np.ndarray, batches: int) -> float:
     """images/s of encoder + head on `batch`, `batches` times (after one warm-up run)."""
     import onnxruntime as ort
 
     from serve.backends.embedded import choose_providers
-    from serve.backends.repository import onnx_file
 
-    meta = ModelMetadata.read(repository / name / METADATA_FILE)
+    version = resolve(repository, name)  # the latest, as the gateway serves it
     providers = choose_providers(ort.get_available_providers())
-    encoder = ort.InferenceSession(str(onnx_file(repository, meta.encoder)), providers=providers)
-    head = ort.InferenceSession(str(onnx_file(repository, meta.head)), providers=providers)
+    encoder = ort.InferenceSession(str(version.encoder_onnx), providers=providers)
+    head = ort.InferenceSession(str(version.head_onnx), providers=providers)
     outputs = [o.name for o in head.get_outputs()]
 
     def run() -> None:
@@ -156,33 +148,26 @@ async def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0
     raise RuntimeError(f"the gateway was not ready within {timeout:.0f} s")
 
 
-async def drive(url: str, body: bytes, content_type: str, requests: int, concurrency: int,
-                images: int) -> tuple[float, list[float]]:
-    """`requests` POST /cluster over `concurrency` connections -> (images/s, latencies in s)."""
-    import httpx
-
+async def drive(url: str, pngs: list[bytes], requests: int, concurrency: int) -> tuple[float, list[float]]:
+    """`requests` calls of AsyncClient.cluster(pngs), `concurrency` at a time -> (images/s, latencies in s)."""
     latencies: list[float] = []
     remaining = requests
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+    async with AsyncClient(url, timeout=300, retries=0, batch_size=len(pngs)) as client:
 
         async def worker() -> None:
             nonlocal remaining
             while remaining > 0:  # bounded: `requests` in all
                 remaining -= 1
                 began = time.perf_counter()
-                r = await client.post("/cluster", content=body, headers={"content-type": content_type})
+                results = await client.cluster(pngs)
                 latencies.append(time.perf_counter() - began)
-                if r.status_code != 200:
-                    raise RuntimeError(f"gateway answered {r.status_code}: {r.text[:300]}")
-                results = r.json()["results"]
-                if len(results) != images or any("error" in x for x in results):
+                if len(results) != len(pngs) or not all(r.ok for r in results):
                     raise RuntimeError("gateway returned errors or a wrong count")
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
-    return requests * images / elapsed, latencies
+    return requests * len(pngs) / elapsed, latencies
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -209,24 +194,24 @@ def main(argv: list[str] | None = None) -> int:
             repository, name = make_model(Path(tmp), pngs, args.keep)
         else:
             repository, name = args.repository, args.model
-            pngs = random_pngs(args.images, ModelMetadata.read(repository / name / METADATA_FILE).input.size)
-        meta = ModelMetadata.read(repository / name / METADATA_FILE)
+            pngs = random_pngs(args.images, resolve(repository, name).metadata.input.size)
+        meta = resolve(repository, name).metadata
         size, channels = meta.input.size, meta.input.channels
         from contract.preprocess import prepare_source
 
         batch = np.stack([prepare_source(p, size, channels) for p in pngs])
-        body, content_type = multipart(pngs)
+        body_kib = sum(len(p) for p in pngs) / 1024
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         process = start_gateway(repository, port, args)
         try:
             asyncio.run(wait_ready(url, process))
-            asyncio.run(drive(url, body, content_type, 2, 1, args.images))  # warm-up
+            asyncio.run(drive(url, pngs, 2, 1))  # warm-up
             raw, gateway, latencies = [], [], []
             batches = args.requests  # the same number of images in both phases
             for r in range(args.rounds):
                 raw.append(raw_onnxruntime(repository, name, batch, batches))
-                ips, lat = asyncio.run(drive(url, body, content_type, args.requests, args.concurrency, args.images))
+                ips, lat = asyncio.run(drive(url, pngs, args.requests, args.concurrency))
                 gateway.append(ips)
                 latencies += lat
                 print(f"round {r + 1}: raw onnxruntime {raw[-1]:7.1f} images/s   gateway {ips:7.1f} images/s   "
@@ -239,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw_m, gw_m = statistics.median(raw), statistics.median(gateway)
     print(f"\nmodel {name} ({channels}x{size}x{size}), {args.images} PNG images/request "
-          f"({len(body) / 1024:.0f} KiB body), concurrency {args.concurrency}, {args.rounds} rounds x "
+          f"({body_kib:.0f} KiB of PNG), concurrency {args.concurrency}, {args.rounds} rounds x "
           f"{args.requests} requests; onnxruntime {ort.__version__} {ort.get_available_providers()}, "
           f"{os.cpu_count()} CPUs")
     print(f"raw onnxruntime : {raw_m:8.1f} images/s (median of {', '.join(f'{x:.1f}' for x in raw)})")

@@ -5,6 +5,9 @@
 - `files`: atomic, fsync'd file writes (checkpoints, artefacts, repository files).
 - `runs`: reading run directories (finished?, the latest finished run matching filters).
 - `metadata`: the typed, versioned record an export writes beside each model and the gateway reads.
+- `repository`: the model repository's layout (Triton's NAME/<version>/; what marks a version complete).
+- `card`: the trained model's cluster statistics and the model card, and the scoring of answers
+  (low confidence, out of distribution) the gateway does with them.
 - `preprocess`: image file -> uint8 (C, S, S), bit for bit the same in training, export and serving.
 - `cli`: a typed dataclass -> argparse options (train's config, the gateway's settings).
 """

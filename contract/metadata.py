@@ -1,11 +1,15 @@
 """The typed, versioned record an export writes beside each model (metadata.json) and every reader uses.
 
-    meta = ModelMetadata.read(repository / name / METADATA_FILE)   # validated; ValueError says what is wrong
-    meta.input.size, meta.input.channels, meta.outputs["probabilities"].shape, meta.num_clusters
+    meta = ModelMetadata.read(repository / name / str(version) / METADATA_FILE)   # validated; ValueError says what
+    meta.input.size, meta.input.channels, meta.outputs["probabilities"].shape, meta.num_clusters, meta.version
 
 Written by export (export/pipeline.py), extended in place by export/tensorrt.py, read by the gateway's
 backends and the bulk path. `schema_version` grows when a field changes meaning; a file written by a
 newer version than this code knows is refused rather than misread.
+
+Schema versions: 1 (NAME/metadata.json, one unversioned model), 2 (NAME/<v>/metadata.json with
+`version`, Triton's versioned layout: contract/repository.py). Version-1 records still parse
+(`version` is then None).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from contract import files
 from contract.names import IMAGES, REQUIRED_OUTPUTS, encoder_model, head_model
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
 
 
@@ -95,6 +99,7 @@ class ModelMetadata:
     exported_at: str | None = None
     parity: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] | None = None
+    version: int | None = None  # the model version (directory NAME/<version>/) this record describes
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -121,6 +126,11 @@ class ModelMetadata:
 
     def replace(self, **changes: Any) -> ModelMetadata:
         return dataclasses.replace(self, **changes)
+
+    def interface(self) -> tuple[Any, ...]:
+        """What a caller depends on: input, outputs, feature size. Versions of one model share it (they
+        share one Triton config)."""
+        return self.input, tuple(sorted(self.outputs.items())), self.feature_dim
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

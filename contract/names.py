@@ -25,13 +25,33 @@ PARITY_SAMPLE_FILE = "parity_sample.npz"
 an export can check parity without the data set; copied into the model repository for TensorRT."""
 INIT_FILE = "init.json"
 """Which checkpoint a run started from (methods that fine-tune another run) and how it scored."""
+CLUSTER_STATS_FILE = "cluster_stats.json"
+"""What the final model does on the whole training set (contract.card.ClusterStats): cluster sizes and
+centroids, the confidence and nearest-centroid distance distributions, the cluster -> class mapping.
+Written by the trainer when it finishes; export turns it into the model card."""
+CLUSTER_SAMPLES_FILE = "cluster_samples.npz"
+"""A few training images per cluster (the most confident ones): images uint8 (n, C, S, S), cluster (n,),
+index (n,) into the data set, sources (n,). Copied into each model version for pages that show clusters."""
 
 # --- a model repository (python -m export) ----------------------------------------------------------
+# Triton's layout: MODEL/config.pbtxt and one directory per version, MODEL/<version>/ (1, 2, ...).
+# The ensemble NAME's version directory holds the files below; NAME/<v>/metadata.json marks version v
+# complete (contract.repository).
 METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"
+CARD_FILE = "card.json"
+"""The model card (contract.card.ModelCard): provenance, training metrics, clusters with sizes, centroids,
+class mapping and purity, the low-confidence and out-of-distribution calibration."""
+CARD_MARKDOWN_FILE = "card.md"
+NAMES_FILE = "cluster_names.json"
+"""Editable cluster names of one model version: {"0": "zero", ...}; the gateway re-reads it when it changes."""
 MODEL_CONFIG_FILE = "config.pbtxt"
 ONNX_MODEL_FILE = "model.onnx"
 PLAN_MODEL_FILE = "model.plan"
+LAST_VERSION_FILE = ".last_version"
+"""In NAME/: the highest version number ever given to the model, so a removed version's number is never reused."""
+EXPORT_LOCK_FILE = ".export.lock"
+"""Held (flock) by an exporter while it adds a version to a repository: concurrent exports queue."""
 
 
 def encoder_model(name: str) -> str:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Build (or keep, when up to date) the TensorRT plans of every model in /models on this container's GPU,
-# then hand over to tritonserver. Extra arguments go to tritonserver.
+# then hand over to tritonserver, which polls the repository: a version exported later is loaded without a
+# restart (build its plans with `python3 -m export.tensorrt --repository /models` in this container; until
+# then its config is the exported onnxruntime one). Extra arguments go to tritonserver.
 #   TRT_ARGS   arguments of `python -m export.tensorrt` (default "--fp16"; "" for fp32 plans)
 #   MODELS     the repository (default /models)
 set -euo pipefail
 MODELS=${MODELS:-/models}
 TRT_ARGS=${TRT_ARGS---fp16}
 
-if ! ls "$MODELS"/*/metadata.json >/dev/null 2>&1; then
+if ! ls "$MODELS"/*/*/metadata.json >/dev/null 2>&1; then
     echo "triton-entrypoint: no exported model in $MODELS (run 'python -m export' on the host first)" >&2
     exit 1
 fi
@@ -16,4 +18,4 @@ echo "triton-entrypoint: building TensorRT plans in $MODELS ($TRT_ARGS)"
 python3 -m export.tensorrt --repository "$MODELS" $TRT_ARGS
 
 exec tritonserver --model-repository="$MODELS" --http-port=8000 --grpc-port=8001 --metrics-port=8002 \
-    --exit-timeout-secs=10 "$@"
+    --model-control-mode=poll --repository-poll-secs=5 --exit-timeout-secs=10 "$@"

@@ -3,14 +3,17 @@
     result = export_run("runs/cc-cifar10-resnet34", Path("model_repository"), Path("model_repository_cpu"))
 
 The parity images come from the run directory (parity_sample.npz, saved by the trainer), so no data
-set is needed. Nothing is written to a repository unless parity passes. An unfinished run is refused
-unless `allow_unfinished` (and then marked so in the metadata); a model of the same name exported from
-another run is not replaced unless `force`.
+set is needed. The output paths and the compatibility with the model's existing versions are checked
+first, then parity; nothing is written to a repository unless both pass, and then each repository
+gains a complete new version (export/versions.py) or nothing. An unfinished run is refused unless
+`allow_unfinished` (and then marked so in the metadata and the card). The model card comes from the
+run's cluster_stats.json (written by the trainer) and results.json.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,29 +22,35 @@ from typing import Any
 
 import numpy as np
 
+from contract.card import ClusterStats, ModelCard
 from contract.metadata import ImageInput, ModelMetadata
-from contract.names import METADATA_FILE, PARITY_SAMPLE_FILE
-from contract.runs import read_run
+from contract.names import CLUSTER_SAMPLES_FILE, CLUSTER_STATS_FILE, PARITY_SAMPLE_FILE
+from contract.runs import RunInfo, read_run
 from export import parity
 from export.naming import check_name, model_name
 from export.onnx_export import OPSET, export_onnx, graph_specs
-from export.triton import FLAVOURS, ModelSet, write_repository
+from export.triton import DEFAULT_OPTIONS, FLAVOURS, ModelSet, TritonOptions, write_repository
+from export.versions import check_compatible
 
 
 class ExportRefused(ValueError):
-    """The export would be wrong without an explicit flag (unfinished run, a model of another run)."""
+    """The export would be wrong without an explicit flag (an unfinished run)."""
 
 
 @dataclass
 class ExportResult:
     name: str
-    repositories: dict[str, Path]  # flavour -> ensemble directory
+    repositories: dict[str, Path]  # flavour -> the new version's ensemble directory, NAME/<version>
     parity: dict[str, Any]
     models: ModelSet
 
+    @property
+    def version(self) -> int:
+        return int(next(iter(self.repositories.values())).name)
+
 
 def build_metadata(name: str, meta: dict[str, Any], models: ModelSet, source_run: Path, epoch: int,
-                   finished: bool, parity_report: dict[str, Any]) -> ModelMetadata:
+                   finished: bool, parity_report: dict[str, Any], exported_at: str) -> ModelMetadata:
     """metadata.json of the ensemble directory: what a client needs to call the model, and its provenance."""
     (images,) = models.encoder_inputs
     (features,) = models.encoder_outputs
@@ -51,35 +60,61 @@ def build_metadata(name: str, meta: dict[str, Any], models: ModelSet, source_run
         outputs={s.name: s for s in models.head_outputs}, method=meta["method"], dataset=meta["dataset"],
         feature_dim=features.shape[1], class_names=meta.get("class_names"), source_run=str(source_run),
         epoch=epoch, finished=finished, max_batch_size=models.max_batch_size, opset=OPSET,
-        exported_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), parity=parity_report)
+        exported_at=exported_at, parity=parity_report)
 
 
-def check_replacing(repository: Path, name: str, source_run: Path, force: bool) -> None:
-    """ExportRefused when `repository` already serves `name` exported from another run (and not `force`)."""
-    file = repository / name / METADATA_FILE
-    if force or not file.is_file():
+def build_card(name: str, meta: dict[str, Any], info: RunInfo, epoch: int, exported_at: str | None,
+               log: Callable[[str], None]) -> ModelCard:
+    """The model card of this export (its version is set when written): provenance, metrics, clusters."""
+    stats_file = info.path / CLUSTER_STATS_FILE
+    stats = ClusterStats.read(stats_file) if stats_file.is_file() else None
+    if stats is None:
+        log(f"note: {stats_file} is missing (a run trained before cluster statistics, or unfinished): the card has "
+            "no clusters and the gateway gives no names, low-confidence or OOD flags; finish the run (start its "
+            "command again) to write it")
+    results = info.results
+    training = {k: results.get(k) for k in ("epochs", "num_images", "train_seconds", "backbone") if k in results}
+    return ModelCard(name=name, version=0, method=meta["method"], dataset=meta["dataset"], source_run=info.path.name,
+                     finished=info.finished, epoch=epoch, exported_at=exported_at,
+                     metrics=dict(results.get("metrics", {})), training=training, stats=stats)
+
+
+def check_output(path: Path | None, what: str) -> None:
+    """ValueError (before any work) when an output repository path cannot be a directory."""
+    if path is None:
         return
-    try:
-        existing = ModelMetadata.read(file).source_run
-    except ValueError:
-        existing = None  # unreadable: replacing it is the fix
-    if existing is not None and existing != str(source_run):
-        raise ExportRefused(f"{repository}/{name} was exported from another run ({existing}); give --name to export "
-                            f"{source_run} beside it, or --force to replace it")
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{what} {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"{what} {path}: {parent} is not writable")
+            return
 
 
 def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | None = None, max_batch: int = 64,
-               tolerance: float = parity.FP32_TOLERANCE, allow_unfinished: bool = False, force: bool = False,
+               tolerance: float = parity.FP32_TOLERANCE, allow_unfinished: bool = False,
+               options: TritonOptions = DEFAULT_OPTIONS, output_kind: str = "gpu",
                log: Callable[[str], None] = print) -> ExportResult:
-    """Export a run to `output` (onnxruntime_onnx, KIND_GPU) and `cpu_output` (python backend, KIND_CPU).
+    """Export a run as a new version in `output` (onnxruntime_onnx on KIND_GPU, or KIND_CPU with
+    output_kind "cpu") and `cpu_output` (python backend, KIND_CPU).
 
-    Raises ParityError (after printing the numbers) when onnxruntime does not reproduce PyTorch,
-    ExportRefused for an unfinished run or a model of another run (see the module docstring).
+    Raises ValueError for unusable output paths, IncompatibleVersion when the model's existing versions
+    have another interface (and not options.force), ParityError (after printing the numbers) when
+    onnxruntime does not reproduce PyTorch, ExportRefused for an unfinished run; all before writing.
     """
     from train.checkpoint import load_run
 
     if max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
+    if output_kind not in ("gpu", "cpu"):
+        raise ValueError(f"output kind must be gpu or cpu, got {output_kind!r}")
+    outputs = [Path(output), *([Path(cpu_output)] if cpu_output is not None else [])]
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise ValueError(f"--output and --cpu-output are the same directory ({output}); the two flavours need "
+                         "their own repositories")
+    check_output(Path(output), "--output")
+    check_output(None if cpu_output is None else Path(cpu_output), "--cpu-output")
     info = read_run(run)
     if not info.finished and not allow_unfinished:
         raise ExportRefused(f"{info.path} has not finished training (no {info.path}/results.json with "
@@ -92,14 +127,17 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
     meta = {**loaded.meta, "method": loaded.meta.get("method", loaded.config.method)}
     name = check_name(name) if name else model_name(meta["method"], meta["dataset"])
     run_dir = loaded.path.parent.resolve()
-    for repository in (output, cpu_output):
-        if repository is not None:
-            check_replacing(Path(repository), name, run_dir, force)
     log(f"exporting {meta['method']} on {meta['dataset']} (epoch {loaded.epoch}"
         f"{'' if info.finished else ', UNFINISHED'}) from {run_dir} as {name!r}")
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         tmp = Path(tmp)
         encoder, head, _ = export_onnx(loaded.model, meta["in_channels"], meta["image_size"], tmp)
+        (enc_in, enc_out), (head_in, head_out) = graph_specs(encoder), graph_specs(head)
+        models = ModelSet(name, encoder, head, enc_in, enc_out, head_in, head_out, max_batch, None, {})
+        exported_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        models.metadata = build_metadata(name, meta, models, run_dir, loaded.epoch, info.finished, {}, exported_at)
+        for repository in outputs:  # before parity: a refusal costs nothing
+            check_compatible(repository, models.metadata, options.force)
         images, stored = parity.read_sample(sample)
         reference = parity.torch_outputs(loaded.model, images)
         report = parity.check_onnx(encoder, head, images, reference, tolerance)
@@ -110,15 +148,19 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
         parity.check(report, f"{name} (onnxruntime vs PyTorch)")
         np.savez_compressed(tmp / PARITY_SAMPLE_FILE, images=images,
                             **{f"reference_{k}": v for k, v in reference.items()})
-        (enc_in, enc_out), (head_in, head_out) = graph_specs(encoder), graph_specs(head)
-        models = ModelSet(name, encoder, head, enc_in, enc_out, head_in, head_out, max_batch, None, report,
-                          tmp / PARITY_SAMPLE_FILE)
-        models.metadata = build_metadata(name, meta, models, run_dir, loaded.epoch, info.finished, report)
-        repositories = {"onnxruntime": write_repository(output, models, FLAVOURS["onnxruntime"])}
+        models.parity = report
+        models.metadata = models.metadata.replace(parity=report)
+        models.card = build_card(name, meta, info, loaded.epoch, exported_at, log)
+        models.version_files = {PARITY_SAMPLE_FILE: tmp / PARITY_SAMPLE_FILE}
+        if (info.path / CLUSTER_SAMPLES_FILE).is_file():
+            models.version_files[CLUSTER_SAMPLES_FILE] = info.path / CLUSTER_SAMPLES_FILE
+        flavour = FLAVOURS["onnxruntime" if output_kind == "gpu" else "onnxruntime_cpu"]
+        repositories = {flavour.name: write_repository(Path(output), models, flavour, options)}
         if cpu_output is not None:
-            repositories["python"] = write_repository(cpu_output, models, FLAVOURS["python"])
-    for flavour, path in repositories.items():
-        log(f"wrote {flavour} repository models {name}, {name}_encoder, {name}_head under {path.parent}")
+            repositories["python"] = write_repository(Path(cpu_output), models, FLAVOURS["python"], options)
+    for flavour_name, path in repositories.items():
+        log(f"wrote {flavour_name} repository: {name} version {path.name} ({name}, {name}_encoder, {name}_head) "
+            f"under {path.parent.parent}")
     return ExportResult(name, repositories, report, models)
 
 

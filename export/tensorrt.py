@@ -2,13 +2,16 @@
 
     python -m export.tensorrt --repository /models [--fp16] [--max-batch N] [--opt-batch N]
 
-For every model of the repository (ensemble dirs with metadata.json) its NAME_encoder and NAME_head
-get 1/model.plan built from 1/model.onnx on the GPU this runs on, and their config.pbtxt becomes a
+For every model of the repository (ensembles with a complete version) and every version v of it,
+NAME_encoder/<v>/ and NAME_head/<v>/ get model.plan built from model.onnx on the GPU this runs on
+(versions share one config, so every version needs its plan), and their config.pbtxt becomes a
 tensorrt_plan config generated from the engine's own I/O (names, dtypes, dims match the plan and its
-profile). model.onnx stays (the gateway's embedded backend uses it). The plan is then run on the
-parity images stored at export time (NAME/parity_sample.npz) and must match PyTorch's outputs
-(fp32: 1e-4, TF32 off; fp16: 2e-2, cluster flips only at near ties); the figures go to parity.json
-and metadata.json under "tensorrt". A plan already built for the same GPU, TensorRT version, ONNX
+profile; batching, instances and version policy kept). model.onnx stays (the gateway's embedded
+backend uses it). Each version's plans then run on the parity images stored at export time
+(NAME/<v>/parity_sample.npz) and must match PyTorch's outputs (fp32: 1e-4, TF32 off; fp16: 2e-2,
+cluster flips only at near ties); the figures go to that version's parity.json and metadata.json
+under "tensorrt". The repository's export lock is held meanwhile (export/versions.py).
+A plan already built for the same GPU, TensorRT version, ONNX
 file and settings is kept (its stamp, model.plan.json, says so): the serving container may call this
 at every start; --force rebuilds.
 
@@ -34,9 +37,19 @@ from typing import Any
 from contract import files
 from contract.metadata import ModelMetadata, TensorSpec
 from contract.names import METADATA_FILE, ONNX_MODEL_FILE, PARITY_FILE, PARITY_SAMPLE_FILE, PLAN_MODEL_FILE
+from contract.repository import complete_versions
 from export.parity import check
-from export.triton import FLAVOURS, component_config, list_models, read_config, specs_from_config, write_config
+from export.triton import (
+    FLAVOURS,
+    component_config,
+    list_models,
+    options_from_config,
+    read_config,
+    specs_from_config,
+    write_config,
+)
 from export.trt_runtime import TensorRTUnavailable, missing_requirements, require_tensorrt
+from export.versions import export_lock
 
 DEFAULT_WORKSPACE_MB = 2048
 STAMP_SUFFIX = ".json"
@@ -81,18 +94,19 @@ def merge_metadata(meta: ModelMetadata, plans: dict[str, dict[str, Any]], report
                         parity={**meta.parity, "tensorrt": report})
 
 
-def build_component(engines, model_dir: Path, model: str, fp16: bool, max_batch: int, opt_batch: int,
-                    workspace_mb: int, timing_cache: Path | None, force: bool,
+def build_component(engines, model_dir: Path, version: int, model: str, fp16: bool, max_batch: int,
+                    opt_batch: int, workspace_mb: int, timing_cache: Path | None, force: bool,
                     log: Callable[[str], None]) -> tuple[bytes, dict[str, Any]]:
-    """One model's plan (reused when up to date) and its stamp; rewrites its config.pbtxt to tensorrt_plan."""
-    onnx_file, plan_file = model_dir / "1" / ONNX_MODEL_FILE, model_dir / "1" / PLAN_MODEL_FILE
+    """One model version's plan (reused when up to date) and its stamp; rewrites the model's config.pbtxt
+    to tensorrt_plan (batching, instances and version policy kept)."""
+    onnx_file, plan_file = model_dir / str(version) / ONNX_MODEL_FILE, model_dir / str(version) / PLAN_MODEL_FILE
     stamp_file = plan_file.with_name(plan_file.name + STAMP_SUFFIX)
     wanted = wanted_stamp(engines, onnx_file, fp16, max_batch, opt_batch)
     if not force and up_to_date(plan_file, wanted):
-        log(f"{model}: plan up to date ({engines.gpu}, TensorRT {engines.version})")
+        log(f"{model} v{version}: plan up to date ({engines.gpu}, TensorRT {engines.version})")
         return plan_file.read_bytes(), files.read_json(stamp_file)
-    log(f"{model}: building a TensorRT {engines.version} plan on {engines.gpu} (batch 1/{opt_batch}/{max_batch}, "
-        f"{'fp16' if fp16 else 'fp32'}) ...")
+    log(f"{model} v{version}: building a TensorRT {engines.version} plan on {engines.gpu} "
+        f"(batch 1/{opt_batch}/{max_batch}, {'fp16' if fp16 else 'fp32'}) ...")
     old = read_config(model_dir)
     plan, build = engines.build(onnx_file, max_batch, opt_batch, fp16, workspace_mb, timing_cache, log)
     inputs, outputs = engines.specs(plan)
@@ -101,42 +115,55 @@ def build_component(engines, model_dir: Path, model: str, fp16: bool, max_batch:
     files.write_bytes(plan_file, plan)
     stamp = {**wanted, **build}
     files.write_json(stamp_file, stamp)
-    instances = old.instance_group[0].count if old.instance_group else 1
-    write_config(model_dir, component_config(model, inputs, outputs, max_batch, FLAVOURS["tensorrt"], instances))
+    write_config(model_dir, component_config(model, inputs, outputs, max_batch, FLAVOURS["tensorrt"],
+                                             options_from_config(old)))
     return plan, stamp
 
 
 def convert_model(engines, repository: Path, name: str, fp16: bool, max_batch: int | None, opt_batch: int | None,
                   workspace_mb: int, timing_cache: Path | None, force: bool,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Plans for NAME_encoder and NAME_head, their configs, the TensorRT parity check, the merged metadata."""
-    ensemble_dir = repository / name
-    meta = ModelMetadata.read(ensemble_dir / METADATA_FILE)
-    ensemble = read_config(ensemble_dir)
+    """Every version of NAME: plans, configs, the TensorRT parity check, the merged metadata.
+
+    Returns the report of the latest version; raises ParityError on the first version that fails."""
+    ensemble = read_config(repository / name)
     max_batch = max_batch or ensemble.max_batch_size
     opt_batch = opt_batch or max(1, max_batch // 2)
     if not 1 <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= opt batch ({opt_batch}) <= max batch ({max_batch})")
+    if ensemble.max_batch_size != max_batch:
+        ensemble.max_batch_size = max_batch
+        write_config(repository / name, ensemble)
+    report: dict[str, Any] = {}
+    for version in complete_versions(repository, name):
+        report = convert_version(engines, repository, name, version, fp16, max_batch, opt_batch, workspace_mb,
+                                 timing_cache, force, log)
+    return report
+
+
+def convert_version(engines, repository: Path, name: str, version: int, fp16: bool, max_batch: int,
+                    opt_batch: int, workspace_mb: int, timing_cache: Path | None, force: bool,
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """Plans of one version of NAME, checked on that version's parity sample, recorded in its metadata."""
+    ensemble_dir = repository / name / str(version)
+    meta = ModelMetadata.read(ensemble_dir / METADATA_FILE)
     plans, stamps = {}, {}
     for model in (meta.encoder, meta.head):
-        plans[model], stamps[model] = build_component(engines, repository / model, model, fp16, max_batch, opt_batch,
-                                                      workspace_mb, timing_cache, force, log)
+        plans[model], stamps[model] = build_component(engines, repository / model, version, model, fp16, max_batch,
+                                                      opt_batch, workspace_mb, timing_cache, force, log)
     precision = stamps[meta.head].get("precision", "fp32")
     report: dict[str, Any] = {"passed": None, "problems": ["no parity sample stored"]}
     sample = ensemble_dir / PARITY_SAMPLE_FILE
     if sample.is_file():
         report = engines.parity(plans[meta.encoder], plans[meta.head], sample, max_batch, precision)
-        log(f"{name}: TensorRT parity {'PASSED' if report['passed'] else 'FAILED'}: "
+        log(f"{name} v{version}: TensorRT parity {'PASSED' if report['passed'] else 'FAILED'}: "
             + ", ".join(f"{k} {v}" for k, v in report["outputs"].items()))
-    if ensemble.max_batch_size != max_batch:
-        ensemble.max_batch_size = max_batch
-        write_config(ensemble_dir, ensemble)
     parity_file = ensemble_dir / PARITY_FILE
     parity_all = files.read_json(parity_file) if parity_file.is_file() else {}
     files.write_json(parity_file, {**parity_all, "tensorrt": report})
     merge_metadata(meta, stamps, report, max_batch).write(ensemble_dir / METADATA_FILE)
     if report["passed"] is False:
-        check(report, f"{name} (TensorRT plan vs PyTorch)")
+        check(report, f"{name} version {version} (TensorRT plan vs PyTorch)")
     return report
 
 
@@ -162,11 +189,12 @@ def convert_repository(repository: Path, fp16: bool = False, max_batch: int | No
             raise ValueError(f"no exported model(s) {unknown} in {repository}; found {models}")
         models = names
     if not models:
-        raise FileNotFoundError(f"{repository} holds no exported model (no */{METADATA_FILE}); "
+        raise FileNotFoundError(f"{repository} holds no exported model (no */<version>/{METADATA_FILE}); "
                                 "export one with `python -m export --engine onnx`")
     timing_cache = timing_cache or repository / ".trt_timing_cache"
-    return {name: convert_model(engines, repository, name, fp16, max_batch, opt_batch, workspace_mb, timing_cache,
-                                force, log) for name in models}
+    with export_lock(repository):
+        return {name: convert_model(engines, repository, name, fp16, max_batch, opt_batch, workspace_mb,
+                                    timing_cache, force, log) for name in models}
 
 
 def main(argv: list[str] | None = None) -> int:

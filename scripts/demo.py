@@ -3,7 +3,8 @@
 1. train CC on scikit-learn's digits (prints NMI / ACC / ARI),
 2. export it to ONNX and a Triton model repository (parity-checked against PyTorch),
 3. start the gateway (embedded onnxruntime backend) on a free local port,
-4. POST a few digit images as PNG files to /cluster and print the answers.
+4. send a few digit images to /cluster with the project's client (serve/client.py) and print the answers:
+   cluster, its name (the digit it maps to on the training data), probability and the novelty flags.
 
     python scripts/demo.py [--epochs N]    # what `make demo` runs
 """
@@ -11,14 +12,12 @@
 from __future__ import annotations
 
 import argparse
-import io
+import dataclasses
 import json
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from serve.client import Client  # noqa: E402
+
 RUN_DIR = ROOT / "runs" / "cc-digits-smallcnn"
 REPOSITORY = ROOT / "model_repository"
 
@@ -41,38 +44,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, gateway: subprocess.Popen, timeout_s: float = 60.0) -> None:
+def wait_ready(client: Client, gateway: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    import httpx
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if gateway.poll() is not None:
             raise SystemExit(f"the gateway exited with code {gateway.returncode}")
         try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
+            if client.http.get("/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
     raise SystemExit(f"the gateway was not ready after {timeout_s:.0f} s")
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
+def digit_image(pixels: np.ndarray) -> Image.Image:
     # 8x8 as in the data set: the gateway resizes it exactly as training did.
-    Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def post_images(url: str, files: list[tuple[str, bytes]]) -> dict:
-    """multipart/form-data POST with the standard library only."""
-    boundary = uuid.uuid4().hex
-    body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n" for name, data in files
-    ) + f"--{boundary}--\r\n".encode()
-    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    request = urllib.request.Request(url, data=body, headers=headers)
-    with urllib.request.urlopen(request, timeout=60) as reply:
-        return json.load(reply)
+    return Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8))
 
 
 def main() -> None:
@@ -90,15 +80,20 @@ def main() -> None:
     gateway = subprocess.Popen([sys.executable, "-m", "serve", "--model-repository", str(REPOSITORY),
                                 "--port", str(port), "--log-level", "warning"], cwd=ROOT)
     try:
-        wait_ready(url, gateway)
-        digits = load_digits()
-        picks = [int(np.flatnonzero(digits.target == d)[0]) for d in (0, 3, 5, 7, 9)]
-        files = [(f"digit_{digits.target[i]}.png", png_bytes(digits.images[i])) for i in picks]
-        print(f"\n=== 4. POST {len(files)} PNG images to {url}/cluster", flush=True)
-        answer = post_images(url + "/cluster", files)
-        for result in answer["results"]:
-            print(f"  {result['filename']:>12}: cluster {result['cluster']}  probability {result['probability']:.3f}")
-        print("first result as JSON:", json.dumps(answer["results"][0]))
+        with Client(url) as client:
+            wait_ready(client, gateway)
+            digits = load_digits()
+            picks = [int(np.flatnonzero(digits.target == d)[0]) for d in (0, 3, 5, 7, 9)]
+            images = [digit_image(digits.images[i]) for i in picks] + [Image.new("RGB", (32, 32), (255, 0, 0))]
+            labels = [f"digit {digits.target[i]}" for i in picks] + ["a red square"]
+            print(f"\n=== 4. send {len(images)} images to {url}/cluster with serve.client.Client", flush=True)
+            results = client.cluster(images)
+            for label, r in zip(labels, results, strict=True):
+                flags = ", ".join(f for f, on in (("low confidence", r.low_confidence), ("OUT OF DISTRIBUTION", r.ood))
+                                  if on) or "in distribution"
+                print(f"  {label:>12}: cluster {r.cluster} {r.name!r:>6}  probability {r.probability:.3f}  "
+                      f"ood_score {r.ood_score:.2f}  ({flags})")
+            print("first result as JSON:", json.dumps(dataclasses.asdict(results[0])))
     finally:
         gateway.terminate()
         gateway.wait(timeout=30)

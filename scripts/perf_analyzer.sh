@@ -5,7 +5,7 @@
 #
 #   scripts/perf_analyzer.sh [-r REPO] [-m MODEL] [-c 1:4] [-b BATCH] [-t MS] [-s PCT] [-o OUT.csv] [-u HOST:PORT]
 #     -r  repository served by the script's own server (default model_repository_cpu)
-#     -m  model (default: the first ensemble, i.e. directory with metadata.json, in REPO)
+#     -m  model (default: the first ensemble, i.e. directory with <version>/metadata.json, in REPO)
 #     -c  concurrency range start:end[:step] (default 1:4)
 #     -b  images per inference request (default 1)
 #     -t  measurement interval, ms (default 3000)
@@ -50,9 +50,10 @@ ln -sf "$PWD/$b64" "$WORK/lib/libb64.so.0d"
 ln -sf "$PWD/$cudart" "$WORK/lib/libcudart.so.12"
 
 if [ -z "$MODEL" ]; then
-    meta=$(ls "$REPO"/*/metadata.json 2>/dev/null | head -1 || true)
-    [ -n "$meta" ] || { echo "perf_analyzer.sh: no */metadata.json in $REPO (export a model, or give -m)" >&2; exit 1; }
-    MODEL=$(basename "$(dirname "$meta")")
+    meta=$(ls "$REPO"/*/*/metadata.json 2>/dev/null | head -1 || true)
+    [ -n "$meta" ] || { echo "perf_analyzer.sh: no */<version>/metadata.json in $REPO (export a model, or give -m)" >&2
+                        exit 1; }
+    MODEL=$(basename "$(dirname "$(dirname "$meta")")")
 fi
 OUT=${OUT:-$WORK/${MODEL}_b${BATCH}.csv}
 

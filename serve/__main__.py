@@ -26,6 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from serve.access import configure_logging
+    from serve.backends.repository import RepositoryError, check_root
+
+    try:  # before the server starts: one line and exit 2, not a traceback from inside uvicorn
+        if settings.backend == "embedded" or settings.repository_path.is_dir():
+            check_root(settings.repository_path)
+    except RepositoryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
     from serve.app import create_app

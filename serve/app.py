@@ -1,10 +1,14 @@
 """The HTTP layer: validates requests, hands images to the batching queues, maps errors to statuses.
 
     create_app(settings) -> FastAPI
-    POST /cluster, POST /embed   images (multipart "files" or JSON base64) -> per-image results
-    GET  /models                 served models with metadata and runtime (onnxruntime providers, ...)
+    POST /cluster, POST /embed   images (multipart "files" or JSON base64) -> per-image results;
+                                 ?model= and ?version= (default: the latest version)
+    POST /v1/embeddings          OpenAI's / infinity's embeddings API (serve/openai_api.py), GET /v1/models
+    GET  /models                 served models with metadata, versions and runtime (onnxruntime providers, ...)
+    GET  /models/{name}          the model card and current cluster names of one model version
     GET  /healthz, /readyz       alive; models loaded and warmed up (503 otherwise)
     GET  /metrics                Prometheus
+    GET  /docs                   Swagger UI, served from the gateway's own files (works offline)
 """
 
 from __future__ import annotations
@@ -19,26 +23,35 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Query, Request, Security
+from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.card import cluster_names
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from serve import __version__
+from serve.access import AccessLogMiddleware
 from serve.backends import Backend, make_backend
+from serve.backends.repository import RepositoryError, resolve
 from serve.batching import Batcher
-from serve.errors import GatewayError, backend_unavailable, bad_request, not_found, unauthorized
+from serve.cards import VersionCard
+from serve.errors import GatewayError, backend_unavailable, bad_request, unauthorized
 from serve.images import Upload, prepare_uploads, read_uploads
 from serve.metrics import Metrics
+from serve.openai_api import openai_router
 from serve.page import mount_page
 from serve.schemas import (
     ClusterResponse,
     EmbedResponse,
     ErrorResponse,
     Health,
+    ModelCardResponse,
     ModelsResponse,
     Readiness,
     images_request_body,
@@ -76,11 +89,14 @@ class Gateway:
         self.settings = settings
         self.backend = backend
         self.metrics = Metrics()
-        self.batchers: dict[str, Batcher] = {}
+        self.batchers: dict[tuple[str, int | None], Batcher] = {}  # per (model, version)
+        self.cards: dict[tuple[str, int], VersionCard] = {}
         self.warm: dict[str, bool] = {}
         self.detail: str | None = "not started"
         self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="decode")
         self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task | None = None
+        self._summarised = False
 
     @property
     def ready(self) -> bool:
@@ -101,13 +117,6 @@ class Gateway:
                 self.detail = err.message
                 log.warning("backend not available yet: %s", err.message)
                 return
-            s = self.settings
-            for name in self.backend.models():
-                if name not in self.batchers:
-                    self.batchers[name] = Batcher(
-                        name, lambda images, name=name: self.backend.infer(name, images), self.metrics,
-                        max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, queue_size=s.queue_size,
-                        concurrency=s.concurrency, retry_after_s=s.retry_after_s)
             problems = []
             for name, spec in self.backend.models().items():
                 if self.warm.get(name):
@@ -120,14 +129,58 @@ class Gateway:
                     self.warm[name] = False
                     problems.append(f"{name}: warm-up failed: {getattr(err, 'message', None) or 'timeout'}")
             self.detail = "; ".join(problems) or None
+            if self.ready and not self._summarised:
+                self._summarised = True
+                log.info("%s", self.summary())
+
+    def summary(self, headline: str = "gateway ready") -> str:
+        """The start-up line: backend, and per model its versions and the providers really used."""
+        parts = []
+        for name, spec in sorted(self.backend.models().items()):
+            runtime = self.backend.describe(name)
+            providers = runtime.get("providers") or runtime.get("url", "")
+            parts.append(f"{name} (version {spec.version}, versions {self.backend.versions(name) or '-'}, "
+                         f"{spec.method} on {spec.dataset}, {providers})")
+        return f"{headline}: backend {self.backend.name}, {len(parts)} model(s): " + "; ".join(parts)
+
+    def watch(self) -> None:
+        """Start polling the backend for new and removed versions every settings.repository_poll_s seconds."""
+        if self.settings.repository_poll_s > 0 and self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="repository-watch")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_s)
+            try:
+                if await self.backend.refresh():
+                    for name, spec in self.backend.models().items():
+                        self.warm[name] = True  # a backend switches only to versions that loaded (and warmed up)
+                        self.metrics.served_version.labels(name).set(spec.version or 0)
+                    await self._forget_removed_versions()
+                    log.info("%s", self.summary("models changed"))
+            except Exception:  # noqa: BLE001 - the poller must survive a half-written repository
+                log.exception("looking for new model versions failed")
+
+    async def _forget_removed_versions(self) -> None:
+        """Batchers and cards of versions that are no longer servable (removed: rollback)."""
+        for key in list(self.batchers):
+            name, version = key
+            if version is not None and version not in self.backend.versions(name):
+                await self.batchers.pop(key).close()
+        for name, version in list(self.cards):
+            if version not in self.backend.versions(name):
+                del self.cards[(name, version)]
 
     async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         for batcher in self.batchers.values():
             await batcher.close()
         await self.backend.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def spec(self, name: str | None) -> ModelMetadata:
+    async def spec(self, name: str | None, version: int | None = None) -> ModelMetadata:
+        """The metadata of the model version a request asks for (None: the only model, its latest version)."""
         models = self.backend.models()
         if not models:
             await self.start()
@@ -135,17 +188,38 @@ class Gateway:
             if not models:
                 raise backend_unavailable(f"no model loaded yet: {self.detail}")
         if name is None:
-            if len(models) == 1:
-                return next(iter(models.values()))
-            raise bad_request(f"{len(models)} models are served; choose one with ?model= from {sorted(models)}")
-        if name not in models:
-            raise not_found(f"unknown model {name!r}; served models: {sorted(models)}")
-        return models[name]
+            if len(models) != 1:
+                raise bad_request(f"{len(models)} models are served; choose one with ?model= from {sorted(models)}")
+            name = next(iter(models))
+        return await self.backend.select(name, version)
 
-    async def run(self, request: Request, endpoint: str, model: str | None
+    def batcher(self, spec: ModelMetadata) -> Batcher:
+        key = (spec.name, spec.version)
+        if key not in self.batchers:
+            s = self.settings
+            self.batchers[key] = Batcher(
+                spec.name,  # one label per model in /metrics (a version switch is short-lived)
+                lambda images: self.backend.infer(spec.name, images, spec.version), self.metrics,
+                max_batch_size=s.max_batch_size, max_wait_ms=s.max_wait_ms, queue_size=s.queue_size,
+                concurrency=s.concurrency, retry_after_s=s.retry_after_s)
+        return self.batchers[key]
+
+    def card(self, spec: ModelMetadata) -> VersionCard | None:
+        """The card and names of a model version, when the repository holds them (None otherwise)."""
+        if spec.version is None:
+            return None
+        key = (spec.name, spec.version)
+        if key not in self.cards:
+            try:
+                self.cards[key] = VersionCard.load(resolve(self.settings.repository_path, spec.name, spec.version))
+            except (RepositoryError, OSError):
+                return None
+        return self.cards[key]
+
+    async def run(self, request: Request, endpoint: str, model: str | None, version: int | None = None
                   ) -> tuple[ModelMetadata, list[Upload], list[int], dict[int, str], dict[str, np.ndarray] | None]:
         """Read, prepare and infer the images of one request."""
-        spec = await self.spec(model)
+        spec = await self.spec(model, version)
         uploads = await read_uploads(request, self.settings)
         images, ok, errors = await prepare_uploads(uploads, spec.input.size, spec.input.channels, self.settings,
                                                    self.pool)
@@ -154,14 +228,33 @@ class Gateway:
             self.metrics.images.labels(endpoint, "error").inc(len(errors))
         outputs = None
         if images is not None:
-            outputs = await self.batchers[spec.name].submit(images)
+            outputs = await self.infer(spec, images)
             self.metrics.images.labels(endpoint, "ok").inc(len(ok))
         return spec, uploads, ok, errors, outputs
+
+    async def infer(self, spec: ModelMetadata, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Prepared uint8 (B, C, S, S) -> the head outputs of that model version, through its batching queue."""
+        return await self.batcher(spec).submit(images)
+
+    def annotate(self, spec: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict[str, Any] | None:
+        """Names and flags of B cluster answers (serve/cards.py), counted in /metrics."""
+        card = self.card(spec)
+        if card is None:
+            return None
+        notes = card.annotate(outputs)
+        model, version = spec.name, str(spec.version)
+        for cluster, count in zip(*np.unique(outputs[CLUSTER], return_counts=True), strict=True):
+            self.metrics.assignments.labels(model, version, str(int(cluster))).inc(int(count))
+        if "ood" in notes:
+            self.metrics.low_confidence.labels(model, version).inc(int(notes["low_confidence"].sum()))
+            self.metrics.ood.labels(model, version).inc(int(notes["ood"].sum()))
+        return notes
 
 
 def model_summary(spec: ModelMetadata) -> dict[str, Any]:
     """What /models lists per model, besides its runtime and full metadata."""
-    return {"name": spec.name, "method": spec.method, "dataset": spec.dataset, "num_clusters": spec.num_clusters,
+    return {"name": spec.name, "version": spec.version, "method": spec.method, "dataset": spec.dataset,
+            "num_clusters": spec.num_clusters,
             "embedding_dim": spec.embedding_dim, "class_names": spec.class_names,
             "input": {"name": spec.input.name, "dtype": spec.input.dtype, "layout": spec.input.layout,
                       "channels": spec.input.channels, "height": spec.input.height, "width": spec.input.width},
@@ -169,7 +262,9 @@ def model_summary(spec: ModelMetadata) -> dict[str, Any]:
 
 
 def cluster_results(uploads: list[Upload], ok: list[int], errors: dict[int, str],
-                    outputs: dict[str, np.ndarray] | None, top_k: int) -> list[dict[str, Any]]:
+                    outputs: dict[str, np.ndarray] | None, top_k: int,
+                    notes: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per image: cluster, probability, top_k [, path], and with `notes` (Gateway.annotate) name and flags."""
     results: list[dict[str, Any]] = [{}] * len(uploads)
     for i, message in errors.items():
         results[i] = {"index": i, "filename": uploads[i].filename, "error": message}
@@ -187,6 +282,11 @@ def cluster_results(uploads: list[Upload], ok: list[int], errors: dict[int, str]
                 "top_k": [{"cluster": a, "probability": b} for a, b in zip(top_ids[j], top_p[j], strict=True)]}
         if paths is not None:
             item["path"] = paths[j]
+        if notes is not None:
+            item["name"] = notes["name"][j]
+            if "ood" in notes:
+                item.update(low_confidence=bool(notes["low_confidence"][j]),
+                            ood_score=round(float(notes["ood_score"][j]), 4), ood=bool(notes["ood"][j]))
         results[i] = item
     return results
 
@@ -240,6 +340,20 @@ class MetricsMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - began)
 
 
+def add_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs from the swagger-ui-bundle package's files, served by the gateway (no CDN)."""
+    import swagger_ui_bundle
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} - API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+
+
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the gateway's API key, if one is set")
 _bearer = HTTPBearer(auto_error=False, description="the gateway's API key as a bearer token, if one is set")
 
@@ -278,16 +392,23 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         await gateway.start()
+        gateway.watch()
         try:
             yield
         finally:
             await gateway.close()
 
     app = FastAPI(title="deepcluster-serve gateway", version=__version__, lifespan=lifespan,
-                  default_response_class=FastJSONResponse,
-                  description="Deep image clustering: cluster ids, probabilities and embeddings of images.")
+                  default_response_class=FastJSONResponse, docs_url=None, redoc_url=None,
+                  description="Deep image clustering: cluster ids, names, probabilities, confidence and "
+                              "novelty flags, and embeddings of images; OpenAI-compatible /v1/embeddings.")
     app.state.gateway = gateway
     app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
+    if settings.origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After"])
+    app.add_middleware(AccessLogMiddleware, enabled=settings.access_log, json_lines=settings.log_format == "json")
+    add_docs(app)
     mount_page(app)
 
     @app.exception_handler(GatewayError)
@@ -316,37 +437,55 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     auth_errors = _AUTH_ERRORS if settings.api_key else {422: _ERRORS[422]}
     errors = _ERRORS if settings.api_key else {k: v for k, v in _ERRORS.items() if k != 401}
     model_q = Query(None, description="model name; may be left out when only one model is served")
+    version_q = Query(None, ge=1, description="model version (default: the latest; a new export is picked up "
+                      "without a restart)")
 
     @app.post("/cluster", response_model=ClusterResponse, responses=errors, dependencies=protected,
-              openapi_extra=images_request_body(settings.max_images_per_request), summary="Cluster images")
-    async def cluster(request: Request, model: str | None = model_q,
+              openapi_extra=images_request_body(settings.max_images_per_request), summary="Cluster images",
+              operation_id="cluster")
+    async def cluster(request: Request, model: str | None = model_q, version: int | None = version_q,
                       top_k: int | None = Query(None, ge=1, le=1000, description="how many clusters to list "
                                                 "per image (default: the default_top_k setting)")) -> Response:
-        spec, uploads, ok, errors, outputs = await gateway.run(request, "/cluster", model)
-        results = cluster_results(uploads, ok, errors, outputs, top_k or settings.default_top_k)
-        return FastJSONResponse({"model": spec.name, "results": results})
+        spec, uploads, ok, errors, outputs = await gateway.run(request, "/cluster", model, version)
+        notes = gateway.annotate(spec, outputs) if outputs is not None else None
+        results = cluster_results(uploads, ok, errors, outputs, top_k or settings.default_top_k, notes)
+        return FastJSONResponse({"model": spec.name, "version": spec.version, "results": results})
 
     @app.post("/embed", response_model=EmbedResponse, responses=errors, dependencies=protected,
               openapi_extra=images_request_body(settings.max_images_per_request),
-              summary="Embed images (L2-normalised)")
-    async def embed(request: Request, model: str | None = model_q) -> Response:
-        spec, uploads, ok, errors, outputs = await gateway.run(request, "/embed", model)
-        return FastJSONResponse({"model": spec.name, "embedding_dim": spec.embedding_dim,
+              summary="Embed images (L2-normalised)", operation_id="embed")
+    async def embed(request: Request, model: str | None = model_q, version: int | None = version_q) -> Response:
+        spec, uploads, ok, errors, outputs = await gateway.run(request, "/embed", model, version)
+        return FastJSONResponse({"model": spec.name, "version": spec.version, "embedding_dim": spec.embedding_dim,
                                  "results": embed_results(uploads, ok, errors, outputs)})
 
     @app.get("/models", response_model=ModelsResponse, responses=auth_errors, dependencies=protected,
-             summary="Served models and their metadata")
+             summary="Served models and their metadata", operation_id="listModels")
     async def models() -> Response:
-        items = [{**model_summary(spec), "ready": gateway.warm.get(name, False),
-                  "runtime": gateway.backend.describe(name), "metadata": spec.to_json()}
+        items = [{**model_summary(spec), "versions": gateway.backend.versions(name),
+                  "ready": gateway.warm.get(name, False), "runtime": gateway.backend.describe(name),
+                  "metadata": spec.to_json()}
                  for name, spec in gateway.backend.models().items()]
         return FastJSONResponse({"backend": gateway.backend.name, "models": items})
 
-    @app.get("/healthz", response_model=Health, summary="Liveness")
+    @app.get("/models/{name}", response_model=ModelCardResponse, responses={**auth_errors, 404: _ERRORS[404]},
+             dependencies=protected, summary="A model's card and cluster names", operation_id="getModelCard")
+    async def model_card(name: str = Path(description="model name"), version: int | None = version_q) -> Response:
+        spec = await gateway.spec(name, version)
+        card = gateway.card(spec)
+        names = card.names() if card is not None else cluster_names(None, spec.outputs[PROBABILITIES].shape[1])
+        return FastJSONResponse({"name": spec.name, "version": spec.version,
+                                 "versions": gateway.backend.versions(spec.name), "names": names,
+                                 "card": None if card is None or card.card is None else card.card.to_json(),
+                                 "metadata": spec.to_json()})
+
+    app.include_router(openai_router(gateway, protected, errors))
+
+    @app.get("/healthz", response_model=Health, summary="Liveness", operation_id="health")
     async def healthz() -> Response:
         return FastJSONResponse({"status": "ok"})
 
-    @app.get("/readyz", response_model=Readiness, dependencies=protected, summary="Readiness",
+    @app.get("/readyz", response_model=Readiness, dependencies=protected, summary="Readiness", operation_id="ready",
              responses={**auth_errors, 503: {"model": Readiness, "description": "not ready"}})
     async def readyz() -> Response:
         if not gateway.ready:
@@ -359,7 +498,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         return FastJSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics", dependencies=protected, responses=auth_errors, summary="Prometheus metrics",
-             response_class=Response)
+             response_class=Response, operation_id="metrics")
     async def metrics() -> Response:
         return Response(gateway.metrics.render(), media_type=gateway.metrics.content_type)
 

@@ -10,7 +10,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
-    """requests by endpoint/status, latencies, images, batch sizes, queue depth, errors by kind."""
+    """requests by endpoint/status, latencies, images, batch sizes, queue depth, errors by kind, cluster
+    assignments and low-confidence / out-of-distribution answers per model version, the served versions."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -29,6 +30,14 @@ class Metrics:
         self.inference = Histogram("gateway_inference_latency_seconds", "backend time per model batch",
                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("gateway_queue_depth", "images waiting for a batch", ["model"], registry=r)
+        self.assignments = Counter("gateway_cluster_assignments", "images assigned to each cluster by /cluster",
+                                   ["model", "version", "cluster"], registry=r)
+        self.low_confidence = Counter("gateway_low_confidence", "cluster answers flagged low_confidence",
+                                      ["model", "version"], registry=r)
+        self.ood = Counter("gateway_ood", "cluster answers flagged out of distribution", ["model", "version"],
+                           registry=r)
+        self.served_version = Gauge("gateway_model_version", "the version unpinned requests get", ["model"],
+                                    registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

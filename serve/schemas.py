@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,10 +28,22 @@ class TopK(BaseModel):
 class ClusterResult(BaseModel):
     """One image: its cluster, or `error` (and nothing else) when it could not be decoded."""
 
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "index": 0, "filename": "a.png", "cluster": 4, "name": "7", "probability": 0.93, "low_confidence": False,
+        "ood_score": 0.41, "ood": False, "top_k": [{"cluster": 4, "probability": 0.93},
+                                                   {"cluster": 1, "probability": 0.04}]}})
     index: int = Field(description="position of the image in the request")
     filename: str | None = Field(default=None, description="multipart filename or JSON filenames entry")
     cluster: int | None = None
+    name: str | None = Field(default=None, description="the cluster's name: the model version's cluster_names.json "
+                             "(editable; re-read when it changes), by default the class the cluster maps to")
     probability: float | None = Field(default=None, description="probability of the assigned cluster")
+    low_confidence: bool | None = Field(default=None, description="probability below the training data's 5th "
+                                        "percentile (absent when the model has no card statistics)")
+    ood_score: float | None = Field(default=None, description="share of training images closer to a cluster "
+                                    "centroid (cosine distance) than this one, 0..1")
+    ood: bool | None = Field(default=None, description="out of distribution: farther from every centroid than "
+                             "99% of the training images")
     top_k: list[TopK] | None = Field(default=None, description="most probable clusters, best first")
     path: list[int] | None = Field(default=None, description="CoHiClust: tree node ids (heap order) level 1..L")
     error: str | None = Field(default=None, description="why this image was not clustered")
@@ -39,6 +51,7 @@ class ClusterResult(BaseModel):
 
 class ClusterResponse(BaseModel):
     model: str
+    version: int | None = Field(default=None, description="the model version that answered")
     results: list[ClusterResult]
 
 
@@ -51,8 +64,63 @@ class EmbedResult(BaseModel):
 
 class EmbedResponse(BaseModel):
     model: str
+    version: int | None = None
     embedding_dim: int | None
     results: list[EmbedResult]
+
+
+class ModelCardResponse(BaseModel):
+    name: str
+    version: int | None = Field(description="the version described (the latest unless ?version=)")
+    versions: list[int] = Field(description="every servable version")
+    names: list[str] = Field(description="current cluster names, by cluster id")
+    card: dict[str, Any] | None = Field(description="the model card (card.json): provenance, training metrics, "
+                                        "clusters with sizes, centroids, class mapping and purity, calibration; "
+                                        "null when the model has none")
+    metadata: dict[str, Any]
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's / infinity's embeddings request, with images (data URIs or bare base64) as the input."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {
+        "model": "digits", "input": ["data:image/png;base64,iVBORw0KGgo..."], "encoding_format": "float"}})
+    model: str = Field(description="a served model's name")
+    input: str | list[str] = Field(description="one image or a list: data:image/...;base64,... URIs or base64")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="float: lists of numbers; base64: little-endian float32 bytes, base64")
+    dimensions: int | None = Field(default=None, description="must be the model's embedding size if given")
+    user: str | None = None
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int = Field(description="images embedded (images have no tokens)")
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str
+    usage: EmbeddingsUsage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
 
 
 class ModelInfo(BaseModel):
@@ -120,7 +188,8 @@ def images_request_body(max_images: int) -> dict[str, Any]:
         "description": "one or more image files (PNG, JPEG, WebP, GIF, BMP, TIFF, ...)"}}}
     json_schema = _inline(ImagesRequest.model_json_schema())
     json_schema["properties"]["images"]["maxItems"] = max_images
+    example = {"images": [{"data": "data:image/png;base64,iVBORw0KGgo...", "filename": "a.png"}]}
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": files},
-        "application/json": {"schema": json_schema},
+        "application/json": {"schema": json_schema, "example": example},
     }}}

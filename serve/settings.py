@@ -24,7 +24,7 @@ class Settings:
     backend: str = field(default="embedded", metadata={"help": f"inference backend: one of {BACKENDS}"})
     model_repository: str = field(
         default="model_repository",
-        metadata={"help": "model repository (dirs with metadata.json); the triton backend reads metadata "
+        metadata={"help": "model repository (NAME/<version>/metadata.json); the triton backend reads metadata "
                           "from it too, or from Triton itself when it does not exist"})
     triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address host:port"})
     triton_timeout_s: float = field(default=10.0, metadata={"help": "timeout of one Triton call, seconds"})
@@ -46,6 +46,13 @@ class Settings:
     ort_threads: int = field(default=0, metadata={"help": "onnxruntime intra-op threads (0: its default)"})
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 429"})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
+    # --- versions, names, operations (issue 14) ---
+    repository_poll_s: float = field(default=2.0, metadata={
+        "help": "seconds between looks for new or removed model versions (0: never, serve what was there at start)"})
+    access_log: bool = field(default=True, metadata={"help": "one log line per request, with its request id"})
+    log_format: str = field(default="text", metadata={"help": "log lines as text or json"})
+    cors_origins: str = field(default="", metadata={
+        "help": "comma-separated origins allowed to call the API from a browser (CORS); empty: none"})
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -57,9 +64,17 @@ class Settings:
         for name in ("max_wait_ms", "batch_concurrency", "decode_threads", "ort_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.repository_poll_s < 0:
+            raise ValueError(f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
         if self.max_images_per_request > self.queue_size:
             raise ValueError(f"max_images_per_request ({self.max_images_per_request}) must not exceed "
                              f"queue_size ({self.queue_size}), or such a request could never be queued")
+
+    @property
+    def origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def repository_path(self) -> Path:

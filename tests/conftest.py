@@ -28,3 +28,11 @@ def tiny_run(tmp_path_factory):
         return cache[method]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def cc_model(tiny_run, tmp_path_factory):
+    """The tiny CC run exported once per session (tests.support.serving.exported): repositories of both flavours."""
+    from tests.support.serving import exported
+
+    return exported(tiny_run, tmp_path_factory, "cc")

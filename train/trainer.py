@@ -22,6 +22,8 @@ from tqdm import tqdm
 from contract import files
 from contract.names import (
     CHECKPOINT_FILE,
+    CLUSTER_SAMPLES_FILE,
+    CLUSTER_STATS_FILE,
     CONFIG_FILE,
     INIT_FILE,
     METRICS_FILE,
@@ -30,6 +32,7 @@ from contract.names import (
 )
 from train import metrics, report
 from train.checkpoint import read_checkpoint, save_checkpoint
+from train.cluster_stats import cluster_stats
 from train.config import Config
 from train.data.augment import AugmentParams, BatchAugment
 from train.data.datasets import ImageData, load_dataset
@@ -291,6 +294,7 @@ def finish(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: 
     if labels is not None:
         report.plot_confusion(run_dir / "confusion.png", labels, clusters, data.class_names)
     save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data, model)
+    save_cluster_stats(run_dir, data, outputs)
     scores.update(model.write_artifacts(run_dir, outputs, data.labels, data.images))
     init_file = run_dir / INIT_FILE
     if get_method(cfg.method).parent and init_file.is_file():
@@ -328,6 +332,20 @@ def save_parity_sample(path: Path, data: ImageData, model: ClusteringMethod | No
     with files.atomic_open(path, "wb") as f:
         np.savez_compressed(f, images=data.images[index].numpy(), sources=np.array([data.sources[i] for i in index]),
                             **{f"reference_{k}": v.numpy() for k, v in reference.items()})
+
+
+def save_cluster_stats(run_dir: Path, data: ImageData, outputs: dict[str, torch.Tensor]) -> None:
+    """cluster_stats.json (what the model card and the gateway's flags are made of) and cluster_samples.npz
+    (each cluster's most confident training images), from the final evaluation's outputs."""
+    labels = data.labels.numpy() if data.labels is not None else None
+    stats = cluster_stats(outputs["embedding"].numpy(), outputs["probabilities"].numpy(), outputs["cluster"].numpy(),
+                          labels, data.class_names)
+    stats.write(run_dir / CLUSTER_STATS_FILE)
+    index = np.array([i for c in stats.clusters for i in c.samples], np.int64)
+    cluster = np.array([c.id for c in stats.clusters for _ in c.samples], np.int64)
+    with files.atomic_open(run_dir / CLUSTER_SAMPLES_FILE, "wb") as f:
+        np.savez_compressed(f, images=data.images[index].numpy(), cluster=cluster, index=index,
+                            sources=np.array([data.sources[i] for i in index]))
 
 
 def _summary(scores: dict[str, Any] | None) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from contract.metadata import ModelMetadata
+from serve.errors import not_found
 
 
 class Backend(abc.ABC):
@@ -15,7 +16,9 @@ class Backend(abc.ABC):
 
     `infer` takes uint8 (B, C, S, S) and returns the head outputs as numpy arrays with batch size B;
     it raises GatewayError for failures the client should see with a specific status (503 when the
-    inference server is unreachable).
+    inference server is unreachable). Models may have versions (the repository's NAME/<v>/): `select`
+    resolves a request's (model, version or None for the latest) to the metadata of one version, and
+    `refresh`, called periodically, picks up added and removed versions without a restart.
     """
 
     name: str
@@ -29,8 +32,25 @@ class Backend(abc.ABC):
         """Servable models by name (empty before a successful `start`)."""
 
     @abc.abstractmethod
-    async def infer(self, model: str, images: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 (B, C, S, S) -> {output name: array with leading dimension B}."""
+    async def infer(self, model: str, images: np.ndarray, version: int | None = None) -> dict[str, np.ndarray]:
+        """uint8 (B, C, S, S) -> {output name: array with leading dimension B}, of `version` (None: the latest)."""
+
+    def versions(self, model: str) -> list[int]:
+        """Servable versions of `model`, ascending ([] for a backend without versions)."""
+        return []
+
+    async def select(self, model: str, version: int | None) -> ModelMetadata:
+        """The metadata of the version a request asks for (None: the latest); GatewayError 404 if absent."""
+        models = self.models()
+        if model not in models:
+            raise not_found(f"unknown model {model!r}; served models: {sorted(models)}")
+        if version is not None and version not in self.versions(model):
+            raise not_found(f"model {model!r} has no version {version} (versions: {self.versions(model)})")
+        return models[model]
+
+    async def refresh(self) -> bool:
+        """Look for added or removed model versions; True when what is served changed."""
+        return False
 
     async def healthy(self) -> bool:
         """Whether inference can be expected to work right now (cheap; used by /readyz)."""

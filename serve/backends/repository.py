@@ -1,34 +1,109 @@
-"""Reading the model repository written by `python -m export`: each `<name>/metadata.json` is a model."""
+"""Reading the model repository written by `python -m export` (Triton's versioned layout, contract/repository.py).
+
+    version = resolve(root, "digits")          # the latest complete version; resolve(root, "digits", 2) pins
+    version.metadata, version.encoder_onnx, version.head_onnx, version.card_file, version.names_file
+    read_repository(root)                      # {name: ModelMetadata of its latest version}
+
+Every reader of a repository (the gateway's backends, the bulk path, benchmarks) goes through here.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from contract.metadata import ModelMetadata
-from contract.names import METADATA_FILE, ONNX_MODEL_FILE
+from contract.names import CARD_FILE, METADATA_FILE, NAMES_FILE, ONNX_MODEL_FILE
+from contract.repository import complete_versions, legacy_models, model_names
 
 
-def read_repository(path: str | Path) -> dict[str, ModelMetadata]:
-    """All servable models under `path` by name; ValueError if there are none or one is malformed."""
-    root = Path(path)
+class RepositoryError(ValueError):
+    """No usable model repository, model or version; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """The files of one version of one model."""
+
+    root: Path
+    metadata: ModelMetadata  # its `version` is the directory's
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> int:
+        return int(self.metadata.version or 0)
+
+    @property
+    def directory(self) -> Path:
+        return self.root / self.name / str(self.version)
+
+    @property
+    def encoder_onnx(self) -> Path:
+        return self.root / self.metadata.encoder / str(self.version) / ONNX_MODEL_FILE
+
+    @property
+    def head_onnx(self) -> Path:
+        return self.root / self.metadata.head / str(self.version) / ONNX_MODEL_FILE
+
+    @property
+    def card_file(self) -> Path:
+        return self.directory / CARD_FILE
+
+    @property
+    def names_file(self) -> Path:
+        return self.directory / NAMES_FILE
+
+
+def check_root(root: str | Path) -> Path:
+    """The repository as a Path; RepositoryError when it does not exist or holds no model."""
+    root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"model repository {root} does not exist (export one with `python -m export`)")
-    specs: dict[str, ModelMetadata] = {}
-    for file in sorted(root.glob(f"*/{METADATA_FILE}")):
-        spec = ModelMetadata.read(file)
-        if spec.name != file.parent.name:
-            raise ValueError(f"{file}: metadata name {spec.name!r} differs from its directory {file.parent.name!r}")
-        specs[spec.name] = spec
-    if not specs:
-        raise ValueError(f"model repository {root} holds no model (no */{METADATA_FILE})")
-    return specs
+        raise RepositoryError(f"model repository {root} does not exist (export a model with `python -m export`)")
+    if not model_names(root):
+        legacy = legacy_models(root)
+        if legacy:
+            raise RepositoryError(f"model repository {root} holds models {legacy} in the layout of an older export "
+                                  f"(NAME/{METADATA_FILE}, no versions): export them again")
+        raise RepositoryError(f"model repository {root} holds no model (no */<version>/{METADATA_FILE}); "
+                              "export one with `python -m export`")
+    return root
 
 
-def onnx_file(root: str | Path, model: str) -> Path:
-    """`<root>/<model>/<highest version>/model.onnx`; FileNotFoundError if absent."""
+def versions(root: str | Path, name: str) -> list[int]:
+    """Complete versions of one model, ascending ([] when it has none)."""
+    return complete_versions(root, name)
+
+
+def resolve(root: str | Path, name: str, version: int | None = None) -> ModelVersion:
+    """(model, version or None for the latest) -> its files; RepositoryError when there is no such version."""
+    root = Path(root)
+    available = complete_versions(root, name)
+    if not available:
+        raise RepositoryError(f"no model {name!r} in {root} (models: {model_names(root)})")
+    chosen = available[-1] if version is None else version
+    if chosen not in available:
+        raise RepositoryError(f"model {name!r} has no version {chosen} (versions: {available})")
+    file = root / name / str(chosen) / METADATA_FILE
+    meta = ModelMetadata.read(file)
+    if meta.name != name:
+        raise RepositoryError(f"{file}: metadata name {meta.name!r} differs from its directory {name!r}")
+    return ModelVersion(root, meta.replace(version=chosen))
+
+
+def read_repository(root: str | Path) -> dict[str, ModelMetadata]:
+    """The latest version of every model by name; RepositoryError when there is none, ValueError if malformed."""
+    root = check_root(root)
+    return {name: resolve(root, name).metadata for name in model_names(root)}
+
+
+def onnx_file(root: str | Path, model: str, version: int | None = None) -> Path:
+    """`<root>/<model>/<version or the highest>/model.onnx` of an encoder or head graph; FileNotFoundError if absent."""
     model_dir = Path(root) / model
-    versions = sorted((int(p.name), p) for p in model_dir.glob("*")
-                      if p.name.isdigit() and (p / ONNX_MODEL_FILE).is_file())
-    if not versions:
-        raise FileNotFoundError(f"no {model_dir}/<version>/{ONNX_MODEL_FILE}")
-    return versions[-1][1] / ONNX_MODEL_FILE
+    found = sorted(int(p.parent.name) for p in model_dir.glob(f"*/{ONNX_MODEL_FILE}") if p.parent.name.isdigit())
+    chosen = version if version is not None else (found[-1] if found else None)
+    if chosen is None or chosen not in found:
+        raise FileNotFoundError(f"no {model_dir}/{chosen or '<version>'}/{ONNX_MODEL_FILE}")
+    return model_dir / str(chosen) / ONNX_MODEL_FILE

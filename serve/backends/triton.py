@@ -1,4 +1,13 @@
-"""Inference on a Triton server through tritonclient's asyncio gRPC client (one client for the app's life)."""
+"""Inference on a Triton server through tritonclient's asyncio gRPC client (one client for the app's life).
+
+With the model repository at hand (the directory Triton serves, or a copy), models are versioned:
+a version is servable when its NAME/<v>/ is complete on disk and Triton reports NAME_encoder and
+NAME_head version v READY; requests run NAME_encoder then NAME_head of that exact version, so
+versions never mix while Triton loads a new one. Start Triton with `--model-control-mode=poll`
+(`--repository-poll-secs`) and a new export is loaded by Triton and then served here (`refresh`,
+every few seconds), without a restart; deleting a version rolls back. Without the repository, models
+are discovered from Triton itself and called through their ensemble (unversioned).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +19,11 @@ from typing import Any
 import numpy as np
 
 from contract.metadata import ImageInput, ModelMetadata, TensorSpec
-from contract.names import CLUSTER, IMAGES, PROBABILITIES, REQUIRED_OUTPUTS
+from contract.names import CLUSTER, FEATURES, IMAGES, PROBABILITIES, REQUIRED_OUTPUTS
+from contract.repository import model_names
 from serve.backends.base import Backend
-from serve.backends.repository import read_repository
-from serve.errors import GatewayError, backend_error, backend_unavailable
+from serve.backends.repository import resolve, versions
+from serve.errors import GatewayError, backend_error, backend_unavailable, not_found
 
 log = logging.getLogger("serve")
 
@@ -39,7 +49,8 @@ class TritonBackend(Backend):
         self.repository = None if repository is None else Path(repository)
         self.timeout_s = timeout_s
         self._client: Any = None
-        self._specs: dict[str, ModelMetadata] = {}
+        self._specs: dict[str, ModelMetadata] = {}  # the latest servable version of each model
+        self._versions: dict[str, list[int]] = {}  # servable versions (repository mode)
         self._limits: dict[str, int] = {}  # Triton's max_batch_size per model (0: no batching)
 
     def _connect(self) -> Any:
@@ -49,15 +60,54 @@ class TritonBackend(Backend):
             self._client = grpcclient.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
         return self._client
 
+    @property
+    def versioned(self) -> bool:
+        return self.repository is not None and self.repository.is_dir()
+
     async def start(self) -> None:
         client = self._connect()
         if self._specs:
             return
-        if self.repository is not None and self.repository.is_dir():
-            specs = read_repository(self.repository)
-        else:
-            specs = await self._discover(client)
-        self._specs = specs
+        if not self.versioned:
+            self._specs = await self._discover(client)
+            return
+        await self.refresh()
+        if not self._specs:
+            raise backend_unavailable(f"Triton at {self.url} has no version of {model_names(self.repository)} "
+                                      "ready yet")
+
+    async def _ready(self) -> set[tuple[str, int]]:
+        """(model, version) pairs Triton reports READY."""
+        try:
+            index = await self._connect().get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
+        except Exception as err:
+            raise _map_error(err, "listing models") from err
+        return {(e["name"], int(e["version"])) for e in index.get("models", [])
+                if e.get("state") == "READY" and str(e.get("version", "")).isdigit()}
+
+    async def refresh(self) -> bool:
+        """Servable versions: complete on disk, encoder and head READY in Triton; the latest of each served."""
+        if not self.versioned:
+            return False
+        ready = await self._ready()
+        found: dict[str, list[int]] = {}
+        for name in model_names(self.repository):
+            spec = resolve(self.repository, name).metadata
+            found[name] = [v for v in versions(self.repository, name)
+                           if (spec.encoder, v) in ready and (spec.head, v) in ready]
+        found = {name: vs for name, vs in found.items() if vs}
+        if found == self._versions:
+            return False
+        self._versions = found
+        self._specs = {name: resolve(self.repository, name, vs[-1]).metadata for name, vs in found.items()}
+        return True
+
+    def versions(self, model: str) -> list[int]:
+        return list(self._versions.get(model, []))
+
+    async def select(self, model: str, version: int | None) -> ModelMetadata:
+        spec = await super().select(model, version)
+        return spec if version is None or version == spec.version else resolve(self.repository, model, version).metadata
 
     async def _discover(self, client: Any) -> dict[str, ModelMetadata]:
         """Models whose input is 'images' UINT8 (-1, C, S, S) and whose outputs include 'cluster'."""
@@ -92,25 +142,41 @@ class TritonBackend(Backend):
             self._limits[model] = int(config["config"].get("max_batch_size", 0))
         return self._limits[model]
 
-    async def infer(self, model: str, images: np.ndarray) -> dict[str, np.ndarray]:
+    async def infer(self, model: str, images: np.ndarray, version: int | None = None) -> dict[str, np.ndarray]:
         limit = await self._limit(model)
         if limit <= 0 or len(images) <= limit:
-            return await self._infer(model, images)
-        parts = await asyncio.gather(*(self._infer(model, images[i:i + limit])
+            return await self._infer(model, images, version)
+        parts = await asyncio.gather(*(self._infer(model, images[i:i + limit], version)
                                        for i in range(0, len(images), limit)))
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
-    async def _infer(self, model: str, images: np.ndarray) -> dict[str, np.ndarray]:
+    async def _call(self, model: str, version: int | None, name: str, array: np.ndarray, datatype: str,
+                    outputs: list[str]) -> Any:
         import tritonclient.grpc.aio as grpcclient
 
-        spec = self._specs[model]
-        inp = grpcclient.InferInput(IMAGES, list(images.shape), "UINT8")
-        inp.set_data_from_numpy(images)
-        requested = [grpcclient.InferRequestedOutput(name) for name in spec.outputs]
+        inp = grpcclient.InferInput(name, list(array.shape), datatype)
+        inp.set_data_from_numpy(array)
+        requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
+        what = f"inference of model {model!r}" + ("" if version is None else f" version {version}")
         try:
-            result = await self._connect().infer(model, [inp], outputs=requested, client_timeout=self.timeout_s)
+            return await self._connect().infer(model, [inp], model_version="" if version is None else str(version),
+                                               outputs=requested, client_timeout=self.timeout_s)
         except Exception as err:
-            raise _map_error(err, f"inference of model {model!r}") from err
+            if version is not None and "unavailable model" in str(err).lower():
+                raise not_found(f"Triton has not loaded {what.removeprefix('inference of ')} "
+                                "(see its version_policy)") from err
+            raise _map_error(err, what) from err
+
+    async def _infer(self, model: str, images: np.ndarray, version: int | None) -> dict[str, np.ndarray]:
+        if version is None:  # discovered from Triton: its ensemble
+            spec = self._specs[model]
+            result = await self._call(model, None, IMAGES, images, "UINT8", list(spec.outputs))
+        else:  # this exact version of encoder and head
+            spec = resolve(self.repository, model, version).metadata if self._specs[model].version != version \
+                else self._specs[model]
+            encoded = await self._call(spec.encoder, version, IMAGES, images, "UINT8", [FEATURES])
+            features = np.ascontiguousarray(encoded.as_numpy(FEATURES), dtype=np.float32)
+            result = await self._call(spec.head, version, FEATURES, features, "FP32", list(spec.outputs))
         return {name: _as_graph_shape(spec, name, result.as_numpy(name)) for name in spec.outputs}
 
     async def healthy(self) -> bool:
@@ -120,7 +186,8 @@ class TritonBackend(Backend):
             return False
 
     def describe(self, model: str) -> dict[str, Any]:
-        return {"backend": self.name, "url": self.url, "triton_max_batch_size": self._limits.get(model)}
+        return {"backend": self.name, "url": self.url, "version": self._specs[model].version,
+                "triton_max_batch_size": self._limits.get(model)}
 
     async def close(self) -> None:
         if self._client is not None:

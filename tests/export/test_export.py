@@ -28,7 +28,8 @@ from train.methods import METHODS
 ROOT = Path(__file__).resolve().parents[2]
 METHOD_NAMES = sorted(METHODS)
 METADATA_KEYS = {"name", "method", "dataset", "num_clusters", "input", "outputs", "embedding_dim", "class_names",
-                 "encoder", "head", "parity", "source_run", "exported_at", "finished", "epoch", "schema_version"}
+                 "encoder", "head", "parity", "source_run", "exported_at", "finished", "epoch", "schema_version",
+                 "version"}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_onnx_files_are_checked_self_contained_and_batch_dynamically(method, exp
     from train.checkpoint import load_run
 
     result = exported(method)
-    repo = result.repositories["onnxruntime"].parent
+    repo = result.repositories["onnxruntime"].parent.parent
     encoder, head = repo / f"{result.name}_encoder/1/model.onnx", repo / f"{result.name}_head/1/model.onnx"
     for path in (encoder, head):
         model = onnx.load(str(path))
@@ -94,8 +95,8 @@ def test_onnx_files_are_checked_self_contained_and_batch_dynamically(method, exp
 def test_configs_parse_and_match_the_graphs(method, exported):
     result = exported(method)
     name = result.name
-    for flavour, ensemble in result.repositories.items():
-        repo = ensemble.parent
+    for flavour, version_dir in result.repositories.items():
+        repo, ensemble = version_dir.parent.parent, version_dir.parent
         for model in (name, f"{name}_encoder", f"{name}_head"):
             config = text_format.Parse((repo / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
             assert config.name == model and config.max_batch_size == 64
@@ -109,9 +110,12 @@ def test_configs_parse_and_match_the_graphs(method, exported):
                     assert model_config_pb2.DataType.Name(tensor.data_type) == triton_type(spec)
                     assert list(tensor.dims) == (list(spec.shape[1:]) or [1])  # no batch dimension
                     assert tensor.HasField("reshape") == (len(spec.shape) == 1)
-            assert config.dynamic_batching.max_queue_delay_microseconds > 0
-            assert 64 in config.dynamic_batching.preferred_batch_size
-            assert config.model_warmup[0].inputs[config.input[0].name].zero_data
+            # NVIDIA's starting point: dynamic_batching {} without preferred sizes or a queue delay
+            assert config.HasField("dynamic_batching") and not config.dynamic_batching.preferred_batch_size
+            assert config.dynamic_batching.max_queue_delay_microseconds == 0
+            assert [w.batch_size for w in config.model_warmup] == [1, 64]  # warm-up at 1 and at the maximum
+            assert all(w.inputs[config.input[0].name].zero_data for w in config.model_warmup)
+            assert config.version_policy.latest.num_versions == 2
             kind = model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind)
             if flavour == "python":
                 assert (config.backend, kind) == ("python", "KIND_CPU")
@@ -158,7 +162,7 @@ def test_tampered_head_fails_parity(exported, tiny_run, digits, tmp_path):
     from train.checkpoint import load_run
 
     result = exported("cc")
-    repo = result.repositories["onnxruntime"].parent
+    repo = result.repositories["onnxruntime"].parent.parent
     encoder, head = repo / f"{result.name}_encoder/1/model.onnx", tmp_path / "head.onnx"
     model = onnx.load(str(repo / f"{result.name}_head/1/model.onnx"))
     weight = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2)
@@ -196,6 +200,22 @@ def test_cli_exports_latest_finished_run_and_refuses_failed_parity(tiny_run, tmp
     assert not (tmp_path / "bad" / "cc_digits").exists()
 
 
+def test_queue_delay_instances_versions_and_a_cpu_kind_are_options(tiny_run, tmp_path, capsys):
+    out = tmp_path / "repo"
+    code = export_main(["--run", str(tiny_run("cc")), "--output", str(out), "--cpu-output", "none",
+                        "--output-kind", "cpu", "--queue-delay-us", "250", "--instances", "3",
+                        "--serve-versions", "0"])
+    assert code == 0, capsys.readouterr().err
+    for part in ("encoder", "head"):
+        config = read_config(out / f"cc_digits_{part}")
+        assert (config.platform, model_config_pb2.ModelInstanceGroup.Kind.Name(config.instance_group[0].kind)) == \
+            ("onnxruntime_onnx", "KIND_CPU")
+        assert config.instance_group[0].count == 3
+        assert config.dynamic_batching.max_queue_delay_microseconds == 250
+        assert config.version_policy.HasField("all")
+    assert json.loads((out / "cc_digits" / "1" / "metadata.json").read_text())["flavour"] == "onnxruntime_cpu"
+
+
 def test_export_needs_no_data_set(tmp_path, capsys):
     from tests.support.runs import digit_folder, tiny_config
     from train.trainer import train
@@ -207,7 +227,7 @@ def test_export_needs_no_data_set(tmp_path, capsys):
     code = export_main(["--run", str(run), "--output", str(tmp_path / "repo"), "--cpu-output", "none"])
     assert code == 0, capsys.readouterr().err
     assert "parity PASSED" in capsys.readouterr().out
-    meta = json.loads((tmp_path / "repo" / "cc_folder" / "metadata.json").read_text())
+    meta = json.loads((tmp_path / "repo" / "cc_folder" / "1" / "metadata.json").read_text())
     assert meta["parity"]["images"] == "parity_sample.npz: 64 training images" and meta["finished"] is True
 
 
@@ -218,22 +238,21 @@ def test_an_unfinished_run_is_refused_unless_allowed(tiny_run, tmp_path, capsys)
     assert export_main(args) == 2
     assert "--allow-unfinished" in capsys.readouterr().err and not (tmp_path / "repo").exists()
     assert export_main([*args, "--allow-unfinished"]) == 0
-    meta = json.loads((tmp_path / "repo" / "cc_digits" / "metadata.json").read_text())
+    meta = json.loads((tmp_path / "repo" / "cc_digits" / "1" / "metadata.json").read_text())
     assert meta["finished"] is False and meta["epoch"] == 2
+    card = json.loads((tmp_path / "repo" / "cc_digits" / "1" / "card.json").read_text())
+    assert card["finished"] is False and "UNFINISHED" in (tmp_path / "repo" / "cc_digits" / "1" / "card.md").read_text()
 
 
-def test_a_model_of_another_run_is_not_replaced_without_force(tiny_run, tmp_path, capsys):
+def test_a_model_of_another_run_becomes_its_next_version(tiny_run, tmp_path, capsys):
     first, second = (shutil.copytree(tiny_run("cc"), tmp_path / name) for name in ("first", "second"))
     repo = tmp_path / "repo"
     assert export_main(["--run", str(first), "--output", str(repo), "--cpu-output", "none"]) == 0
-    assert export_main(["--run", str(first), "--output", str(repo), "--cpu-output", "none"]) == 0  # same run: fine
-    capsys.readouterr()
-    assert export_main(["--run", str(second), "--output", str(repo), "--cpu-output", "none"]) == 2
-    err = capsys.readouterr().err
-    assert "exported from another run" in err and "--force" in err
-    assert json.loads((repo / "cc_digits" / "metadata.json").read_text())["source_run"] == str(first.resolve())
-    assert export_main(["--run", str(second), "--output", str(repo), "--cpu-output", "none", "--force"]) == 0
-    assert json.loads((repo / "cc_digits" / "metadata.json").read_text())["source_run"] == str(second.resolve())
+    assert export_main(["--run", str(second), "--output", str(repo), "--cpu-output", "none"]) == 0
+    assert "cc_digits version 2" in capsys.readouterr().out
+    sources = [json.loads((repo / "cc_digits" / v / "metadata.json").read_text())["source_run"] for v in "12"]
+    assert sources == [str(first.resolve()), str(second.resolve())]
+    assert [json.loads((repo / "cc_digits" / v / "card.json").read_text())["version"] for v in "12"] == [1, 2]
 
 
 def test_a_checkpoint_whose_weights_are_not_its_methods_is_a_clear_error(tiny_run, tmp_path, capsys):
@@ -269,7 +288,7 @@ def test_engine_trt_without_tensorrt_fails_with_instructions(tiny_run, tmp_path)
 
 @pytest.mark.skipif(tensorrt.missing_requirements() is None, reason="TensorRT and a GPU are here")
 def test_in_container_builder_without_tensorrt_fails_and_leaves_repository(exported, capsys):
-    repo = exported("cc").repositories["onnxruntime"].parent
+    repo = exported("cc").repositories["onnxruntime"].parent.parent
     before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
     assert tensorrt.main(["--repository", str(repo)]) == 2
     assert "cannot build TensorRT engines" in capsys.readouterr().err

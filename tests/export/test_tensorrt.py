@@ -83,11 +83,37 @@ def test_conversion_rewrites_configs_stamps_plans_and_merges_metadata(repository
         assert stamp["tensorrt_version"] == "stand-in-10.5" and stamp["max_batch"] == 32 and stamp["opt_batch"] == 16
         assert (model_dir / "1" / "model.plan").read_bytes() == (model_dir / "1" / "model.onnx").read_bytes()
     assert read_config(repo / name).max_batch_size == 32
-    meta = json.loads((repo / name / "metadata.json").read_text())
+    meta = json.loads((repo / name / "1" / "metadata.json").read_text())
     assert meta["flavour"] == "tensorrt" and meta["max_batch_size"] == 32
     assert set(meta["tensorrt"]["plans"]) == {f"{name}_encoder", f"{name}_head"}
     assert meta["parity"]["tensorrt"]["passed"] and meta["parity"]["passed"]  # the ONNX parity is kept
-    assert json.loads((repo / name / "parity.json").read_text())["tensorrt"]["passed"]
+    assert json.loads((repo / name / "1" / "parity.json").read_text())["tensorrt"]["passed"]
+
+
+def _add_version(repo: Path, name: str, version: int) -> None:
+    """Version `version` of every part of the model, a copy of version 1 (as a second export would add)."""
+    from contract.metadata import ModelMetadata
+
+    for model in (name, f"{name}_encoder", f"{name}_head"):
+        shutil.copytree(repo / model / "1", repo / model / str(version))
+    meta_file = repo / name / str(version) / "metadata.json"
+    ModelMetadata.read(meta_file).replace(version=version).write(meta_file)
+
+
+def test_every_version_gets_plans_and_keeps_its_serving_settings(repository, tmp_path):
+    repo, name = repository
+    _add_version(repo, name, 2)
+    engines = CPUEngines(tmp_path)
+    convert_repository(repo, engines=engines, log=lambda msg: None)
+    assert sorted(engines.built) == sorted([f"{name}_encoder", f"{name}_head"] * 2)
+    for part in ("encoder", "head"):
+        assert all((repo / f"{name}_{part}" / v / "model.plan").is_file() for v in "12")
+        config = read_config(repo / f"{name}_{part}")
+        assert config.version_policy.latest.num_versions == 2 and config.instance_group[0].count == 1
+        assert [w.batch_size for w in config.model_warmup] == [1, 64]
+    for version in "12":
+        meta = json.loads((repo / name / version / "metadata.json").read_text())
+        assert meta["flavour"] == "tensorrt" and meta["tensorrt"]["parity"]["passed"]
 
 
 def test_up_to_date_plans_are_kept_and_changed_settings_rebuild(repository, tmp_path):
@@ -121,5 +147,5 @@ def test_failed_plan_parity_raises_and_is_recorded(repository, tmp_path):
     repo, name = repository
     with pytest.raises(parity.ParityError, match="TensorRT plan vs PyTorch"):
         convert_repository(repo, engines=CPUEngines(tmp_path, fail_parity=True), log=lambda msg: None)
-    meta = json.loads((repo / name / "metadata.json").read_text())
+    meta = json.loads((repo / name / "1" / "metadata.json").read_text())
     assert meta["tensorrt"]["parity"]["passed"] is False

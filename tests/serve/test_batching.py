@@ -152,7 +152,7 @@ def test_backend_errors_map_to_their_status_and_the_path_output_is_passed_on():
     assert r.status_code == 503 and "unreachable" in r.json()["error"]["message"]
 
     class TreeBackend(FakeBackend):
-        async def infer(self, model, images):
+        async def infer(self, model, images, version=None):
             out = await super().infer(model, images)
             return {**out, "path": np.stack([np.full(len(images), 1), out["cluster"] + 2], 1)}
 

@@ -13,7 +13,7 @@ def test_export_fixture_follows_the_repository_spec(tiny_run, tmp_path_factory):
     import onnxruntime as ort
 
     ex = exported(tiny_run, tmp_path_factory)
-    meta = json.loads((ex.repository / ex.name / "metadata.json").read_text())
+    meta = json.loads((ex.repository / ex.name / "1" / "metadata.json").read_text())
     assert meta["input"] == {"name": "images", "dtype": "uint8", "channels": 1, "height": 16, "width": 16,
                              "layout": "NCHW"}
     encoder = ort.InferenceSession(str(ex.repository / meta["encoder"] / "1" / "model.onnx"))
@@ -21,7 +21,7 @@ def test_export_fixture_follows_the_repository_spec(tiny_run, tmp_path_factory):
     assert [(i.name, i.type) for i in encoder.get_inputs()] == [("images", "tensor(uint8)")]
     assert [o.name for o in encoder.get_outputs()] == ["features"]
     assert {o.name for o in head.get_outputs()} == set(meta["outputs"]) == {"embedding", "probabilities", "cluster"}
-    assert (ex.cpu_repository / ex.name / "metadata.json").is_file()
+    assert (ex.cpu_repository / ex.name / "1" / "metadata.json").is_file()
 
 
 def test_metric_reader_sums_matching_samples():

@@ -56,8 +56,8 @@ def copy_model(repository: Path, name: str, destination: Path, new_name: str) ->
 
     for suffix in ("", "_encoder", "_head"):
         shutil.copytree(repository / f"{name}{suffix}", destination / f"{new_name}{suffix}")
-    meta_file = destination / new_name / "metadata.json"
-    ModelMetadata.read(meta_file).replace(name=new_name).write(meta_file)
+    for meta_file in (destination / new_name).glob("*/metadata.json"):  # every version
+        ModelMetadata.read(meta_file).replace(name=new_name).write(meta_file)
 
 
 @contextmanager
@@ -161,7 +161,7 @@ class FakeBackend(Backend):
     def models(self) -> dict[str, ModelMetadata]:
         return {"fake": self.spec}
 
-    async def infer(self, model: str, images: np.ndarray) -> dict[str, np.ndarray]:
+    async def infer(self, model: str, images: np.ndarray, version: int | None = None) -> dict[str, np.ndarray]:
         if self.gate is not None and self.batches:  # the warm-up batch passes
             await self.gate.wait()
         self.batches.append(len(images))

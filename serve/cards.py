@@ -1,0 +1,102 @@
+"""What a cluster answer means: the cluster's name, a low-confidence flag, an out-of-distribution score.
+
+    card = VersionCard.load(resolve(root, "digits", 2))   # the model card + the editable names file
+    card.names()                                        # re-read when cluster_names.json changes (mtime)
+    card.annotate(outputs)                              # per image: name, low_confidence, ood_score, ood
+
+The calibration comes from the training data (contract/card.py, measured by the trainer): an answer
+is low-confidence when its probability is below the training data's 5th percentile, and out of
+distribution when its cosine distance to the nearest cluster centroid is above the 99th percentile;
+`ood_score` is the fraction of training images closer to a centroid than this image.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract import files
+from contract.card import ModelCard, cluster_names, nearest_centroid_distance
+from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
+from serve.backends.repository import ModelVersion
+
+log = logging.getLogger("serve")
+
+
+def read_names(path: Path, count: int) -> dict[int, str]:
+    """cluster_names.json {"<id>": "name"} -> {id: name}; ValueError when it is not such a record."""
+    data = files.read_json(path)
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError(f"{path}: expected a JSON object {{\"<cluster id>\": \"name\", ...}}")
+    names = {}
+    for key, value in data.items():
+        if not str(key).isdigit() or int(key) >= count:
+            raise ValueError(f"{path}: {key!r} is not a cluster id (0..{count - 1})")
+        names[int(key)] = value
+    return names
+
+
+@dataclass
+class VersionCard:
+    """One model version's card and names; names follow edits of the names file without a restart."""
+
+    card: ModelCard | None
+    names_file: Path | None
+    num_clusters: int
+    _names: list[str] = field(default_factory=list)
+    _stamp: tuple[int, int] | None = None
+
+    @classmethod
+    def load(cls, version: ModelVersion) -> VersionCard:
+        card = None
+        if version.card_file.is_file():
+            try:
+                card = ModelCard.read(version.card_file)
+            except ValueError as err:
+                log.warning("model %s version %d: card not used: %s", version.name, version.version, err)
+        width = version.metadata.outputs[PROBABILITIES].shape[1]
+        made = cls(card, version.names_file, width)
+        made._names = made.default_names()
+        return made
+
+    def default_names(self) -> list[str]:
+        return cluster_names(self.card, self.num_clusters)
+
+    def names(self) -> list[str]:
+        """Cluster names: the names file's entries over the card's defaults, re-read when the file changes."""
+        if self.names_file is None:
+            return self._names
+        try:
+            status = self.names_file.stat()
+        except OSError:
+            return self._names
+        stamp = (status.st_mtime_ns, status.st_size)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                edits = read_names(self.names_file, self.num_clusters)
+            except (OSError, ValueError) as err:  # a half-saved edit: keep the names we had
+                log.warning("cluster names not updated: %s", err)
+                return self._names
+            defaults = self.default_names()
+            self._names = [edits.get(k, defaults[k]) for k in range(self.num_clusters)]
+        return self._names
+
+    def annotate(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Head outputs of B images -> {"name": [B], and with a card "low_confidence", "ood_score", "ood": (B,)}."""
+        cluster = outputs[CLUSTER].astype(np.int64, copy=False)
+        names = self.names()
+        out: dict[str, Any] = {"name": [names[c] for c in cluster.tolist()]}
+        stats = self.card.stats if self.card is not None else None
+        if stats is None:
+            return out
+        chosen = outputs[PROBABILITIES][np.arange(len(cluster)), cluster]
+        distance = nearest_centroid_distance(outputs[EMBEDDING], stats.centroids())
+        out["low_confidence"] = stats.confidence.flag(chosen)
+        out["ood_score"] = stats.ood.score(distance)
+        out["ood"] = stats.ood.flag(distance)
+        return out

@@ -1,0 +1,53 @@
+"""contract.card: calibration flags and scores, the records' JSON round trip, names, centroid distances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from contract.card import Calibration, ClusterInfo, ClusterStats, ModelCard, cluster_names, nearest_centroid_distance
+
+
+def test_calibration_flags_the_unusual_side_and_scores_by_rank():
+    values = np.arange(1000, dtype=np.float64) / 1000  # 0.000 .. 0.999
+    high = Calibration.measure(values, 0.99, higher_is_unusual=True)
+    low = Calibration.measure(values, 0.05, higher_is_unusual=False)
+    assert high.threshold == pytest.approx(np.percentile(values, 99))
+    assert high.flag(values).mean() == pytest.approx(0.01, abs=0.001)
+    assert low.flag(values).mean() == pytest.approx(0.05, abs=0.001)
+    np.testing.assert_allclose(high.score(np.array([-1.0, 0.5, 5.0])), [0, 0.5, 1], atol=0.002)
+    np.testing.assert_allclose(low.score(np.array([-1.0, 0.5, 5.0])), [1, 0.5, 0], atol=0.002)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        Calibration(tuple(range(101))[::-1], 0.5, True)
+
+
+def test_nearest_centroid_distance_skips_empty_clusters():
+    centroids = np.array([[1, 0], [np.nan, np.nan], [0, 1]], np.float32)
+    embedding = np.array([[1, 0], [0.6, 0.8], [-1, 0]], np.float32)
+    np.testing.assert_allclose(nearest_centroid_distance(embedding, centroids), [0, 0.2, 1], atol=1e-6)
+
+
+def stats() -> ClusterStats:
+    cal = Calibration.measure(np.linspace(0, 1, 50), 0.05, False)
+    ood = Calibration.measure(np.linspace(0, 1, 50), 0.99, True)
+    clusters = (ClusterInfo(0, 3, (1.0, 0.0), (4, 2), "cat", "cat", 1.0, 1.0),
+                ClusterInfo(1, 0, None), ClusterInfo(2, 2, (0.0, 1.0), (1,), "cat", "dog", 0.5, 0.5))
+    return ClusterStats(5, clusters, cal, ood, ("cat", "dog"), ((3, 0), (0, 0), (1, 1)))
+
+
+def test_records_round_trip_through_json(tmp_path):
+    card = ModelCard("m", 3, "cc", "digits", "run-1", True, 2, "now", {"nmi": 0.5}, {"epochs": 2}, stats())
+    card.write(tmp_path / "card.json")
+    again = ModelCard.read(tmp_path / "card.json")
+    assert again == card
+    assert again.to_json()["stats"]["clusters"][0]["share"] == pytest.approx(0.6)
+    assert "| 2 | cat (2) | 2 |" in again.markdown()
+    with pytest.raises(ValueError, match="card.json"):
+        (tmp_path / "card.json").write_text('{"name": 1, "stats": {"clusters": 3}}')
+        ModelCard.read(tmp_path / "card.json")
+
+
+def test_default_names_are_mapped_classes_made_unique():
+    card = ModelCard("m", 1, None, None, None, None, None, None, stats=stats())
+    assert cluster_names(card, 3) == ["cat (0)", "cluster 1", "cat (2)"]
+    assert cluster_names(None, 2) == ["cluster 0", "cluster 1"]
