@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -24,14 +26,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from serve import __version__
 from serve.backends import Backend, make_backend
 from serve.batching import Batcher
-from serve.errors import GatewayError, backend_unavailable, bad_request, not_found, unauthorized
+from serve.errors import (
+    CLIENT_CLOSED,
+    GatewayError,
+    backend_unavailable,
+    bad_request,
+    client_gone,
+    not_found,
+    public_text,
+    unauthorized,
+)
 from serve.images import Upload, prepare_uploads, read_uploads
+from serve.memory import map_large_allocations
 from serve.metrics import Metrics
 from serve.schemas import (
     ClusterResponse,
@@ -143,9 +156,25 @@ class Gateway:
 
     async def run(self, request: Request, endpoint: str, model: str | None
                   ) -> tuple[ModelMetadata, list[Upload], list[int], dict[int, str], dict[str, np.ndarray] | None]:
-        """Read, prepare and infer the images of one request."""
+        """Read, prepare and infer the images of one request; stops (499) as soon as its client goes away."""
         spec = await self.spec(model)
-        uploads = await read_uploads(request, self.settings)
+        uploads = await read_uploads(request, self.settings, self.pool)
+        work = asyncio.ensure_future(self._prepare_and_infer(spec, endpoint, uploads))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():  # the client left (or the server is stopping): drop its decoding and queued images
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if work.cancelled():
+            raise client_gone(f"client disconnected before the answer to its {len(uploads)} image(s) on {endpoint}")
+        return (spec, uploads, *work.result())
+
+    async def _prepare_and_infer(self, spec: ModelMetadata, endpoint: str, uploads: list[Upload]
+                                 ) -> tuple[list[int], dict[int, str], dict[str, np.ndarray] | None]:
         images, ok, errors = await prepare_uploads(uploads, spec.input.size, spec.input.channels, self.settings,
                                                    self.pool)
         if errors:
@@ -155,7 +184,21 @@ class Gateway:
         if images is not None:
             outputs = await self.batchers[spec.name].submit(images)
             self.metrics.images.labels(endpoint, "ok").inc(len(ok))
-        return spec, uploads, ok, errors, outputs
+        return ok, errors, outputs
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has closed its connection (the body is read by then: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def public_metadata(spec: ModelMetadata) -> dict[str, Any]:
+    """The model's metadata.json for clients: the source run by its directory name, not its path on this host."""
+    data = spec.to_json()
+    if data.get("source_run"):
+        data["source_run"] = Path(data["source_run"]).name
+    return data
 
 
 def model_summary(spec: ModelMetadata) -> dict[str, Any]:
@@ -206,7 +249,9 @@ def embed_results(uploads: list[Upload], ok: list[int], errors: dict[int, str],
 def error_response(err: GatewayError, metrics: Metrics | None) -> Response:
     if metrics is not None:
         metrics.errors.labels(err.kind).inc()
-    body = {"error": {"status": err.status, "kind": err.kind, "message": err.message}}
+    if err.status == CLIENT_CLOSED:  # nobody reads the answer: one line in the log, no traceback
+        log.info("%s", err.message)
+    body = {"error": {"status": err.status, "kind": err.kind, "message": public_text(err.message)}}
     return FastJSONResponse(body, status_code=err.status, headers=err.headers())
 
 
@@ -276,6 +321,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        map_large_allocations()
         await gateway.start()
         try:
             yield
@@ -291,6 +337,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, err: GatewayError) -> Response:
         return error_response(err, gateway.metrics)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_disconnect(request: Request, err: ClientDisconnect) -> Response:
+        return error_response(client_gone(f"client disconnected while sending its request to {request.url.path}"),
+                              gateway.metrics)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> Response:
@@ -336,7 +387,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
              summary="Served models and their metadata")
     async def models() -> Response:
         items = [{**model_summary(spec), "ready": gateway.warm.get(name, False),
-                  "runtime": gateway.backend.describe(name), "metadata": spec.to_json()}
+                  "runtime": gateway.backend.describe(name), "metadata": public_metadata(spec)}
                  for name, spec in gateway.backend.models().items()]
         return FastJSONResponse({"backend": gateway.backend.name, "models": items})
 
@@ -344,8 +395,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def healthz() -> Response:
         return FastJSONResponse({"status": "ok"})
 
-    @app.get("/readyz", response_model=Readiness, dependencies=protected, summary="Readiness",
-             responses={**auth_errors, 503: {"model": Readiness, "description": "not ready"}})
+    @app.get("/readyz", response_model=Readiness, summary="Readiness (open, like /healthz: no API key)",
+             responses={503: {"model": Readiness, "description": "not ready"}})
     async def readyz() -> Response:
         if not gateway.ready:
             await gateway.start()
@@ -353,7 +404,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         detail = gateway.detail if gateway.ready or gateway.detail else "not started"
         if gateway.ready and not healthy:
             detail = "the inference server does not answer"
-        body = {"ready": healthy, "backend": gateway.backend.name, "models": dict(gateway.warm), "detail": detail}
+        body = {"ready": healthy, "backend": gateway.backend.name, "models": dict(gateway.warm),
+                "detail": detail and public_text(detail)}
         return FastJSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics", dependencies=protected, responses=auth_errors, summary="Prometheus metrics",

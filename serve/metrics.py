@@ -10,7 +10,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
-    """requests by endpoint/status, latencies, images, batch sizes, queue depth, errors by kind."""
+    """requests by endpoint/status (499: the client went away), latencies, images, batch sizes, queue depth,
+    errors by kind, open connections and connections closed by the server (serve/limits.py)."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -29,6 +30,10 @@ class Metrics:
         self.inference = Histogram("gateway_inference_latency_seconds", "backend time per model batch",
                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("gateway_queue_depth", "images waiting for a batch", ["model"], registry=r)
+        self.connections = Gauge("gateway_open_connections", "client connections open", registry=r)
+        self.connections_closed = Counter(
+            "gateway_connections_closed", "connections the server closed, by reason (refused at the limit, "
+            "evicted to make room, headers_timeout, body_timeout)", ["reason"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
