@@ -164,7 +164,9 @@ class _Scanner:
         return JsonImage(data, filename)
 
     def _images(self) -> list[JsonImage]:
-        self._expect(b"[", f"an array at {IMAGES_KEY!r}")
+        if self._peek() != ord("["):
+            raise _invalid(f"{IMAGES_KEY!r} must be an array")
+        self.pos += 1
         images: list[JsonImage] = []
         if self._peek() == ord("]"):
             self.pos += 1
@@ -183,6 +185,8 @@ class _Scanner:
         return images
 
     def body(self) -> list[JsonImage]:
+        if self._peek() is None:
+            raise bad_request("body is not valid JSON: it is empty")
         if self._peek() != ord("{"):
             raise _invalid(f'the body must be an object {{"{IMAGES_KEY}": [...]}}')
         images = None
