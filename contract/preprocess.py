@@ -76,8 +76,12 @@ class _TimedReader(io.BytesIO):
         return super().read(size)
 
 
-def _describe(source: str | Path | bytes | bytearray) -> str:
-    return "image bytes" if isinstance(source, (bytes, bytearray)) else str(source)
+Source = str | Path | bytes | bytearray | memoryview
+"""A file path, or the encoded image itself."""
+
+
+def _describe(source: Source) -> str:
+    return "image bytes" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
 
 
 def describe_error(err: BaseException) -> str:
@@ -90,9 +94,9 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _read(source: str | Path | bytes | bytearray) -> bytes:
+def _read(source: Source) -> bytes:
     """The encoded bytes; files are read whole (decoding from memory is one path for both callers)."""
-    if isinstance(source, (bytes, bytearray)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     try:
         return Path(source).read_bytes()
@@ -218,7 +222,7 @@ def _decode(img: Image.Image, size: int) -> Image.Image:
 
 
 def prepare_source(
-    source: str | Path | bytes | bytearray,
+    source: Source,
     size: int,
     channels: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,

@@ -2,9 +2,10 @@
 
 Bodies are multipart/form-data (field "files") or JSON {"images": [base64, ...]}; anything else is
 415. Sizes are checked while reading (request bytes: 413 as soon as the body passes the limit), per
-image (encoded bytes, then pixels from the header: 413) and per request (image count: 413). A JSON
-body is read into one buffer and scanned on the worker pool (`serve.jsonbody`: bounded work, the first
-unknown key refused by name), never parsed on the event loop.
+image (encoded bytes, then pixels from the header: 413) and per request (image count: 413). The event
+loop only collects the body into one buffer; it is parsed on the worker pool, never on the loop:
+`serve.formbody` (multipart, images as views of the body) and `serve.jsonbody` (bounded work, the first
+unknown key refused by name).
 
 Decoding runs on the decode pool through `contract.preprocess.prepare_source` (numpy + PIL only, the
 same function as training): the work per image is bounded by the model's input size, each image has
@@ -27,12 +28,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from contract.preprocess import ImageError, ImageTooLarge, describe_error, prepare_source
 from serve.errors import GatewayError, bad_request, too_large, unsupported_media_type
+from serve.formbody import parse_files
 from serve.jsonbody import parse_images
 from serve.memory import release_free_memory
 from serve.settings import Settings
@@ -75,7 +75,7 @@ async def read_uploads(request: Request, settings: Settings, pool: Executor) -> 
         raise too_large(f"request body of {length} bytes is larger than {settings.max_request_bytes} bytes")
     mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if mime == "multipart/form-data":
-        uploads = await _read_multipart(request, settings)
+        uploads = await _read_multipart(request, settings, pool)
     elif mime == "application/json" or mime.endswith("+json"):
         uploads = await _read_json(request, settings, pool)
     else:
@@ -88,37 +88,28 @@ async def read_uploads(request: Request, settings: Settings, pool: Executor) -> 
     return uploads
 
 
-async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
-    parser = MultiPartParser(request.headers, _limited(request, settings.max_request_bytes),
-                             max_files=settings.max_images_per_request, max_fields=64, max_part_size=2**20)
-    try:
-        form = await parser.parse()
-    except MultiPartException as err:
-        if "Too many files" in err.message:
-            raise too_large(f"too many images in one request; at most {settings.max_images_per_request}") from err
-        raise bad_request(f"malformed multipart body: {err.message}") from err
-    try:
-        uploads = []
-        for name, value in form.multi_items():
-            if name != FIELD:
-                continue
-            if not isinstance(value, UploadFile):
-                raise bad_request(f"multipart field {FIELD!r} must carry files (with a filename), not text")
-            data = await value.read()
-            upload = Upload(len(uploads), value.filename or None, data)
-            if len(data) > settings.max_image_bytes:
-                raise too_large(f"{upload.label}: {len(data)} bytes, more than the limit of "
-                                f"{settings.max_image_bytes}")
-            uploads.append(upload)
-        return uploads
-    finally:
-        await form.close()
+async def _read_body(request: Request, limit: int) -> bytearray:
+    """The whole body in one buffer; 413 as soon as it passes `limit` bytes (nothing is parsed here)."""
+    body = bytearray()
+    async for chunk in _limited(request, limit):
+        body += chunk
+    return body
+
+
+async def _read_multipart(request: Request, settings: Settings, pool: Executor) -> list[Upload]:
+    body = await _read_body(request, settings.max_request_bytes)
+    parts = await asyncio.get_running_loop().run_in_executor(
+        pool, parse_files, body, request.headers.get("content-type", ""), FIELD, settings.max_images_per_request)
+    uploads = [Upload(i, part.filename, part.data) for i, part in enumerate(parts)]
+    for upload in uploads:
+        if len(upload.data) > settings.max_image_bytes:
+            raise too_large(f"{upload.label}: {len(upload.data)} bytes, more than the limit of "
+                            f"{settings.max_image_bytes}")
+    return uploads
 
 
 async def _read_json(request: Request, settings: Settings, pool: Executor) -> list[Upload]:
-    body = bytearray()
-    async for chunk in _limited(request, settings.max_request_bytes):
-        body += chunk
+    body = await _read_body(request, settings.max_request_bytes)
     items = await asyncio.get_running_loop().run_in_executor(
         pool, parse_images, body, settings.max_images_per_request, settings.max_image_bytes)
     return [Upload(i, item.filename, item.data, base64=True) for i, item in enumerate(items)]
