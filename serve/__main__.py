@@ -6,6 +6,7 @@ Every flag has a DCS_* environment variable (--max-batch-size <-> DCS_MAX_BATCH_
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from contract.cli import add_dataclass_arguments
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: refusing to start: {problem}", file=sys.stderr)
         return 2
+    # the gateway's own lines ("serve" logger), shaped like uvicorn's; uvicorn's loggers do not propagate here
+    level = getattr(logging, settings.log_level.upper(), logging.DEBUG)  # uvicorn also has "trace"
+    logging.basicConfig(level=level, format="%(levelname)s:     %(message)s")
     import uvicorn
 
     from serve.app import create_app

@@ -4,7 +4,8 @@ One `python -m serve` (embedded backend, the tiny exported digits model) on a fr
 a 1,024 file-descriptor limit, is attacked as the issue found it could be taken down. Every case is
 generated on the fly, stops by itself, and checks its expected status, the server's peak RSS growth
 (VmHWM from /proc, reset per case through clear_refs) and the latency of /healthz polled concurrently
-on its own keep-alive connection. The thresholds are the issue's acceptance criteria.
+on its own keep-alive connection. The thresholds are the issue's acceptance criteria; the measured
+figures are printed (`pytest -s tests/serve/test_attack.py` shows them, the README quotes them).
 """
 
 from __future__ import annotations
@@ -167,7 +168,11 @@ def test_extreme_aspect_ratios_cost_their_decode_not_their_resize(server, shape,
     strip = _png(*shape)
     items = [(f"strip{i}.png", strip) for i in range(count)] + [("digit.png", legit)]
     with healthz_probe(server) as latencies, server.peak_growth() as growth:
+        began = time.perf_counter()
         r = httpx.post(f"{server.url}/cluster", files=[("files", item) for item in items], timeout=120)
+        elapsed = time.perf_counter() - began
+    print(f"\n{count} x {shape[0]}x{shape[1]} PNG + a digit: {r.status_code} in {elapsed:.2f} s, peak RSS "
+          f"+{growth[0] / MB:.0f} MB, /healthz max {max(latencies) * 1000:.0f} ms over {len(latencies)} probes")
     assert r.status_code == 200, r.text
     _answered(r.json()["results"], [name for name, _ in items])
     assert isinstance(r.json()["results"][-1]["cluster"], int)  # the good image in the same request
@@ -185,6 +190,8 @@ def test_a_json_body_of_3_3_million_unknown_keys_is_refused_at_once(server):
         r = httpx.post(f"{server.url}/cluster", content=body, headers={"content-type": "application/json"},
                        timeout=60)
         elapsed = time.perf_counter() - began
+    print(f"\nJSON of {len(body) / MB:.0f} MiB, 3.3 M keys: {r.status_code} in {elapsed:.2f} s, peak RSS "
+          f"+{growth[0] / MB:.0f} MB, /healthz max {max(latencies) * 1000:.0f} ms; {r.text[:120]}")
     assert r.status_code == 422 and "'k0000000'" in r.json()["error"]["message"], r.text
     assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
     assert max(latencies) < 0.1, f"/healthz took up to {max(latencies) * 1000:.0f} ms"
@@ -217,8 +224,10 @@ def test_mid_body_disconnects_are_499_with_one_log_line_each(server):
         _send_and_close(server.port, head + body[:200])
     counted = lambda: server.metric("gateway_requests_total", endpoint="/cluster", status="499") - before_499  # noqa: E731
     assert _wait_for(lambda: counted() >= n), f"{counted()} of {n} counted as 499"
-    assert server.metric("gateway_requests_total", status="500") == before_500
     new_lines = server.log_lines()[lines_before:]
+    print(f"\n{n} mid-body disconnects: {counted():.0f} x 499, "
+          f"{server.metric('gateway_requests_total', status='500') - before_500:.0f} x 500, {len(new_lines)} log lines")
+    assert server.metric("gateway_requests_total", status="500") == before_500
     assert len(new_lines) <= n, new_lines[:5]
     assert not any("Traceback" in line for line in new_lines)
 
@@ -236,6 +245,8 @@ def test_abandoned_requests_are_not_decoded_or_inferred(server):
         _send_and_close(server.port, request)  # the whole request, then the client leaves
     assert _wait_for(lambda: gone() - gone_before >= n), f"{gone() - gone_before} of {n} counted as 499"
     time.sleep(0.5)  # anything still queued would be inferred by now
+    print(f"\n{n} abandoned {per_request}-image requests: {gone() - gone_before:.0f} x 499, "
+          f"{inferred() - inferred_before:.0f} of {n * per_request} images inferred")
     assert inferred() - inferred_before < 0.1 * n * per_request
     r = httpx.post(f"{server.url}/cluster", files=[("files", ("a.png", pngs[0]))], timeout=30)
     assert r.status_code == 200 and isinstance(r.json()["results"][0]["cluster"], int)
@@ -281,7 +292,9 @@ def test_1100_idle_connections_at_a_1024_fd_limit(server):
         for _ in range(1100):
             idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
         time.sleep(0.2)
+        began = time.perf_counter()
         assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200  # room is made for a newcomer
+        print(f"\n/healthz on a new connection among 1100 idle ones: {(time.perf_counter() - began) * 1000:.0f} ms")
         assert server.metric("gateway_connections_closed_total", reason="evicted") > 0
         time.sleep(HEADER_TIMEOUT_S + 1.5)
         still_open = 0
@@ -293,6 +306,10 @@ def test_1100_idle_connections_at_a_1024_fd_limit(server):
                 still_open += 1
             except ConnectionResetError:
                 pass
+        closed = {reason: server.metric("gateway_connections_closed_total", reason=reason)
+                  for reason in ("evicted", "refused", "headers_timeout")}
+        print(f"\n1100 idle connections at an fd limit of {FD_LIMIT}: {still_open} open after the header timeout; "
+              f"closed by the server: {closed}")
         assert still_open == 0, f"{still_open} idle connections outlived the header timeout"
         assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
         assert server.metric("gateway_open_connections") < 10
