@@ -43,8 +43,9 @@ from serve.backends.repository import resolve  # noqa: E402
 from serve.client import AsyncClient  # noqa: E402
 
 
-def make_model(workdir: Path, images: list[bytes], keep: Path | None = None) -> tuple[Path, str]:
-    """Random-weight CC / ResNet-18 (CIFAR stem) at 32 px, exported by export.pipeline (parity on `images`).
+def make_model(workdir: Path, images: list[bytes], keep: Path | None = None, size: int = 32,
+               backbone: str = "resnet18") -> tuple[Path, str]:
+    """Random-weight CC / `backbone` (CIFAR stem) at `size` px, exported by export.pipeline (parity on `images`).
 
     An untrained run (epoch 0) with a parity sample made of `images`: exported with allow_unfinished,
     as its metadata then says (finished: false)."""
@@ -58,20 +59,20 @@ def make_model(workdir: Path, images: list[bytes], keep: Path | None = None) -> 
     from train.methods import get_method, make_config
     from train.trainer import save_parity_sample
 
-    run = workdir / "run"
-    cfg = make_config("cc", dataset="folder", backbone="resnet18", stem="cifar", image_size=32, preset="fast",
+    run = workdir / f"run-{backbone}-{size}"
+    cfg = make_config("cc", dataset="folder", backbone=backbone, stem="cifar", image_size=size, preset="fast",
                       run_dir=str(run))
     torch.manual_seed(0)
     model = get_method("cc")(cfg, 3, 10)
     run.mkdir()
     meta = {"method": "cc", "dataset": "folder", "in_channels": 3, "num_clusters": 10, "class_names": None,
-            "image_size": 32}
+            "image_size": size}
     save_checkpoint({"method": "cc", "config": cfg.to_dict(), "meta": meta, "model": model.state_dict(),
                      "epoch": 0}, run / CHECKPOINT_FILE)
-    pixels = torch.from_numpy(np.stack([prepare_source(data, 32, 3) for data in images]))
+    pixels = torch.from_numpy(np.stack([prepare_source(data, size, 3) for data in images]))
     save_parity_sample(run / PARITY_SAMPLE_FILE, ImageData(pixels, None, None, [f"{i}.png" for i in range(len(images))],
                                                            "folder", []))
-    name = "cc_resnet18_32"
+    name = f"cc_{backbone}_{size}"
     out = keep or workdir
     cpu = out / "model_repository_cpu" if keep else None  # the CPU flavour for scripts/perf_analyzer.sh
     export_run(run, out / "model_repository", cpu, name=name, allow_unfinished=True, log=lambda m: None)
@@ -94,16 +95,28 @@ def random_pngs(count: int, size: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def raw_onnxruntime(repository: Path, name: str, batch: np.ndarray, batches: int) -> float:
-    """images/s of encoder + head on `batch`, `batches` times (after one warm-up run)."""
+def multipart(images: list[bytes]) -> tuple[bytes, str]:
+    boundary = "gatewayloadboundary7d1c"
+    parts = []
+    for i, data in enumerate(images):
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.png"\r\n'
+                     f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def raw_onnxruntime(repository: Path, name: str, batch: np.ndarray, batches: int, threads: int = 0) -> float:
+    """images/s of encoder + head on `batch`, `batches` times (after one warm-up run); threads 0: ORT's default."""
     import onnxruntime as ort
 
     from serve.backends.embedded import choose_providers
 
     version = resolve(repository, name)  # the latest, as the gateway serves it
     providers = choose_providers(ort.get_available_providers())
-    encoder = ort.InferenceSession(str(version.encoder_onnx), providers=providers)
-    head = ort.InferenceSession(str(version.head_onnx), providers=providers)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+    encoder = ort.InferenceSession(str(version.encoder_onnx), options, providers=providers)
+    head = ort.InferenceSession(str(version.head_onnx), options, providers=providers)
     outputs = [o.name for o in head.get_outputs()]
 
     def run() -> None:
@@ -123,12 +136,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gateway(repository: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def start_gateway(repository: Path, port: int, args: argparse.Namespace, source: Path = ROOT) -> subprocess.Popen:
+    """`python -m serve` of the checkout at `source` (another one's, to compare versions), embedded backend."""
+    env = {**os.environ, "PYTHONPATH": str(source)}
     cmd = [sys.executable, "-m", "serve", "--backend", "embedded", "--model-repository", str(repository),
            "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
            "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT)
+    return subprocess.Popen(cmd, env=env, cwd=source)
 
 
 async def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:

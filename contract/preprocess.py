@@ -1,65 +1,109 @@
 """Image decoding and conversion shared by the training loaders and the serving gateway.
 
-numpy + PIL only (the gateway imports this module without torch). Training and serving must turn a
-file into the same uint8 array, so both call `prepare` / `prepare_source`:
+numpy + PIL only (the gateway imports this module without torch). Training, export parity (the run's
+parity sample is made by training) and serving turn a file into the same uint8 array because all of
+them call `prepare_source` (files and bytes) or `prepare` (images already in memory):
 
-    open_image -> to_mode -> resize_center_crop -> (C, size, size) uint8 array
+    header (pixel limit) -> draft (JPEG: decode at 1/2..1/8 scale) -> decode -> EXIF orientation
+      -> crop to the region the output needs -> to_mode -> resize (reduce + bilinear) -> (C, S, S) uint8
+
+The work per image is bounded by the model's input size, not by the shape of the input: the centre
+crop of Resize(S) + CenterCrop(S) is computed on the header's size first, only that region (plus the
+filter's margin) is converted and resampled, and the resampling target is S x S whatever the aspect
+ratio (a 4,000,000 x 1 image costs its decode, a 4 MB buffer, and an S x S resize). A large JPEG is
+decoded by libjpeg at the smallest 1/2^k scale that keeps at least REDUCING_GAP x S pixels on the
+shorter side, and any image more than REDUCING_GAP times larger than needed is first reduced by an
+integer factor (PIL's `reduce`), then resampled: both are PIL's documented shortcuts and keep the
+result within a level or two of a full-resolution resize. The decoded image itself (at most
+`max_pixels`, checked from the header before decoding) is the one buffer whose size follows the input.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import re
+import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
-"""Largest width * height `open_image` accepts by default."""
+"""Largest width * height `prepare_source` accepts by default."""
+
+REDUCING_GAP = 3.0
+"""Decode (JPEG draft) and reduce (integer box filter) no further than this factor above the output size.
+
+PIL's `resize(reducing_gap=...)`: with 3.0 the result is "indistinguishable from fair resampling in most
+cases"; smaller is faster. Changing it changes what training and serving compute (the same way)."""
+
+DECODE_BLOCK = 16 * 1024
+"""Bytes the decoder reads per step: the granularity at which a decode time budget is enforced."""
 
 _MODES = {1: "L", 3: "RGB"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa"}
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{8,}\b")
 
 
 class ImageError(ValueError):
-    """An image that cannot be decoded, is too large, or cannot be converted."""
+    """An image that cannot be decoded, is too large, or cannot be converted; the message names it."""
 
 
-def _describe(source: str | Path | bytes | bytearray) -> str:
-    return "image bytes" if isinstance(source, (bytes, bytearray)) else str(source)
+class ImageTooLarge(ImageError):
+    """The header claims more pixels than the limit (nothing was decoded)."""
 
 
-def open_image(
-    source: str | Path | bytes | bytearray, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Image.Image:
-    """Open and fully decode an image from a path or raw bytes, upright per its EXIF orientation.
+class _TimeUp(Exception):
+    """Raised from inside the decoder's read loop when the decode budget is spent."""
 
-    The pixel count is checked from the header before decoding; images larger than `max_pixels`, or
-    than PIL's own `Image.MAX_IMAGE_PIXELS` decompression-bomb limit, are refused. Multi-frame files
-    give their first frame. Raises ImageError naming the source and the reason for any failure.
-    """
-    name = _describe(source)
-    limit = max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
-    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+
+class _TimedReader(io.BytesIO):
+    """Encoded bytes whose `read` fails once `deadline` (time.monotonic) has passed.
+
+    PIL decoders pull their input through `read` in DECODE_BLOCK steps, so a decode that runs past
+    its budget stops within one block instead of running to the end."""
+
+    def __init__(self, data: bytes, deadline: float | None) -> None:
+        super().__init__(data)
+        self.deadline = deadline
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise _TimeUp
+        return super().read(size)
+
+
+Source = str | Path | bytes | bytearray | memoryview
+"""A file path, or the encoded image itself."""
+
+
+def _describe(source: Source) -> str:
+    return "image bytes" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+
+
+def describe_error(err: BaseException) -> str:
+    """What went wrong, for people: no Python object reprs or heap addresses (they say nothing to a client)."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image file, or in a format PIL cannot read"
+    if isinstance(err, MemoryError):
+        return "out of memory while decoding"
+    text = _ADDRESS.sub("...", _OBJECT_REPR.sub("the data", str(err))).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _read(source: Source) -> bytes:
+    """The encoded bytes; files are read whole (decoding from memory is one path for both callers)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
     try:
-        with Image.open(fp) as img:
-            width, height = img.size
-            if width * height > limit:
-                raise ImageError(
-                    f"{name}: image is {width}x{height} = {width * height} pixels, "
-                    f"more than the limit of {limit}"
-                )
-            img.load()  # decode now so corrupt or truncated data fails here, not later
-            return ImageOps.exif_transpose(img)  # always a new image, independent of the file
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"{name}: refused as a decompression bomb: {err}") from err
+        return Path(source).read_bytes()
     except FileNotFoundError as err:
-        raise ImageError(f"{name}: no such file") from err
-    except Exception as err:  # PIL plugins raise OSError, SyntaxError, EOFError, struct.error, ...
-        raise ImageError(f"{name}: cannot decode image: {type(err).__name__}: {err}") from err
+        raise ImageError(f"{source}: no such file") from err
+    except OSError as err:
+        raise ImageError(f"{source}: cannot read: {err.strerror or describe_error(err)}") from err
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -90,42 +134,124 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
         raise ImageError(f"cannot convert image mode {mode!r} to {target!r}: {err}") from err
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize (bilinear, PIL's antialiasing) so the shorter side is `size`, then crop the centre square.
+def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """The region (left, top, right, bottom), in source pixels, that Resize(size) + CenterCrop(size) keeps.
 
-    Same geometry as torchvision's Resize(size) + CenterCrop(size). No-op at size x size.
-    """
+    torchvision's geometry: the shorter side is scaled to `size`, the longer to int(size * long / short),
+    and the crop starts at round((scaled - size) / 2). Computed from the size alone, so it can be
+    applied before anything is allocated."""
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    width, height = img.size
-    if (width, height) == (size, size):
-        return img
     if width <= height:
-        new_size = (size, int(size * height / width))
+        scaled = (size, int(size * height / width))
     else:
-        new_size = (int(size * width / height), size)
-    if new_size != (width, height):
-        img = img.resize(new_size, Image.Resampling.BILINEAR)
-    if new_size == (size, size):
+        scaled = (int(size * width / height), size)
+    left = round((scaled[0] - size) / 2.0)
+    top = round((scaled[1] - size) / 2.0)
+    sx, sy = width / scaled[0], height / scaled[1]
+    return left * sx, top * sy, (left + size) * sx, (top + size) * sy
+
+
+def _needed_region(img: Image.Image, size: int) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """(the integer crop of `img` holding the centre-crop box plus the filter's reach, the box within it).
+
+    Pixels outside it have zero weight in the resize, so cropping first changes nothing but the size of
+    every later buffer (mode conversion, reduce, resample), which then follows the output, not the input."""
+    width, height = img.size
+    left, top, right, bottom = center_crop_box(width, height, size)
+    reach_x = math.ceil((right - left) / size) + 1  # bilinear support is one output pixel each side
+    reach_y = math.ceil((bottom - top) / size) + 1
+    x0, y0 = max(0, math.floor(left) - reach_x), max(0, math.floor(top) - reach_y)
+    x1, y1 = min(width, math.ceil(right) + reach_x), min(height, math.ceil(bottom) + reach_y)
+    if (x0, y0, x1, y1) != (0, 0, width, height):
+        img = img.crop((x0, y0, x1, y1))
+    return img, (left - x0, top - y0, right - x0, bottom - y0)
+
+
+def _resample(img: Image.Image, size: int, box: tuple[float, float, float, float]) -> Image.Image:
+    """`box` of `img` -> size x size: bilinear with PIL's antialiasing, integer-reduced first when far larger."""
+    if img.size == (size, size) and box == (0, 0, size, size):
         return img
-    left = int(round((new_size[0] - size) / 2.0))
-    top = int(round((new_size[1] - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
 
 
-def prepare(img: Image.Image, size: int, channels: int) -> np.ndarray:
-    """PIL image -> uint8 array (channels, size, size): to_mode, resize_center_crop, HWC -> CHW."""
-    img = resize_center_crop(to_mode(img, channels), size)
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is `size`, then crop the centre square: (W, H) -> (size, size).
+
+    Same geometry as torchvision's Resize(size) + CenterCrop(size), computed as one resample of the
+    centre region (`center_crop_box`), so the work never follows an extreme aspect ratio. No-op at
+    size x size."""
+    if img.size == (size, size):
+        return img
+    region, box = _needed_region(img, size)
+    return _resample(region, size, box)
+
+
+def _to_array(img: Image.Image, channels: int) -> np.ndarray:
     array = np.asarray(img, dtype=np.uint8)
     array = array[None] if channels == 1 else array.transpose(2, 0, 1)
     return np.ascontiguousarray(array)
 
 
+def prepare(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """PIL image in memory -> uint8 array (channels, size, size): centre region, to_mode, resample, HWC -> CHW.
+
+    For images already decoded (binary data sets); files and bytes go through `prepare_source`."""
+    if img.size == (size, size):
+        return _to_array(to_mode(img, channels), channels)
+    region, box = _needed_region(img, size)
+    return _to_array(_resample(to_mode(region, channels), size, box), channels)
+
+
+def _check_pixels(name: str, img: Image.Image, max_pixels: int) -> None:
+    limit = max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
+    width, height = img.size
+    if width * height > limit:
+        raise ImageTooLarge(f"{name}: image is {width}x{height} = {width * height} pixels, "
+                            f"more than the limit of {limit}")
+
+
+def _decode(img: Image.Image, size: int) -> Image.Image:
+    """Decode the open file, at reduced scale where the format allows (JPEG), upright per its EXIF tag."""
+    needed = math.ceil(REDUCING_GAP * size)
+    img.draft(img.mode, (needed, needed))  # JPEG: libjpeg decodes at 1/2..1/8 scale when that is enough; others: no-op
+    img.decodermaxblock = DECODE_BLOCK
+    img.load()  # decode now so corrupt or truncated data fails here, not later
+    ImageOps.exif_transpose(img, in_place=True)
+    return img
+
+
 def prepare_source(
-    source: str | Path | bytes | bytearray,
+    source: Source,
     size: int,
     channels: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    time_budget_s: float | None = None,
 ) -> np.ndarray:
-    """Path or raw bytes -> uint8 array (channels, size, size); raises ImageError if unreadable."""
-    return prepare(open_image(source, max_pixels), size, channels)
+    """Path or raw bytes -> uint8 array (channels, size, size): the one decode path of training and serving.
+
+    Refuses images whose header claims more than `max_pixels` (ImageTooLarge, before decoding) and,
+    with `time_budget_s`, stops a decode that runs longer. Multi-frame files give their first frame.
+    Any failure (corrupt data, unknown format, MemoryError, ...) raises ImageError naming the source
+    and the reason.
+    """
+    name = _describe(source)
+    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
+    shape = "n image"
+    try:
+        with Image.open(_TimedReader(_read(source), deadline)) as img:
+            _check_pixels(name, img, max_pixels)
+            shape = " {}x{} image".format(*img.size)
+            return prepare(_decode(img, size), size, channels)
+    except ImageError as err:
+        if str(err).startswith(name):
+            raise
+        raise type(err)(f"{name}: {err}") from err  # to_mode's errors do not know the source
+    except _TimeUp as err:
+        raise ImageError(f"{name}: decoding took longer than the budget of {time_budget_s * 1000:.0f} ms") from err
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"{name}: refused as a decompression bomb: {err}") from err
+    except MemoryError as err:
+        raise ImageError(f"{name}: out of memory while decoding a{shape}") from err
+    except Exception as err:  # PIL plugins raise OSError, SyntaxError, EOFError, struct.error, ...
+        raise ImageError(f"{name}: cannot decode image: {describe_error(err)}") from err

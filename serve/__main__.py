@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     from serve.access import configure_logging
     from serve.backends.repository import RepositoryError, check_root
 
+    problem = settings.exposure_problem()
+    if problem:
+        print(f"error: refusing to start: {problem}", file=sys.stderr)
+        return 2
     try:  # before the server starts: one line and exit 2, not a traceback from inside uvicorn
         if settings.backend == "embedded" or settings.repository_path.is_dir():
             check_root(settings.repository_path)
@@ -39,9 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from serve.app import create_app
+    from serve.limits import BACKLOG, ConnectionGuard, GuardedServer, fit_to_fd_limit
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False)
+    app = create_app(settings)
+    guard = ConnectionGuard(fit_to_fd_limit(settings.max_connections), settings.header_timeout_s,
+                            settings.body_timeout_s, app.state.gateway.metrics)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, http=guard.protocol(), timeout_keep_alive=settings.keepalive_timeout_s,
+                            h11_max_incomplete_event_size=settings.max_header_bytes, backlog=BACKLOG)
+    GuardedServer(config).run()
     return 0
 
 

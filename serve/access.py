@@ -96,5 +96,5 @@ def configure_logging(level: str, log_format: str) -> None:
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("serve")
     logger.handlers[:] = [handler]
-    logger.setLevel(level.upper())
+    logger.setLevel(getattr(logging, level.upper(), logging.DEBUG))  # uvicorn also has "trace"
     logger.propagate = False

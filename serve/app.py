@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import PurePath
 from typing import Annotated, Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from contract.card import cluster_names
 from contract.metadata import ModelMetadata
@@ -41,8 +44,17 @@ from serve.backends import Backend, make_backend
 from serve.backends.repository import RepositoryError, resolve
 from serve.batching import Batcher
 from serve.cards import VersionCard
-from serve.errors import GatewayError, backend_unavailable, bad_request, unauthorized
+from serve.errors import (
+    CLIENT_CLOSED,
+    GatewayError,
+    backend_unavailable,
+    bad_request,
+    client_gone,
+    public_text,
+    unauthorized,
+)
 from serve.images import Upload, prepare_uploads, read_uploads
+from serve.memory import map_large_allocations
 from serve.metrics import Metrics
 from serve.openai_api import openai_router
 from serve.page import mount_page
@@ -218,9 +230,25 @@ class Gateway:
 
     async def run(self, request: Request, endpoint: str, model: str | None, version: int | None = None
                   ) -> tuple[ModelMetadata, list[Upload], list[int], dict[int, str], dict[str, np.ndarray] | None]:
-        """Read, prepare and infer the images of one request."""
+        """Read, prepare and infer the images of one request; stops (499) as soon as its client goes away."""
         spec = await self.spec(model, version)
-        uploads = await read_uploads(request, self.settings)
+        uploads = await read_uploads(request, self.settings, self.pool)
+        work = asyncio.ensure_future(self._prepare_and_infer(spec, endpoint, uploads))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():  # the client left (or the server is stopping): drop its decoding and queued images
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if work.cancelled():
+            raise client_gone(f"client disconnected before the answer to its {len(uploads)} image(s) on {endpoint}")
+        return (spec, uploads, *work.result())
+
+    async def _prepare_and_infer(self, spec: ModelMetadata, endpoint: str, uploads: list[Upload]
+                                 ) -> tuple[list[int], dict[int, str], dict[str, np.ndarray] | None]:
         images, ok, errors = await prepare_uploads(uploads, spec.input.size, spec.input.channels, self.settings,
                                                    self.pool)
         if errors:
@@ -230,7 +258,8 @@ class Gateway:
         if images is not None:
             outputs = await self.infer(spec, images)
             self.metrics.images.labels(endpoint, "ok").inc(len(ok))
-        return spec, uploads, ok, errors, outputs
+        return ok, errors, outputs
+
 
     async def infer(self, spec: ModelMetadata, images: np.ndarray) -> dict[str, np.ndarray]:
         """Prepared uint8 (B, C, S, S) -> the head outputs of that model version, through its batching queue."""
@@ -249,6 +278,20 @@ class Gateway:
             self.metrics.low_confidence.labels(model, version).inc(int(notes["low_confidence"].sum()))
             self.metrics.ood.labels(model, version).inc(int(notes["ood"].sum()))
         return notes
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has closed its connection (the body is read by then: nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def public_metadata(spec: ModelMetadata) -> dict[str, Any]:
+    """The model's metadata.json for clients: the source run by its directory name, not its path on this host."""
+    data = spec.to_json()
+    if data.get("source_run"):
+        data["source_run"] = PurePath(data["source_run"]).name
+    return data
 
 
 def model_summary(spec: ModelMetadata) -> dict[str, Any]:
@@ -307,7 +350,9 @@ def embed_results(uploads: list[Upload], ok: list[int], errors: dict[int, str],
 def error_response(err: GatewayError, metrics: Metrics | None) -> Response:
     if metrics is not None:
         metrics.errors.labels(err.kind).inc()
-    body = {"error": {"status": err.status, "kind": err.kind, "message": err.message}}
+    if err.status == CLIENT_CLOSED:  # nobody reads the answer: one line in the log, no traceback
+        log.info("%s", err.message)
+    body = {"error": {"status": err.status, "kind": err.kind, "message": public_text(err.message)}}
     return FastJSONResponse(body, status_code=err.status, headers=err.headers())
 
 
@@ -391,6 +436,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
+        map_large_allocations()
         await gateway.start()
         gateway.watch()
         try:
@@ -414,6 +460,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, err: GatewayError) -> Response:
         return error_response(err, gateway.metrics)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_disconnect(request: Request, err: ClientDisconnect) -> Response:
+        return error_response(client_gone(f"client disconnected while sending its request to {request.url.path}"),
+                              gateway.metrics)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> Response:
@@ -464,7 +515,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def models() -> Response:
         items = [{**model_summary(spec), "versions": gateway.backend.versions(name),
                   "ready": gateway.warm.get(name, False), "runtime": gateway.backend.describe(name),
-                  "metadata": spec.to_json()}
+                  "metadata": public_metadata(spec)}
                  for name, spec in gateway.backend.models().items()]
         return FastJSONResponse({"backend": gateway.backend.name, "models": items})
 
@@ -485,8 +536,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def healthz() -> Response:
         return FastJSONResponse({"status": "ok"})
 
-    @app.get("/readyz", response_model=Readiness, dependencies=protected, summary="Readiness", operation_id="ready",
-             responses={**auth_errors, 503: {"model": Readiness, "description": "not ready"}})
+    @app.get("/readyz", response_model=Readiness, summary="Readiness (open, like /healthz: no API key)",
+             operation_id="ready", responses={503: {"model": Readiness, "description": "not ready"}})
     async def readyz() -> Response:
         if not gateway.ready:
             await gateway.start()
@@ -494,7 +545,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         detail = gateway.detail if gateway.ready or gateway.detail else "not started"
         if gateway.ready and not healthy:
             detail = "the inference server does not answer"
-        body = {"ready": healthy, "backend": gateway.backend.name, "models": dict(gateway.warm), "detail": detail}
+        body = {"ready": healthy, "backend": gateway.backend.name, "models": dict(gateway.warm),
+                "detail": detail and public_text(detail)}
         return FastJSONResponse(body, status_code=200 if healthy else 503)
 
     @app.get("/metrics", dependencies=protected, responses=auth_errors, summary="Prometheus metrics",

@@ -4,7 +4,9 @@ Requests put their prepared images (uint8 (n, C, S, S)) into the queue and await
 `concurrency` worker tasks take up to `max_batch_size` images at a time, waiting at most `max_wait_ms`
 for a batch to fill, so concurrent requests share model batches and one request's images may be
 split across batches. The queue holds at most `queue_size` images: beyond that `submit` fails at once
-with 429 instead of growing latency without bound.
+with 429 instead of growing latency without bound. A request cancelled while waiting (its client went
+away) takes its images that are not yet in a batch out of the queue at once: they are never inferred
+and no longer count against the queue; at most the one batch already running still carries some.
 """
 
 from __future__ import annotations
@@ -87,7 +89,18 @@ class Batcher:
         self._queued += n
         self._depth.set(self._queued)
         self._wakeup.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._drop(job)
+            raise
+
+    def _drop(self, job: _Job) -> None:
+        """Take the images of an abandoned request that are not yet in a batch out of the queue."""
+        if job in self._pending:
+            self._pending.remove(job)
+            self._queued -= len(job.images) - job.taken
+            self._depth.set(self._queued)
 
     def _take(self) -> list[tuple[_Job, int, int]]:
         """Up to max_batch_size images from the head of the queue, as (job, start, end) slices."""

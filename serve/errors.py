@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+import re
+
+CLIENT_CLOSED = 499
+"""nginx's status for a request whose client went away before the answer: counted, never sent."""
+
 
 class GatewayError(Exception):
     """An error with the HTTP status it maps to.
 
     `kind` is a short machine-readable label (also the `kind` label of the errors metric);
-    `retry_after` (seconds) becomes a Retry-After header.
+    `retry_after` (seconds) becomes a Retry-After header; `extra_headers` are sent as they are.
     """
 
-    def __init__(self, status: int, message: str, kind: str = "error", retry_after: int | None = None) -> None:
+    def __init__(self, status: int, message: str, kind: str = "error", retry_after: int | None = None,
+                 extra_headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
         self.retry_after = retry_after
+        self.extra_headers = extra_headers or {}
 
     def __repr__(self) -> str:
         return f"GatewayError({self.status}, {self.message!r}, kind={self.kind!r})"
 
     def headers(self) -> dict[str, str]:
-        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        retry = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        return {**self.extra_headers, **retry}
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+_HOST_PATH = re.compile(r"(?<![\w.:/-])/(?:[^\s/'\"<>]+/)+([^\s/'\"<>]+)")
+
+
+def public_text(text: str) -> str:
+    """`text` fit for a client: object reprs and heap addresses dropped, absolute host paths cut to their last part.
+
+    Messages come from many layers (PIL, onnxruntime, the file system); none of them needs to tell a
+    client where the server keeps its files or what lives at which address."""
+    return _HOST_PATH.sub(r"\1", _OBJECT_REPR.sub("<object>", text))
 
 
 # Constructors for the recurring cases, so kinds and statuses stay consistent.
@@ -30,7 +50,7 @@ def bad_request(message: str) -> GatewayError:
 
 
 def unauthorized(message: str = "missing or invalid API key (send X-API-Key or Authorization: Bearer)") -> GatewayError:
-    return GatewayError(401, message, "unauthorized")
+    return GatewayError(401, message, "unauthorized", extra_headers={"WWW-Authenticate": 'Bearer realm="gateway"'})
 
 
 def not_found(message: str) -> GatewayError:
@@ -55,3 +75,7 @@ def backend_unavailable(message: str) -> GatewayError:
 
 def backend_error(message: str) -> GatewayError:
     return GatewayError(502, message, "backend_error")
+
+
+def client_gone(message: str) -> GatewayError:
+    return GatewayError(CLIENT_CLOSED, message, "client_disconnected")

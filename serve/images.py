@@ -1,51 +1,57 @@
 """Getting images out of a request and preparing them exactly as at training-time evaluation.
 
 Bodies are multipart/form-data (field "files") or JSON {"images": [base64, ...]}; anything else is
-415. Sizes are checked while reading (request bytes), per image (encoded bytes, then pixels from the
-header: 413) and per request (image count: 413). Decoding runs on a thread pool, through
-`contract.preprocess` (numpy + PIL only, the same code as training): an image that cannot be decoded
-becomes an error entry for that image alone.
+415. Sizes are checked while reading (request bytes: 413 as soon as the body passes the limit), per
+image (encoded bytes, then pixels from the header: 413) and per request (image count: 413). The event
+loop only collects the body into one buffer; it is parsed on the worker pool, never on the loop:
+`serve.formbody` (multipart, images as views of the body) and `serve.jsonbody` (bounded work, the first
+unknown key refused by name).
+
+Decoding runs on the decode pool through `contract.preprocess.prepare_source` (numpy + PIL only, the
+same function as training): the work per image is bounded by the model's input size, each image has
+a time budget (settings.decode_timeout_ms), and any failure of one image (corrupt data, MemoryError,
+over budget) becomes an error entry for that image alone. The pool is shared fairly: each request
+keeps at most `threads` short slices of work (DECODE_SLICE_S) queued at a time, so a request of 256
+large images delays a one-image request by about one slice, not by its whole decode, and a request
+that is abandoned stops being decoded after the slice in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
-import io
-import json
+import contextlib
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from contract.preprocess import ImageError, open_image, prepare
+from contract.preprocess import ImageError, ImageTooLarge, describe_error, prepare_source
 from serve.errors import GatewayError, bad_request, too_large, unsupported_media_type
-from serve.schemas import ImagesRequest
+from serve.formbody import parse_files
+from serve.jsonbody import parse_images
+from serve.memory import release_free_memory
 from serve.settings import Settings
 
-try:
-    import orjson
-
-    _loads = orjson.loads
-except ImportError:  # pragma: no cover - orjson is optional
-    _loads = json.loads
-
 FIELD = "files"
-_B64_PREFIX = ";base64,"
+DECODE_SLICE_S = 0.02
+"""Longest run of decoding one request does per turn on the pool before the next request's turn."""
+RELEASE_AFTER_S = 0.1
+"""A request that spent this long decoding (large images) hands its freed memory back to the OS."""
+_B64_PREFIX = b";base64,"
+DATA_URL_HEAD = 100  # a data: URL names its media type within this many characters
 
 
 @dataclass
 class Upload:
     index: int
     filename: str | None
-    data: bytes | str  # str: base64 text still to decode (done on the thread pool)
+    data: bytes | memoryview  # the encoded image, or its base64 text when `base64` (decoded on the pool)
+    base64: bool = False
 
     @property
     def label(self) -> str:
@@ -62,16 +68,16 @@ async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
+async def read_uploads(request: Request, settings: Settings, pool: Executor) -> list[Upload]:
     """The images of a request, in order, still encoded; raises GatewayError (400/413/415/422)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
         raise too_large(f"request body of {length} bytes is larger than {settings.max_request_bytes} bytes")
     mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if mime == "multipart/form-data":
-        uploads = await _read_multipart(request, settings)
+        uploads = await _read_multipart(request, settings, pool)
     elif mime == "application/json" or mime.endswith("+json"):
-        uploads = await _read_json(request, settings)
+        uploads = await _read_json(request, settings, pool)
     else:
         raise unsupported_media_type(f"unsupported content type {mime or 'none'!r}: send multipart/form-data "
                                      f"with field {FIELD!r}, or application/json {{\"images\": [base64, ...]}}")
@@ -82,118 +88,107 @@ async def read_uploads(request: Request, settings: Settings) -> list[Upload]:
     return uploads
 
 
-async def _read_multipart(request: Request, settings: Settings) -> list[Upload]:
-    parser = MultiPartParser(request.headers, _limited(request, settings.max_request_bytes),
-                             max_files=settings.max_images_per_request, max_fields=64, max_part_size=2**20)
-    try:
-        form = await parser.parse()
-    except MultiPartException as err:
-        if "Too many files" in err.message:
-            raise too_large(f"too many images in one request; at most {settings.max_images_per_request}") from err
-        raise bad_request(f"malformed multipart body: {err.message}") from err
-    try:
-        uploads = []
-        for name, value in form.multi_items():
-            if name != FIELD:
-                continue
-            if not isinstance(value, UploadFile):
-                raise bad_request(f"multipart field {FIELD!r} must carry files (with a filename), not text")
-            data = await value.read()
-            upload = Upload(len(uploads), value.filename or None, data)
-            if len(data) > settings.max_image_bytes:
-                raise too_large(f"{upload.label}: {len(data)} bytes, more than the limit of "
-                                f"{settings.max_image_bytes}")
-            uploads.append(upload)
-        return uploads
-    finally:
-        await form.close()
+async def _read_body(request: Request, limit: int) -> bytearray:
+    """The whole body in one buffer; 413 as soon as it passes `limit` bytes (nothing is parsed here)."""
+    body = bytearray()
+    async for chunk in _limited(request, limit):
+        body += chunk
+    return body
 
 
-async def _read_json(request: Request, settings: Settings) -> list[Upload]:
-    body = b"".join([chunk async for chunk in _limited(request, settings.max_request_bytes)])
-    try:
-        data = _loads(body)
-    except ValueError as err:
-        raise bad_request(f"body is not valid JSON: {err}") from err
-    if isinstance(data, dict) and isinstance(data.get("images"), list) \
-            and len(data["images"]) > settings.max_images_per_request:
-        raise too_large(f"{len(data['images'])} images in one request; at most {settings.max_images_per_request}")
-    try:
-        req = ImagesRequest.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise GatewayError(422, f"invalid JSON body at {where}: {first['msg']} ({err.error_count()} error(s))",
-                           "validation") from err
-    uploads = []
-    for i, item in enumerate(req.images):
-        text, name = (item, None) if isinstance(item, str) else (item.data, item.filename)
-        upload = Upload(i, name, text)
-        encoded = len(text) - (text.find(_B64_PREFIX) + len(_B64_PREFIX) if _B64_PREFIX in text[:100] else 0)
-        if encoded * 3 // 4 > settings.max_image_bytes:
-            raise too_large(f"{upload.label}: about {encoded * 3 // 4} bytes, more than the limit of "
+async def _read_multipart(request: Request, settings: Settings, pool: Executor) -> list[Upload]:
+    body = await _read_body(request, settings.max_request_bytes)
+    parts = await asyncio.get_running_loop().run_in_executor(
+        pool, parse_files, body, request.headers.get("content-type", ""), FIELD, settings.max_images_per_request)
+    uploads = [Upload(i, part.filename, part.data) for i, part in enumerate(parts)]
+    for upload in uploads:
+        if len(upload.data) > settings.max_image_bytes:
+            raise too_large(f"{upload.label}: {len(upload.data)} bytes, more than the limit of "
                             f"{settings.max_image_bytes}")
-        uploads.append(upload)
     return uploads
 
 
-def _b64(text: str) -> bytes:
-    if text.startswith("data:") and _B64_PREFIX in text[:100]:
-        text = text[text.index(_B64_PREFIX) + len(_B64_PREFIX):]
-    return base64.b64decode(text, validate=True)
+async def _read_json(request: Request, settings: Settings, pool: Executor) -> list[Upload]:
+    body = await _read_body(request, settings.max_request_bytes)
+    items = await asyncio.get_running_loop().run_in_executor(
+        pool, parse_images, body, settings.max_images_per_request, settings.max_image_bytes)
+    return [Upload(i, item.filename, item.data, base64=True) for i, item in enumerate(items)]
 
 
-def _pixel_limit_exceeded(data: bytes, max_pixels: int) -> str | None:
-    """Why an image is too large to decode (from its header), or None if it is not."""
-    limit = max_pixels if Image.MAX_IMAGE_PIXELS is None else min(max_pixels, Image.MAX_IMAGE_PIXELS)
+def _b64(text: bytes | memoryview) -> bytes:
+    """base64 text (optionally a data: URL) -> bytes; binascii.Error if it is not strict base64."""
+    if bytes(text[:5]) == b"data:":
+        head = bytes(text[:DATA_URL_HEAD])
+        if _B64_PREFIX in head:
+            text = text[head.index(_B64_PREFIX) + len(_B64_PREFIX):]
+    return binascii.a2b_base64(text, strict_mode=True)
+
+
+def _decode(up: Upload, size: int, channels: int, settings: Settings) -> np.ndarray | str | GatewayError:
+    """Runs on the pool: one upload -> uint8 (C, S, S), the message saying why not, or a 413 for the request."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as err:
-        return f"refused as a decompression bomb: {err}"
-    except Exception:  # noqa: BLE001 - not decodable at all: a per-image error, not a size error
-        return None
-    if width * height > limit:
-        return f"{width}x{height} = {width * height} pixels, more than the limit of {limit}"
-    return None
-
-
-def _decode(uploads: list[Upload], size: int, channels: int, max_pixels: int, max_bytes: int) -> list[np.ndarray | str]:
-    """Runs on the thread pool: each upload -> uint8 (C, S, S), or the message saying why not."""
-    out: list[np.ndarray | str] = []
-    for up in uploads:
         data = up.data
-        if isinstance(data, str):
+        if up.base64:
             try:
                 data = _b64(data)
             except (binascii.Error, ValueError) as err:
-                out.append(f"{up.label}: not valid base64: {err}")
-                continue
-            if len(data) > max_bytes:
-                raise too_large(f"{up.label}: {len(data)} bytes, more than the limit of {max_bytes}")
-        try:
-            out.append(prepare(open_image(data, max_pixels), size, channels))
-        except ImageError as err:
-            reason = _pixel_limit_exceeded(data, max_pixels)
-            if reason is not None:
-                raise too_large(f"{up.label}: {reason}") from err
-            message = str(err).removeprefix("image bytes: ")
-            out.append(f"{up.label}: {message}")
-    return out
+                return f"{up.label}: not valid base64: {err}"
+            if len(data) > settings.max_image_bytes:
+                return too_large(f"{up.label}: {len(data)} bytes, more than the limit of {settings.max_image_bytes}")
+        return prepare_source(data, size, channels, settings.max_image_pixels, settings.decode_timeout_ms / 1000)
+    except ImageTooLarge as err:
+        return too_large(f"{up.label}: {_unnamed(err)}")
+    except ImageError as err:
+        return f"{up.label}: {_unnamed(err)}"
+    except Exception as err:  # noqa: BLE001 - MemoryError and the like: this image fails, not the request
+        return f"{up.label}: {describe_error(err)}"
+
+
+def _unnamed(err: ImageError) -> str:
+    return str(err).removeprefix("image bytes: ")  # the label already says which image
 
 
 async def prepare_uploads(uploads: list[Upload], size: int, channels: int, settings: Settings,
                           pool: Executor) -> tuple[np.ndarray | None, list[int], dict[int, str]]:
-    """Decode on `pool` in up to settings.threads chunks -> (uint8 (n, C, S, S) or None, their indices, errors)."""
+    """Decode on `pool`, fairly (see the module docstring) -> (uint8 (n, C, S, S) or None, their indices, errors).
+
+    Raises the 413 of the first image over a size limit (and decodes no more); cancelled, it stops
+    after the slices in flight."""
     loop = asyncio.get_running_loop()
-    chunks = min(settings.threads, len(uploads))
-    step = -(-len(uploads) // chunks)
-    parts = await asyncio.gather(*(
-        loop.run_in_executor(pool, _decode, uploads[i:i + step], size, channels, settings.max_image_pixels,
-                             settings.max_image_bytes)
-        for i in range(0, len(uploads), step)))
+    todo = deque(uploads)
+    outcomes: dict[int, np.ndarray | str] = {}
+    refused: list[GatewayError] = []
+    began = time.monotonic()
+
+    def decode_slice() -> None:
+        until = time.monotonic() + DECODE_SLICE_S
+        while not refused and time.monotonic() < until:
+            try:
+                up = todo.popleft()
+            except IndexError:
+                return
+            outcome = _decode(up, size, channels, settings)
+            if isinstance(outcome, GatewayError):
+                refused.append(outcome)
+            else:
+                outcomes[up.index] = outcome
+
+    async def worker() -> None:
+        while todo and not refused:
+            await loop.run_in_executor(pool, decode_slice)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(settings.threads, len(uploads)))))
+    finally:
+        todo.clear()  # cancelled: slices still running stop after their current image
+        if time.monotonic() - began > RELEASE_AFTER_S:
+            with contextlib.suppress(RuntimeError):  # the pool is shut down: the process is ending
+                pool.submit(release_free_memory)
+    if refused:
+        raise refused[0]
     arrays, ok, errors = [], [], {}
-    for up, item in zip(uploads, (x for part in parts for x in part), strict=True):
+    for up in uploads:
+        item = outcomes[up.index]
         if isinstance(item, str):
             errors[up.index] = item
         else:

@@ -10,7 +10,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Metrics:
-    """requests by endpoint/status, latencies, images, batch sizes, queue depth, errors by kind, cluster
+    """requests by endpoint/status (499: the client went away), latencies, images, batch sizes, queue depth,
+    errors by kind, open connections and connections closed by the server (serve/limits.py), cluster
     assignments and low-confidence / out-of-distribution answers per model version, the served versions."""
 
     content_type = CONTENT_TYPE_LATEST
@@ -38,6 +39,10 @@ class Metrics:
                            registry=r)
         self.served_version = Gauge("gateway_model_version", "the version unpinned requests get", ["model"],
                                     registry=r)
+        self.connections = Gauge("gateway_open_connections", "client connections open", registry=r)
+        self.connections_closed = Counter(
+            "gateway_connections_closed", "connections the server closed, by reason (refused at the limit, "
+            "evicted to make room, headers_timeout, body_timeout)", ["reason"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

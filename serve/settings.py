@@ -2,11 +2,13 @@
 
 Every field can be set from the environment as DCS_<FIELD NAME IN CAPITALS> (DCS_API_KEY,
 DCS_MAX_BATCH_SIZE, ...); `python -m serve` adds a flag per field (--max-batch-size ...).
+The connection limits and timeouts name the nginx / Triton setting they correspond to, with its default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +34,11 @@ class Settings:
     port: int = field(default=8080, metadata={"help": "port to listen on"})
     api_key: str = field(default="", metadata={
         "help": "if set, required as X-API-Key or Authorization: Bearer on all endpoints but /healthz, /readyz"})
+    public_host: str = field(default="", metadata={
+        "help": "the address clients reach the gateway at, when it differs from --host (a container's published "
+                "address); without an API key, the gateway starts only if this (else --host) is loopback"})
+    allow_no_api_key: bool = field(default=False, metadata={
+        "help": "start without an API key although --host or --public-host is not a loopback address"})
     max_batch_size: int = field(default=64, metadata={"help": "most images per model batch"})
     max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch, milliseconds"})
     queue_size: int = field(default=1024, metadata={"help": "most images waiting per model before 429"})
@@ -43,9 +50,24 @@ class Settings:
     max_request_bytes: int = field(default=64 * 2**20, metadata={"help": "largest request body, bytes"})
     default_top_k: int = field(default=3, metadata={"help": "top_k when the request does not say"})
     decode_threads: int = field(default=0, metadata={"help": "image decoding threads (0: min(4, CPUs))"})
+    decode_timeout_ms: float = field(default=2000.0, metadata={
+        "help": "decode time budget per image; an image over it gets an error entry (a 12-megapixel PNG "
+                "decodes in about 0.6 s on one slow core, a JPEG photo in 0.05 s)"})
+    max_connections: int = field(default=1000, metadata={
+        "help": "open client connections at most (nginx worker_connections: 512; uvicorn: no limit); beyond it the "
+                "longest-idle connection is closed, or the newcomer gets 503. Kept under the fd limit (ulimit -n)"})
+    header_timeout_s: float = field(default=10.0, metadata={
+        "help": "time for a request's line and headers to arrive (nginx client_header_timeout: 60 s)"})
+    body_timeout_s: float = field(default=30.0, metadata={
+        "help": "longest pause between two reads of a request body (nginx client_body_timeout: 60 s)"})
+    keepalive_timeout_s: float = field(default=5.0, metadata={
+        "help": "idle time before a keep-alive connection is closed (nginx keepalive_timeout: 75 s; uvicorn: 5 s)"})
+    max_header_bytes: int = field(default=16384, metadata={
+        "help": "largest request line + headers (nginx large_client_header_buffers: 4 x 8 KiB; h11: 16 KiB)"})
     ort_threads: int = field(default=0, metadata={"help": "onnxruntime intra-op threads (0: its default)"})
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 429"})
-    log_level: str = field(default="info", metadata={"help": "uvicorn log level"})
+    log_level: str = field(default="info", metadata={
+        "help": "log level of uvicorn and the gateway (critical, error, warning, info, debug, trace)"})
     # --- versions, names, operations (issue 14) ---
     repository_poll_s: float = field(default=2.0, metadata={
         "help": "seconds between looks for new or removed model versions (0: never, serve what was there at start)"})
@@ -58,7 +80,8 @@ class Settings:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; choose from {list(BACKENDS)}")
         for name in ("max_batch_size", "queue_size", "max_image_bytes", "max_image_pixels",
-                     "max_images_per_request", "max_request_bytes", "default_top_k", "retry_after_s"):
+                     "max_images_per_request", "max_request_bytes", "default_top_k", "retry_after_s",
+                     "max_connections", "max_header_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_wait_ms", "batch_concurrency", "decode_threads", "ort_threads"):
@@ -68,6 +91,9 @@ class Settings:
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
         if self.repository_poll_s < 0:
             raise ValueError(f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
+        for name in ("decode_timeout_ms", "header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_images_per_request > self.queue_size:
             raise ValueError(f"max_images_per_request ({self.max_images_per_request}) must not exceed "
                              f"queue_size ({self.queue_size}), or such a request could never be queued")
@@ -88,11 +114,32 @@ class Settings:
     def threads(self) -> int:
         return self.decode_threads or min(4, os.cpu_count() or 1)
 
+    def exposure_problem(self) -> str | None:
+        """Why starting would serve other machines without a key (address not loopback, no API key, not
+        allowed), or None. The address is --public-host when set (a container listens on 0.0.0.0 but may
+        be published on 127.0.0.1 only), else --host."""
+        if self.api_key or self.allow_no_api_key:
+            return None
+        what, address = ("--public-host", self.public_host) if self.public_host else ("--host", self.host)
+        if _is_loopback(address):
+            return None
+        return (f"{what} {address} is reachable from other machines and no API key is set: set DCS_API_KEY "
+                "(--api-key), or DCS_ALLOW_NO_API_KEY=true (--allow-no-api-key true) to serve without one")
+
     def public(self) -> dict[str, Any]:
         """The settings without secrets (for logs and /models)."""
         values = dataclasses.asdict(self)
         values["api_key"] = "***" if self.api_key else ""
         return values
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _convert(f: dataclasses.Field, text: str) -> Any:

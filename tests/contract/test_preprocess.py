@@ -1,18 +1,22 @@
-"""train.data.preprocess: decoding, mode conversion, resize + centre crop, error reporting."""
+"""contract.preprocess: decoding, mode conversion, resize + centre crop, bounded work, error reporting."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile, JpegImagePlugin
 
 from contract.preprocess import (
+    REDUCING_GAP,
     ImageError,
-    open_image,
+    ImageTooLarge,
+    center_crop_box,
     prepare,
     prepare_source,
     resize_center_crop,
@@ -24,6 +28,27 @@ REPO = Path(__file__).resolve().parents[2]
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
 
+def _opened(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def _full_resize_then_crop(img: Image.Image, size: int) -> Image.Image:
+    """The slow reference: torchvision's Resize(size) + CenterCrop(size), the whole image resized."""
+    width, height = img.size
+    scaled = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+    img = img.resize(scaled, Image.Resampling.BILINEAR)
+    left, top = round((scaled[0] - size) / 2.0), round((scaled[1] - size) / 2.0)
+    return img.crop((left, top, left + size, top + size))
+
+
+def _smooth(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Photo-like RGB content (smooth colour fields and some texture), not pure noise."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (max(height // 16, 2), max(width // 16, 2), 3), dtype=np.uint8))
+    base = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), np.int16)
+    return Image.fromarray(np.clip(base + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8))
 
 
 def test_imports_without_torch() -> None:
@@ -37,9 +62,8 @@ def test_exif_orientation_is_applied() -> None:
     img.paste(RED, (0, 0, 20, 20))  # left half red
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
-    opened = open_image(encode(img, "JPEG", exif=exif.tobytes(), quality=95))
-    assert opened.size == (20, 40)
-    top, bottom = opened.getpixel((10, 5)), opened.getpixel((10, 35))
+    out = prepare_source(encode(img, "JPEG", exif=exif.tobytes(), quality=95), 20, 3)  # upright 20x40, centre 20x20
+    top, bottom = out[:, 3, 10], out[:, 16, 10]
     assert top[0] > 200 and top[2] < 60  # the left half is on top after a clockwise turn
     assert bottom[2] > 200 and bottom[0] < 60
 
@@ -49,7 +73,7 @@ def test_palette_transparency_composited_on_white() -> None:
     img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # index 0 black, index 1 red
     img.putpixel((1, 1), 1)
     img.info["transparency"] = 0
-    opened = open_image(encode(img, "PNG"))
+    opened = _opened(encode(img, "PNG"))
     assert opened.mode == "P" and "transparency" in opened.info
     rgb = to_mode(opened, 3)
     assert rgb.mode == "RGB"
@@ -115,6 +139,108 @@ def test_center_crop_keeps_the_centre(wide: bool) -> None:
     assert (inner[..., 0] > 200).all() and (inner[..., 2] < 60).all()
 
 
+@pytest.mark.parametrize("scale", ["under the reducing gap", "over it"])
+def test_resize_center_crop_is_torchvision_geometry_within_a_level(scale: str) -> None:
+    """One resample of the centre region gives what resizing the whole image and cropping gives.
+
+    Up to REDUCING_GAP times the output, the only difference is PIL's float32 box coordinates (at most 1
+    level, rarely); beyond, the integer reduce first changes fine detail a little."""
+    rng = np.random.default_rng(3)
+    worst, mean = 0, []
+    for _ in range(60):
+        size = int(rng.choice([8, 16, 32, 96]))
+        limit = int(REDUCING_GAP * size) if scale == "under the reducing gap" else 12 * size
+        low = size if scale == "under the reducing gap" else int(REDUCING_GAP * size) * 2
+        width, height = (int(v) for v in rng.integers(low, limit, 2))
+        img = _smooth(width, height, int(rng.integers(1000)))
+        ours = np.asarray(resize_center_crop(img, size), np.int16)
+        reference = np.asarray(_full_resize_then_crop(img, size), np.int16)
+        assert ours.shape == reference.shape == (size, size, 3)
+        worst, mean = max(worst, int(np.abs(ours - reference).max())), mean + [np.abs(ours - reference).mean()]
+    if scale == "under the reducing gap":
+        assert worst <= 1
+    else:
+        assert np.mean(mean) < 0.6 and worst <= 6, (np.mean(mean), worst)  # measured: 0.31 and 3
+
+
+def test_the_centre_region_is_computed_from_the_size_alone() -> None:
+    assert center_crop_box(40, 20, 10) == (10.0, 0.0, 30.0, 20.0)  # 20x10 after resize, crop 5..15
+    assert center_crop_box(16, 16, 16) == (0.0, 0.0, 16.0, 16.0)
+    left, top, right, bottom = center_crop_box(4_000_000, 1, 16)
+    assert (top, bottom) == (0.0, 1.0) and (left, right) == (1_999_999.5, 2_000_000.5)  # 1 source pixel -> 16
+    with pytest.raises(ValueError):
+        center_crop_box(5, 5, 0)
+
+
+@pytest.mark.parametrize("shape", [(4_000_000, 1), (1, 4_000_000), (300_000, 7)])
+def test_an_extreme_aspect_ratio_costs_its_decode_not_its_resize(shape: tuple[int, int], monkeypatch) -> None:
+    """Conversion and resampling only ever see the centre region: buffers of the output's size."""
+    seen: list[tuple[int, int]] = []
+    for name in ("convert", "resize", "reduce"):
+        real = getattr(Image.Image, name)
+
+        def spy(self, *args, _real=real, **kwargs):  # noqa: ANN001, ANN202
+            seen.append(self.size)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Image.Image, name, spy)
+    data = encode(Image.new("RGB", shape, (200, 40, 40)), "PNG")
+    out = prepare_source(data, 16, 1)
+    assert out.shape == (1, 16, 16) and (out == out.flat[0]).all()
+    assert seen and all(w * h <= 16 * 16 * 4 for w, h in seen), seen
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale(monkeypatch) -> None:
+    drafted: list[tuple[int, int]] = []
+    real = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):  # noqa: ANN001, ANN202
+        result = real(self, mode, size)
+        drafted.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    img = _smooth(1600, 1200)
+    data = encode(img, "JPEG", quality=90)
+    out = prepare_source(data, 32, 3)
+    assert drafted == [(200, 150)]  # 1/8 scale still leaves 150 >= REDUCING_GAP * 32 rows
+    full = np.asarray(_full_resize_then_crop(_opened(data).convert("RGB"), 32), np.int16).transpose(2, 0, 1)
+    assert np.abs(out - full).mean() < 2.0  # close to decoding every pixel, for a fraction of the work
+    small = encode(img.resize((64, 48)), "JPEG", quality=90)
+    drafted.clear()
+    np.testing.assert_array_equal(prepare_source(small, 32, 3), prepare(_opened(small), 32, 3))
+    assert drafted == [(64, 48)]  # nothing to gain: decoded at full size
+
+
+def test_a_decode_over_its_time_budget_stops_with_an_image_error() -> None:
+    data = encode(Image.new("RGB", (6000, 4000), (10, 20, 30)), "PNG")  # 24 Mpx in a small file
+    with pytest.raises(ImageError, match="took longer than the budget of 1 ms"):
+        prepare_source(data, 16, 3, time_budget_s=0.001)
+    began = time.perf_counter()
+    with pytest.raises(ImageError, match="budget"):
+        prepare_source(data, 16, 3, time_budget_s=0.02)
+    assert time.perf_counter() - began < 2.0  # stopped within a block, not at the end of the decode
+    assert prepare_source(data, 16, 3, time_budget_s=60).shape == (3, 16, 16)
+
+
+def test_out_of_memory_is_an_image_error_naming_the_image(monkeypatch) -> None:
+    def no_memory(self):  # noqa: ANN001, ANN202
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_memory)
+    with pytest.raises(ImageError, match=r"image bytes: out of memory while decoding a 30x20 image"):
+        prepare_source(encode(Image.new("L", (30, 20))), 8, 1)
+
+
+def test_messages_show_no_object_reprs_or_addresses(tmp_path: Path) -> None:
+    for data in (b"this is not an image", b"GIF89a\x01\x00garbage", b"\x89PNG\r\n\x1a\nnot really"):
+        with pytest.raises(ImageError) as err:
+            prepare_source(data, 8, 1)
+        assert "0x" not in str(err.value) and "<" not in str(err.value), str(err.value)
+    with pytest.raises(ImageError, match="not an image file"):
+        prepare_source(b"this is not an image", 8, 1)
+
+
 def test_resize_shorter_side_and_noop() -> None:
     img = Image.new("RGB", (20, 20), RED)
     assert resize_center_crop(img, 20) is img
@@ -147,28 +273,28 @@ def test_prepare_source_same_from_path_and_bytes(tmp_path: Path) -> None:
 
 def test_corrupt_bytes_raise_image_error_naming_source(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="image bytes"):
-        open_image(b"this is not an image")
+        prepare_source(b"this is not an image", 8, 1)
     path = tmp_path / "broken.jpg"
     path.write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(ImageError, match="broken.jpg"):
-        open_image(path)
+        prepare_source(path, 8, 1)
     with pytest.raises(ImageError, match="no such file"):
-        open_image(tmp_path / "missing.png")
+        prepare_source(tmp_path / "missing.png", 8, 1)
 
 
 def test_too_many_pixels_refused_before_decoding(tmp_path: Path) -> None:
     # 8000 x 8000 = 64M pixels: above the default limit, below PIL's bomb check; there is no pixel
     # data, so only a check on the header can give this message.
-    with pytest.raises(ImageError, match="8000x8000 = 64000000 pixels, more than the limit"):
-        open_image(png_header_only(8000, 8000))
+    with pytest.raises(ImageTooLarge, match="8000x8000 = 64000000 pixels, more than the limit"):
+        prepare_source(png_header_only(8000, 8000), 8, 3)
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header_only(100_000, 100_000))
-    with pytest.raises(ImageError, match="bomb.png"):
-        open_image(path)
+    with pytest.raises(ImageTooLarge, match="bomb.png"):
+        prepare_source(path, 8, 3)
     small = encode(Image.new("RGB", (100, 100)), "PNG")
-    with pytest.raises(ImageError, match="limit of 5000"):
-        open_image(small, max_pixels=5000)
-    assert open_image(small, max_pixels=10_000).size == (100, 100)
+    with pytest.raises(ImageTooLarge, match="limit of 5000"):
+        prepare_source(small, 8, 3, max_pixels=5000)
+    assert prepare_source(small, 8, 3, max_pixels=10_000).shape == (3, 8, 8)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
@@ -178,6 +304,6 @@ def test_truncated_file_raises_image_error(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"cut.{fmt.lower()}"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match=f"cut.{fmt.lower()}"):
-        open_image(path)
+        prepare_source(path, 8, 3)
     with pytest.raises(ImageError, match="image bytes"):
         prepare_source(data[: len(data) // 2], 8, 3)

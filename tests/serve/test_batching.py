@@ -108,6 +108,39 @@ def test_a_full_queue_refuses_at_once_with_429():
     assert err.status == 429 and err.headers() == {"Retry-After": "3"}
 
 
+def test_an_abandoned_request_leaves_the_queue_at_once_and_is_never_inferred():
+    async def main():
+        gate = asyncio.Event()
+        seen: list[list[int]] = []
+
+        async def infer(images):
+            seen.append(images[:, 0, 0, 0].tolist())
+            await gate.wait()
+            return {"value": images[:, 0, 0, 0].astype(np.int64)}
+
+        b = Batcher("m", infer, Metrics(), max_batch_size=4, max_wait_ms=0, queue_size=20)
+        running = asyncio.create_task(b.submit(_images(4)))  # in the blocked batch
+        await asyncio.sleep(0.05)
+        abandoned = asyncio.create_task(b.submit(_images(10, 100)))  # queued behind it
+        await asyncio.sleep(0.05)
+        queued_before = b.queued
+        abandoned.cancel()  # its client went away
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        queued_after = b.queued
+        later = asyncio.create_task(b.submit(_images(2, 50)))
+        gate.set()
+        out = await later
+        await running
+        await b.close()
+        return queued_before, queued_after, seen, out
+
+    queued_before, queued_after, seen, out = _run(main())
+    assert (queued_before, queued_after) == (10, 0)
+    assert [v for batch in seen for v in batch] == [0, 1, 2, 3, 50, 51]  # none of the abandoned images
+    assert out["value"].tolist() == [50, 51]
+
+
 async def _with_app(app, body):
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -200,18 +200,20 @@ def test_size_limits_are_413(model):
         assert "bomb.png" in msg
 
 
-def test_api_key_protects_everything_but_healthz(model):
+def test_api_key_protects_everything_but_the_probes(model):
     pngs = files([("a.png", digit_pngs(1)[0])])
     with gateway(model.repository, api_key="s3cret") as c:
-        for method, path in [("post", "/cluster"), ("post", "/embed"), ("get", "/models"), ("get", "/metrics"),
-                             ("get", "/readyz")]:
+        for method, path in [("post", "/cluster"), ("post", "/embed"), ("get", "/models"), ("get", "/metrics")]:
             kwargs = {"files": pngs} if method == "post" else {}
-            _error(getattr(c, method)(path, **kwargs), 401, "unauthorized")
+            refused = getattr(c, method)(path, **kwargs)
+            _error(refused, 401, "unauthorized")
+            assert refused.headers["www-authenticate"].startswith("Bearer")
             _error(getattr(c, method)(path, headers={"X-API-Key": "wrong"}, **kwargs), 401, "unauthorized")
             _error(getattr(c, method)(path, headers={"Authorization": "Bearer wrong"}, **kwargs), 401, "unauthorized")
             assert getattr(c, method)(path, headers={"X-API-Key": "s3cret"}, **kwargs).status_code == 200
             assert getattr(c, method)(path, headers={"Authorization": "Bearer s3cret"}, **kwargs).status_code == 200
         assert c.get("/healthz").status_code == 200
+        assert c.get("/readyz").status_code == 200  # readiness probes carry no key
         assert c.get("/openapi.json").status_code == 200
 
 
@@ -224,6 +226,8 @@ def test_models_health_readiness_metrics_and_docs(client, model):
     assert m["input"]["channels"] == 1 and m["input"]["height"] == 16
     assert m["runtime"]["providers"]["encoder"][-1] == "CPUExecutionProvider"
     assert m["metadata"]["encoder"] == f"{model.name}_encoder"
+    assert m["metadata"]["source_run"] == model.run.name  # the run's name, not where it lies on this host
+    assert str(model.run.parent) not in client.get("/models").text
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["models"] == {model.name: True}

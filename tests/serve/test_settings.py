@@ -107,3 +107,70 @@ def test_the_gateway_image_copies_no_train_code_and_its_import_check_passes(tmp_
     broken = subprocess.run([sys.executable, "-c", code.replace("import serve.app", "import train, serve.app")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert broken.returncode != 0  # the check can fail: train/ is really absent
+
+
+def test_connection_limits_and_timeouts_come_from_the_environment_and_are_checked():
+    s = load_settings({"DCS_MAX_CONNECTIONS": "50", "DCS_HEADER_TIMEOUT_S": "2.5", "DCS_BODY_TIMEOUT_S": "4",
+                       "DCS_KEEPALIVE_TIMEOUT_S": "1", "DCS_MAX_HEADER_BYTES": "8192", "DCS_DECODE_TIMEOUT_MS": "300"})
+    assert (s.max_connections, s.header_timeout_s, s.body_timeout_s) == (50, 2.5, 4.0)
+    assert (s.keepalive_timeout_s, s.max_header_bytes, s.decode_timeout_ms) == (1.0, 8192, 300.0)
+    for env, message in [({"DCS_HEADER_TIMEOUT_S": "0"}, "header_timeout_s must be > 0"),
+                         ({"DCS_MAX_CONNECTIONS": "0"}, "max_connections must be >= 1"),
+                         ({"DCS_DECODE_TIMEOUT_MS": "-1"}, "decode_timeout_ms must be > 0")]:
+        with pytest.raises(ValueError, match=message):
+            load_settings(env)
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    ({}, False),  # 127.0.0.1
+    ({"host": "::1"}, False),
+    ({"host": "localhost"}, False),
+    ({"host": "0.0.0.0"}, True),
+    ({"host": "gateway.example.com"}, True),
+    ({"host": "0.0.0.0", "api_key": "k"}, False),
+    ({"host": "0.0.0.0", "allow_no_api_key": True}, False),
+    ({"host": "0.0.0.0", "public_host": "127.0.0.1"}, False),  # a container published on loopback only
+    ({"host": "0.0.0.0", "public_host": "10.0.0.5"}, True),
+])
+def test_serving_other_machines_without_an_api_key_needs_saying_so(overrides, refused):
+    problem = load_settings({}, **overrides).exposure_problem()
+    assert (problem is not None) == refused
+    if refused:
+        assert "DCS_API_KEY" in problem and "DCS_ALLOW_NO_API_KEY" in problem
+
+
+def test_the_gateway_refuses_to_start_open_on_a_public_address():
+    out = subprocess.run([sys.executable, "-m", "serve", "--host", "0.0.0.0", "--model-repository", "nowhere"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert out.returncode == 2 and "refusing to start" in out.stderr and "--host 0.0.0.0" in out.stderr
+
+
+def test_compose_publishes_on_loopback_and_tells_the_gateway_where():
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    gateway = compose["services"]["gateway"]
+    (port,) = gateway["ports"]
+    assert port.startswith("${DCS_PUBLISH_HOST:-127.0.0.1}:")
+    env = gateway["environment"]
+    assert env["DCS_PUBLIC_HOST"] == "${DCS_PUBLISH_HOST:-127.0.0.1}"  # the same address, checked at start
+    assert env["DCS_ALLOW_NO_API_KEY"] == "${DCS_ALLOW_NO_API_KEY:-false}"
+    published = {"DCS_PUBLIC_HOST": "127.0.0.1", "DCS_HOST": env["DCS_HOST"], "DCS_ALLOW_NO_API_KEY": "false"}
+    assert load_settings(published).exposure_problem() is None  # the default: starts without a key
+    assert load_settings({**published, "DCS_PUBLIC_HOST": "0.0.0.0"}).exposure_problem() is not None
+
+
+def test_the_connection_limit_stays_under_the_file_descriptor_limit(monkeypatch):
+    import resource
+
+    from serve import limits
+
+    calls = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, value: calls.append(value))
+    reserve = limits.FD_RESERVE + limits.BURSTS * limits.BACKLOG
+    assert limits.fit_to_fd_limit(1000) == 1000 and calls == [(1000 + reserve, 4096)]  # soft raised to fit
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1024))
+    calls.clear()
+    assert limits.fit_to_fd_limit(1000) == 1024 - reserve and calls == []  # cannot raise: the limit shrinks
