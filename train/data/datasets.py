@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from contract.names import IMAGE_EXTENSIONS
 from contract.preprocess import ImageError, prepare, prepare_source
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 class DataError(ValueError):
