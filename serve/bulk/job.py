@@ -174,24 +174,30 @@ def pool_size(cpus: float, actors: int, threads: int) -> tuple[int, int]:
 
 @dataclass
 class Progress:
-    """Counts what the actors report and prints a line every `every_s` seconds (and at the end)."""
+    """Counts what the actors report and prints a line every `every_s` seconds (and at the end).
+
+    The steady rate leaves out each actor's first block (Ray's and the actors' start-up, paid once per job):
+    images after the first `actors` blocks / time from the `actors`-th finished block to the last."""
 
     total: int
+    actors: int
     log: Callable[[str], None]
     every_s: float = 5.0
     began: float = field(default_factory=time.perf_counter)
     images: int = 0
     errors: int = 0
-    first_done: float | None = None
-    first_images: int = 0
+    blocks: int = 0
+    warm_since: float | None = None
+    warm_images: int = 0
     _last: float = 0.0
 
     def update(self, images: int, errors: int) -> None:
         now = time.perf_counter()
-        if self.first_done is None:
-            self.first_done, self.first_images = now, images
         self.images += images
         self.errors += errors
+        self.blocks += 1
+        if self.blocks == self.actors:
+            self.warm_since, self.warm_images = now, self.images
         if now - self._last >= self.every_s or self.images == self.total:
             self._last = now
             rate = self.images / max(now - self.began, 1e-9)
@@ -200,13 +206,13 @@ class Progress:
                      f"{rate:,.0f} images/s, {self.errors:,} errors, ETA {eta:,.0f} s")
 
     def stats(self) -> dict[str, Any]:
-        seconds = time.perf_counter() - self.began
+        now = time.perf_counter()
+        seconds = now - self.began
         steady = None
-        if self.first_done is not None and self.images > self.first_images:
-            steady = (self.images - self.first_images) / max(time.perf_counter() - self.first_done, 1e-9)
+        if self.warm_since is not None and self.images > self.warm_images:
+            steady = round((self.images - self.warm_images) / max(now - self.warm_since, 1e-9), 1)
         return {"images": self.images, "errors": self.errors, "seconds": round(seconds, 2),
-                "images_per_second": round(self.images / max(seconds, 1e-9), 1),
-                "steady_images_per_second": None if steady is None else round(steady, 1)}
+                "images_per_second": round(self.images / max(seconds, 1e-9), 1), "steady_images_per_second": steady}
 
 
 def init_ray(opts: BulkOptions) -> None:
@@ -241,7 +247,7 @@ def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pendi
             BlockWorker, fn_constructor_args=(worker,), batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=threads, num_gpus=opts.gpus_per_actor or None)
-        progress = Progress(sum(lengths[b] for b in pending), log)
+        progress = Progress(sum(lengths[b] for b in pending), actors, log)
         for row in results.iter_rows():
             progress.update(int(row["images"]), int(row["errors"]))
         return {**progress.stats(), "actors": actors, "threads_per_actor": threads,
