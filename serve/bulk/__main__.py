@@ -18,8 +18,8 @@ from serve.bulk.source import SourceError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serve.bulk", description=__doc__.split("\n\n")[1])
     parser.add_argument("source", metavar="SOURCE", help=BulkOptions.__dataclass_fields__["source"].metadata["help"])
-    add_dataclass_arguments(parser, BulkOptions, lambda f: "required" if f.name == "output"
-                            else f"default: {f.default!r}", skip=("source",))
+    add_dataclass_arguments(parser, BulkOptions, lambda f: "required" if f.name == "output" else
+                            "optional" if f.default is None else f"default: {f.default!r}", skip=("source",))
     return parser
 
 
