@@ -40,7 +40,9 @@ def _is_image(name: str) -> bool:
 
 
 def walk_folder(root: Path) -> Iterator[str]:
-    """Image files under root in a fixed order: each folder's entries sorted by name, depth first."""
+    """Image files under root in a fixed order: each folder's entries sorted by name, depth first.
+
+    Symbolic links to files are listed; links to folders are not followed (a link cycle cannot loop)."""
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -48,7 +50,7 @@ def walk_folder(root: Path) -> Iterator[str]:
             entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
         subfolders = []
         for entry in entries:
-            if entry.is_dir():
+            if entry.is_dir(follow_symlinks=False):
                 subfolders.append(Path(entry.path))
             elif _is_image(entry.name) and entry.is_file():
                 yield entry.path
