@@ -7,12 +7,15 @@ CIFAR-stem backbone at 32 px, random weights, exported by the export package: be
   embedded onnxruntime backend on it (`--threads` intra-op threads); nothing written;
 - bulk, 1 actor and 2 actors: `serve.bulk.run_job` (a local Ray started by the job, actors x
   `--threads` threads, blocks of `--block-size`), writing the Parquet shards, summary and galleries.
-  Two figures each: end to end (Ray start, actors' start, all blocks, summary) and steady (from the
-  first finished block to the last, which leaves out the start-up that a long job pays once);
+  Two figures each: end to end (Ray start, actors' start, all blocks; not the summary) and steady (the
+  images over the span from the first block started to the last one finished, as the actors timed
+  them: the start-up that a long job pays once left out);
 - training decode (train/data/cache.py) of the same files at the model's size: cold with 1 process,
   cold with every core, and warm (the cache hit of a second run).
-It prints images/s, the ratios the issue asks for (1 actor / plain, 2 actors / 1 actor) and the load
-average before and after, since the machine may be shared.
+It prints images/s, the ratios the issue asks for (1 actor / plain, 2 actors / 1 actor; medians over
+`--rounds` alternating rounds), CPU milliseconds per image (the plain process's; the actors' processes'
+while they run blocks: Ray's overhead in CPU, whatever else runs on the machine) and the load average
+before and after, since the machine may be shared.
 
     python bench/bulk.py                       # 10,000 images, 1 thread per actor
     python bench/bulk.py --images 2000 --keep build/bench-bulk
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -54,8 +58,8 @@ def digit_pngs(folder: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
-def plain_loop(paths: list[Path], repository: Path, name: str, threads: int, batch_size: int) -> float:
-    """images/s of decode + inference in one process, batch by batch (the backend loaded beforehand)."""
+def plain_loop(paths: list[Path], repository: Path, name: str, threads: int, batch_size: int) -> dict[str, float]:
+    """images/s and CPU seconds of decode + inference in one process, batch by batch (backend loaded beforehand)."""
     from contract.preprocess import prepare_source
     from serve.backends.embedded import EmbeddedBackend
 
@@ -64,14 +68,15 @@ def plain_loop(paths: list[Path], repository: Path, name: str, threads: int, bat
     loop.run_until_complete(backend.start())
     spec = backend.models()[name]
     size, channels = spec.input.size, spec.input.channels
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(paths), batch_size):
         images = np.stack([prepare_source(p, size, channels) for p in paths[start:start + batch_size]])
         loop.run_until_complete(backend.infer(name, images))
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     loop.run_until_complete(backend.close())
     loop.close()
-    return len(paths) / seconds
+    return {"images_per_second": len(paths) / seconds, "steady_images_per_second": len(paths) / seconds,
+            "cpu_ms_per_image": 1000 * cpu / len(paths)}
 
 
 def bulk_job(folder: Path, repository: Path, name: str, out: Path, actors: int, args: argparse.Namespace) -> dict:
@@ -80,7 +85,12 @@ def bulk_job(folder: Path, repository: Path, name: str, out: Path, actors: int, 
     shutil.rmtree(out, ignore_errors=True)
     opts = BulkOptions(str(folder), str(out), str(repository), name, actors=actors, threads=args.threads,
                        num_cpus=args.cpus, batch_size=args.batch_size, block_size=args.block_size)
-    return run_job(opts, log=lambda msg: None)["run"]
+    run = run_job(opts, log=lambda msg: None)["run"]
+    return {**run, "cpu_ms_per_image": 1000 * run["actor_cpu_seconds"] / run["images"]}
+
+
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] or float("nan") for r in runs)  # None: one block only, no steady phase
 
 
 def training_decode(paths: list[Path], size: int, cache: Path) -> dict[str, float]:
@@ -105,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=0, help="CPUs of the local Ray (0: all)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--block-size", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of the three phases (medians)")
     parser.add_argument("--keep", type=Path, help="keep the images, model and outputs here")
     args = parser.parse_args(argv)
 
@@ -121,18 +132,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.images:,} PNGs ({args.size} px digits) -> model {name} (32 px); {os.cpu_count()} CPUs, "
               f"onnxruntime {ort.__version__} ({args.threads} thread(s) per process/actor), ray {ray.__version__}, "
               f"blocks of {args.block_size}, batches of {args.batch_size}", flush=True)
-        plain = plain_loop(paths, repository, name, args.threads, args.batch_size)
-        print(f"plain loop (decode + onnxruntime): {plain:8.1f} images/s", flush=True)
-        runs = {}
-        for actors in (1, 2):
-            runs[actors] = run = bulk_job(work / "images", repository, name, work / f"out-{actors}", actors, args)
-            steady = run["steady_images_per_second"] or float("nan")  # None: a single block, no steady phase
-            print(f"bulk, {actors} actor(s) x {run['threads_per_actor']} thread(s): {run['images_per_second']:8.1f} "
-                  f"images/s end to end ({run['seconds']:.1f} s), {steady:8.1f} steady", flush=True)
+        phases: dict[str, list[dict]] = {"plain": [], "1 actor": [], "2 actors": []}
+        for round_ in range(args.rounds):  # alternating, because the machine may be shared
+            phases["plain"].append(plain_loop(paths, repository, name, args.threads, args.batch_size))
+            for actors in (1, 2):
+                phases[f"{actors} actor{'s' if actors > 1 else ''}"].append(
+                    bulk_job(work / "images", repository, name, work / f"out-{actors}", actors, args))
+            for label, runs in phases.items():
+                run = runs[-1]
+                print(f"round {round_ + 1}, {label:8s}: {run['images_per_second']:7.1f} images/s end to end, "
+                      f"{run['steady_images_per_second'] or float('nan'):7.1f} steady, "
+                      f"{run['cpu_ms_per_image']:6.2f} CPU ms/image", flush=True)
+        plain, one, two = phases.values()
         for kind, key in (("end to end", "images_per_second"), ("steady", "steady_images_per_second")):
-            one, two = (runs[a][key] or float("nan") for a in (1, 2))
-            print(f"ratios ({kind}): 1 actor / plain {one / plain:.2f} (goal >= 0.8), "
-                  f"2 actors / 1 actor {two / one:.2f} (goal >= 1.6)")
+            print(f"medians ({kind}): plain {median(plain, key):.1f}, 1 actor {median(one, key):.1f}, 2 actors "
+                  f"{median(two, key):.1f} images/s; 1 actor / plain {median(one, key) / median(plain, key):.2f} "
+                  f"(goal >= 0.8), 2 actors / 1 actor {median(two, key) / median(one, key):.2f} (goal >= 1.6)")
+        cpu = [median(runs, "cpu_ms_per_image") for runs in (plain, one, two)]
+        print(f"CPU per image (the plain process; the actors' processes while running blocks): plain {cpu[0]:.2f} ms, "
+              f"1 actor {cpu[1]:.2f} ms ({cpu[0] / cpu[1]:.2f}x the plain loop's efficiency), 2 actors {cpu[2]:.2f} ms")
         for label, rate in training_decode(paths, 32, work / "cache").items():
             print(f"training decode at 32 px, {label}: {rate:10.1f} images/s", flush=True)
     finally:

@@ -176,28 +176,28 @@ def pool_size(cpus: float, actors: int, threads: int) -> tuple[int, int]:
 class Progress:
     """Counts what the actors report and prints a line every `every_s` seconds (and at the end).
 
-    The steady rate leaves out each actor's first block (Ray's and the actors' start-up, paid once per job):
-    images after the first `actors` blocks / time from the `actors`-th finished block to the last."""
+    The steady rate is the images over the span the actors worked (first block started to last block
+    finished): it leaves out Ray's and the actors' start-up, which a long job pays once."""
 
     total: int
-    actors: int
     log: Callable[[str], None]
     every_s: float = 5.0
     began: float = field(default_factory=time.perf_counter)
     images: int = 0
     errors: int = 0
-    blocks: int = 0
-    warm_since: float | None = None
-    warm_images: int = 0
+    cpu_seconds: float = 0.0  # of the actors' processes while they ran blocks
+    first_started: float = float("inf")
+    last_finished: float = float("-inf")
     _last: float = 0.0
 
-    def update(self, images: int, errors: int) -> None:
+    def update(self, block: dict[str, Any]) -> None:
+        """block: what BlockWorker.run_block returned."""
+        self.images += int(block["images"])
+        self.errors += int(block["errors"])
+        self.cpu_seconds += float(block["cpu_seconds"])
+        self.first_started = min(self.first_started, float(block["started"]))
+        self.last_finished = max(self.last_finished, float(block["finished"]))
         now = time.perf_counter()
-        self.images += images
-        self.errors += errors
-        self.blocks += 1
-        if self.blocks == self.actors:
-            self.warm_since, self.warm_images = now, self.images
         if now - self._last >= self.every_s or self.images == self.total:
             self._last = now
             rate = self.images / max(now - self.began, 1e-9)
@@ -206,13 +206,12 @@ class Progress:
                      f"{rate:,.0f} images/s, {self.errors:,} errors, ETA {eta:,.0f} s")
 
     def stats(self) -> dict[str, Any]:
-        now = time.perf_counter()
-        seconds = now - self.began
-        steady = None
-        if self.warm_since is not None and self.images > self.warm_images:
-            steady = round((self.images - self.warm_images) / max(now - self.warm_since, 1e-9), 1)
+        seconds = time.perf_counter() - self.began
+        span = self.last_finished - self.first_started
         return {"images": self.images, "errors": self.errors, "seconds": round(seconds, 2),
-                "images_per_second": round(self.images / max(seconds, 1e-9), 1), "steady_images_per_second": steady}
+                "images_per_second": round(self.images / max(seconds, 1e-9), 1),
+                "steady_images_per_second": round(self.images / span, 1) if span > 0 else None,
+                "actor_cpu_seconds": round(self.cpu_seconds, 2)}
 
 
 def init_ray(opts: BulkOptions) -> None:
@@ -231,6 +230,7 @@ def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pendi
     import ray.data
 
     lengths = manifest.block_lengths()
+    began = time.perf_counter()  # end to end includes Ray's start
     init_ray(opts)
     try:
         actors, threads = pool_size(ray.cluster_resources().get("CPU", 1), opts.actors, opts.threads)
@@ -247,9 +247,9 @@ def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pendi
             BlockWorker, fn_constructor_args=(worker,), batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=threads, num_gpus=opts.gpus_per_actor or None)
-        progress = Progress(sum(lengths[b] for b in pending), actors, log)
+        progress = Progress(sum(lengths[b] for b in pending), log, began=began)
         for row in results.iter_rows():
-            progress.update(int(row["images"]), int(row["errors"]))
+            progress.update(row)
         return {**progress.stats(), "actors": actors, "threads_per_actor": threads,
                 "ray": opts.address or "local"}
     finally:
