@@ -11,7 +11,7 @@ install: $(STAMP)
 # torch/torchvision are pinned in pyproject.toml; pip takes them from the local wheel cache where present.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,bulk,dev]"
 	touch $@
 
 # A real Triton server (CPU, python backend) for the integration tests; its own venv with numpy 1.26.

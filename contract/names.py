@@ -14,6 +14,10 @@ REQUIRED_OUTPUTS = (EMBEDDING, PROBABILITIES, CLUSTER)
 """Head outputs every method has: embedding (B, D) L2-normalised, probabilities (B, K), cluster (B,) int64.
 A method may add more (CoHiClust: path (B, L) int64)."""
 
+# --- image files ------------------------------------------------------------------------------------
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+"""Suffixes (lower case) of the files a folder of images is searched for: training's folder data sets, bulk."""
+
 # --- a run directory (python -m train) --------------------------------------------------------------
 CHECKPOINT_FILE = "last.pt"
 CONFIG_FILE = "config.json"
@@ -23,6 +27,8 @@ ASSIGNMENTS_FILE = "assignments.csv"
 PARITY_SAMPLE_FILE = "parity_sample.npz"
 """Images of the training data and the trained model's outputs on them, saved at the end of training so
 an export can check parity without the data set; copied into the model repository for TensorRT."""
+IMAGES_USED_FILE = "images.txt"
+"""The images a run trained on, one source per line in training order (after sampling and skipping)."""
 INIT_FILE = "init.json"
 """Which checkpoint a run started from (methods that fine-tune another run) and how it scored."""
 CLUSTER_STATS_FILE = "cluster_stats.json"

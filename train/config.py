@@ -45,6 +45,9 @@ class Config:
         metadata={"help": "output directory; default runs/<method>-<dataset>-<backbone>. "
                   "A run started again in the same directory resumes."},
     )
+    max_images: int = field(
+        default=0, metadata={"help": "folders of image files: train on a seeded random sample of N images (0: all)"}
+    )
     preset: str = field(default="paper", metadata={"help": "hyper-parameter preset: paper or fast"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, augmentation, init)"})
     init: str | None = field(
@@ -102,9 +105,21 @@ class Config:
     eval_batch_size: int = field(default=1024, metadata={"help": "batch size for evaluation"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)"})
     progress: bool = field(default=True, metadata={"help": "show tqdm progress bars"})
+    decode_cache: bool = field(
+        default=True, metadata={"help": "keep folders of image files decoded on disk, so the next run starts at once"}
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "where decoded folders are kept; default: .cache/ beside the run directory"}
+    )
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.method}-{self.dataset}-{self.backbone}")
+
+    def resolved_cache_dir(self) -> Path | None:
+        """Where decoded folders are cached (None: not cached); shared by the runs of one runs root."""
+        if not self.decode_cache:
+            return None
+        return Path(self.cache_dir) if self.cache_dir else self.resolved_run_dir().parent / ".cache"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,6 +25,7 @@ from contract.names import (
     CLUSTER_SAMPLES_FILE,
     CLUSTER_STATS_FILE,
     CONFIG_FILE,
+    IMAGES_USED_FILE,
     INIT_FILE,
     METRICS_FILE,
     PARITY_SAMPLE_FILE,
@@ -35,6 +36,7 @@ from train.checkpoint import read_checkpoint, save_checkpoint
 from train.cluster_stats import cluster_stats
 from train.config import Config
 from train.data.augment import AugmentParams, BatchAugment
+from train.data.cache import FolderDecoder
 from train.data.datasets import ImageData, load_dataset
 from train.distributed import ProcessGroup, gather_with_grad, init_from_env
 from train.methods import get_method
@@ -186,7 +188,8 @@ def train(cfg: Config) -> dict[str, Any]:
     # before any data is read: a fresh run of a method with a parent needs that parent run first
     parent_file = resolve_parent(cfg, method.parent, run_dir, log) if method.parent and state is None else None
 
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size)
+    decoder = FolderDecoder(cfg.resolved_cache_dir(), cfg.max_images, cfg.seed, str(device), log=log)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, decoder)  # DoesNotFit before decoding
     for skipped in data.skipped:
         log(f"skipped unreadable image {skipped}")
     num_clusters = cfg.num_clusters or len(data.class_names or [])
@@ -199,6 +202,8 @@ def train(cfg: Config) -> dict[str, Any]:
             "dataset": cfg.dataset, "image_size": cfg.image_size, "method": cfg.method}
     mean, std = channel_stats(data.images) if cfg.normalize else (None, None)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if group.is_main:
+        files.write_text(run_dir / IMAGES_USED_FILE, "".join(f"{source}\n" for source in data.sources))
 
     use_amp = cfg.amp and device.type == "cuda"
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from contract.preprocess import ImageError, prepare, prepare_source
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+from contract.names import IMAGE_EXTENSIONS
+from contract.preprocess import prepare
+from train.data.cache import FolderDecoder
 
 
 class DataError(ValueError):
@@ -223,22 +223,13 @@ def _check_class_count(info: DatasetInfo, found: int, where: Path) -> None:
 
 def _decode_files(
     info: DatasetInfo, paths: list[Path], labels: list[int] | None, class_names: list[str] | None,
-    image_size: int,
+    image_size: int, decoder: FolderDecoder,
 ) -> ImageData:
-    """Decode image files in parallel (order kept); unreadable ones are skipped with a warning."""
-    out = np.empty((len(paths), info.channels, image_size, image_size), np.uint8)
-
-    def read(i: int) -> str | None:
-        try:
-            out[i] = prepare_source(paths[i], image_size, info.channels)
-        except ImageError as err:
-            return str(err)  # already "path: reason"
-        return None
-
-    with ThreadPoolExecutor() as pool:  # PIL releases the GIL while decoding
-        errors = list(pool.map(read, range(len(paths))))
-    skipped = [e for e in errors if e is not None]
-    if len(skipped) == len(paths):
+    """Decode image files (sampled, memory-checked, on every core, cached: see cache.py), order kept;
+    unreadable ones are skipped with a warning."""
+    decoded = decoder.decode(paths, info.channels, image_size)
+    skipped = decoded.errors
+    if not len(decoded.kept):
         raise _fail(info, f"none of the {len(paths)} image files could be read, e.g. {skipped[0]}")
     if skipped:
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
@@ -246,11 +237,10 @@ def _decode_files(
             f"{info.name}: skipped {len(skipped)} unreadable image(s): {'; '.join(skipped[:10])}{more}",
             stacklevel=4,
         )
-        keep = [i for i, e in enumerate(errors) if e is None]
-        out, paths = out[keep], [paths[i] for i in keep]
-        labels = None if labels is None else [labels[i] for i in keep]
+    paths = [paths[i] for i in decoded.kept]
+    labels = None if labels is None else [labels[i] for i in decoded.kept]
     return ImageData(
-        images=torch.from_numpy(out),
+        images=torch.from_numpy(decoded.images),
         labels=None if labels is None else torch.tensor(labels, dtype=torch.int64),
         class_names=class_names,
         sources=[str(p) for p in paths],
@@ -392,7 +382,8 @@ def _load_digits(info: DatasetInfo, data_dir: str | Path | None, image_size: int
 # --- image folders -----------------------------------------------------------------------------
 
 
-def _load_class_folders(info: DatasetInfo, data_dir: str | Path | None, image_size: int) -> ImageData:
+def _load_class_folders(info: DatasetInfo, data_dir: str | Path | None, image_size: int,
+                        decoder: FolderDecoder) -> ImageData:
     root = _root(info, data_dir)
     if (root / "train").is_dir():
         root = root / "train"
@@ -405,10 +396,11 @@ def _load_class_folders(info: DatasetInfo, data_dir: str | Path | None, image_si
             raise _fail(info, f"class folder {directory} has no images")
         paths += files
         labels += [label] * len(files)
-    return _decode_files(info, paths, labels, [d.name for d in classes], image_size)
+    return _decode_files(info, paths, labels, [d.name for d in classes], image_size, decoder)
 
 
-def _load_tiny_imagenet(info: DatasetInfo, data_dir: str | Path | None, image_size: int) -> ImageData:
+def _load_tiny_imagenet(info: DatasetInfo, data_dir: str | Path | None, image_size: int,
+                        decoder: FolderDecoder) -> ImageData:
     base = _locate(info, data_dir, ["tiny-imagenet-200", "."],
                    ["train", "val/images", "val/val_annotations.txt"])
     wnids = [d.name for d in _class_dirs(base / "train")]
@@ -443,17 +435,18 @@ def _load_tiny_imagenet(info: DatasetInfo, data_dir: str | Path | None, image_si
             wnid, _, names = line.partition("\t")
             words[wnid.strip()] = names.strip()
     class_names = [words.get(wnid) or wnid for wnid in wnids]
-    return _decode_files(info, paths, labels, class_names, image_size)
+    return _decode_files(info, paths, labels, class_names, image_size, decoder)
 
 
-def _load_folder(info: DatasetInfo, data_dir: str | Path | None, image_size: int) -> ImageData:
+def _load_folder(info: DatasetInfo, data_dir: str | Path | None, image_size: int,
+                 decoder: FolderDecoder) -> ImageData:
     root = _root(info, data_dir)
     paths = _list_images(root)
     if not paths:
         raise _fail(info, f"{root} has no image files")
     nested = [p for p in paths if len(p.relative_to(root).parts) > 1]
     if not nested:
-        return _decode_files(info, paths, None, None, image_size)
+        return _decode_files(info, paths, None, None, image_size, decoder)
     loose = [p for p in paths if len(p.relative_to(root).parts) == 1]
     if loose:
         raise _fail(info, f"{root} has images in class subfolders and {len(loose)} directly in it "
@@ -461,10 +454,13 @@ def _load_folder(info: DatasetInfo, data_dir: str | Path | None, image_size: int
     class_names = sorted({p.relative_to(root).parts[0] for p in paths})
     index = {name: i for i, name in enumerate(class_names)}
     labels = [index[p.relative_to(root).parts[0]] for p in paths]
-    return _decode_files(info, paths, labels, class_names, image_size)
+    return _decode_files(info, paths, labels, class_names, image_size, decoder)
 
 
-_LOADERS: dict[str, Callable[[DatasetInfo, str | Path | None, int], ImageData]] = {
+FOLDER_DATASETS = frozenset({"imagenet10", "imagenet-dogs", "tiny-imagenet", "folder"})
+"""Data sets of image files: decoded by a cache.FolderDecoder."""
+
+_LOADERS: dict[str, Callable[..., ImageData]] = {
     "cifar10": partial(
         _load_cifar, folder="cifar-10-batches-py",
         files=[f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"], meta="batches.meta",
@@ -485,13 +481,20 @@ _LOADERS: dict[str, Callable[[DatasetInfo, str | Path | None, int], ImageData]] 
 }
 
 
-def load_dataset(name: str, data_dir: str | Path | None, image_size: int) -> ImageData:
+def load_dataset(name: str, data_dir: str | Path | None, image_size: int,
+                 decoder: FolderDecoder | None = None) -> ImageData:
     """Load a whole data set as uint8 (N, C, image_size, image_size) plus labels (see DATASETS).
 
+    Folders of image files are decoded by `decoder` (default: every core, no cache, no sample).
     Raises DataError, before any decoding, when the data set is unknown or its files are missing.
     """
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if name in FOLDER_DATASETS:
+        return _LOADERS[name](DATASETS[name], data_dir, image_size, decoder=decoder or FolderDecoder())
+    if decoder is not None and decoder.max_images:
+        raise DataError(f"--max-images samples folders of image files ({', '.join(sorted(FOLDER_DATASETS))}), "
+                        f"not {name}")
     return _LOADERS[name](DATASETS[name], data_dir, image_size)

@@ -1,0 +1,276 @@
+"""The bulk job's driver: check everything, list the source once, run the pending blocks on Ray Data, summarise.
+
+    opts = BulkOptions(source="photos/", output="out/", model_repository="model_repository")
+    summary = run_job(opts)          # BulkError (exit 2) before any Ray work when something is missing
+
+OUT after a job:
+    job.json          what the rows depend on (source, model and its export, block size, top-k, embeddings)
+    manifest.parquet  the listing: row group b = the paths of block b
+    shards/part-<b>.parquet   the rows of block b, written atomically by the actor that ran it
+    summary.json, gallery/cluster_<k>.png
+
+Resuming: a block is done when its shard exists, so a job started again on the same OUT runs only the
+blocks without one (a stopped job leaves at most temporary files, which are removed); the listing of
+the first run is kept, so blocks never shift. Ray is imported only here, in `run_blocks`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contract import files
+from contract.metadata import ModelMetadata
+from serve.bulk import report
+from serve.bulk.source import Manifest, list_source, write_manifest
+from serve.bulk.worker import BlockWorker, WorkerSpec, shard_path
+from serve.settings import BACKENDS
+
+JOB_FILE = "job.json"
+MANIFEST_FILE = "manifest.parquet"
+SHARDS_DIR = "shards"
+
+
+class BulkError(ValueError):
+    """A job that cannot start: model or repository missing, bad source, OUT holding another job."""
+
+
+@dataclass(frozen=True)
+class BulkOptions:
+    source: str = field(metadata={"help": "folder (recursive), glob, .txt or .parquet list of paths, or a URI"})
+    output: str = field(metadata={"help": "output folder (created; a job started again on it resumes)"})
+    model_repository: str = field(default="model_repository",
+                                  metadata={"help": "model repository written by `python -m export`"})
+    model: str | None = field(default=None, metadata={"help": "model name (default: the repository's only model)"})
+    backend: str = field(default="embedded", metadata={"help": f"inference backend: one of {BACKENDS}"})
+    triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address (triton backend)"})
+    address: str | None = field(default=None, metadata={
+        "help": "Ray cluster to join (auto, host:6379 or ray://host:10001); default: a local Ray started here"})
+    num_cpus: int = field(default=0, metadata={"help": "CPUs of the local Ray (0: all of this machine's)"})
+    actors: int = field(default=0, metadata={"help": "model actors (0: the cluster's CPUs / threads)"})
+    threads: int = field(default=0, metadata={
+        "help": "threads per actor, for decoding and onnxruntime (0: the cluster's CPUs / actors)"})
+    gpus_per_actor: float = field(default=0.0, metadata={"help": "GPUs each actor reserves (onnxruntime CUDA)"})
+    batch_size: int = field(default=256, metadata={"help": "images per inference call"})
+    block_size: int = field(default=1000, metadata={"help": "images per block: the unit of work, shards and resume"})
+    top_k: int = field(default=3, metadata={"help": "most probable clusters kept per image"})
+    embeddings: bool = field(default=False, metadata={"help": "also write each image's embedding"})
+    gallery_size: int = field(default=8, metadata={"help": "images per cluster gallery (the most confident)"})
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise BulkError(f"unknown backend {self.backend!r}; choose from {list(BACKENDS)}")
+        for name in ("batch_size", "block_size", "top_k"):
+            if getattr(self, name) < 1:
+                raise BulkError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_cpus", "actors", "threads", "gpus_per_actor", "gallery_size"):
+            if getattr(self, name) < 0:
+                raise BulkError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+
+def resolve_model(opts: BulkOptions) -> ModelMetadata:
+    """The model the job will run, checked without Ray: BulkError names what is missing."""
+    from serve.backends.repository import onnx_file, read_repository
+
+    if opts.backend == "triton" and not Path(opts.model_repository).is_dir():
+        models = _triton_models(opts.triton_url)
+    else:
+        try:
+            models = read_repository(opts.model_repository)
+        except ValueError as err:
+            raise BulkError(str(err)) from err
+    name = opts.model
+    if name is None:
+        if len(models) != 1:
+            raise BulkError(f"{len(models)} models in {opts.model_repository}: choose one with --model "
+                            f"from {sorted(models)}")
+        name = next(iter(models))
+    if name not in models:
+        raise BulkError(f"no model {name!r} in {opts.model_repository}; models: {sorted(models)}")
+    spec = models[name]
+    if opts.backend == "embedded":
+        for part in (spec.encoder, spec.head):
+            try:
+                onnx_file(opts.model_repository, part)
+            except FileNotFoundError as err:
+                raise BulkError(f"model {name!r} is incomplete: {err}") from err
+    return spec
+
+
+def _triton_models(url: str) -> dict[str, ModelMetadata]:
+    import asyncio
+
+    from serve.backends.triton import TritonBackend
+    from serve.errors import GatewayError
+
+    async def discover() -> dict[str, ModelMetadata]:
+        backend = TritonBackend(url)
+        try:
+            await backend.start()
+            return backend.models()
+        finally:
+            await backend.close()
+
+    try:
+        return asyncio.run(discover())
+    except GatewayError as err:
+        raise BulkError(f"Triton at {url}: {err.message}") from err
+
+
+def job_record(opts: BulkOptions, spec: ModelMetadata) -> dict[str, Any]:
+    """What the rows depend on: a job resumed with any of these changed would mix two kinds of rows."""
+    return {"source": opts.source, "model": spec.name, "model_exported_at": spec.exported_at,
+            "model_source_run": spec.source_run, "block_size": opts.block_size, "top_k": opts.top_k,
+            "embeddings": opts.embeddings}
+
+
+def prepare_output(opts: BulkOptions, spec: ModelMetadata, log: Callable[[str], None]) -> Manifest:
+    """Create or re-open OUT: the job record, the manifest (listed once), no temporary leftovers."""
+    out = Path(opts.output)
+    if out.exists() and not out.is_dir():
+        raise BulkError(f"--output {out} is a file, not a folder")
+    record = job_record(opts, spec)
+    job_file, manifest = out / JOB_FILE, out / MANIFEST_FILE
+    if job_file.is_file():
+        before = files.read_json(job_file)
+        changed = {k: (before.get(k), v) for k, v in record.items() if before.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise BulkError(f"{out} holds a job with other settings ({what}): use another --output, or delete it")
+    if not manifest.is_file():
+        paths = list_source(opts.source)  # SourceError for a missing source before OUT is created
+        out.mkdir(parents=True, exist_ok=True)
+        files.write_json(job_file, record)  # first: a manifest always has the record it was listed for
+        log(f"listing {opts.source} ...")
+        count = write_manifest(paths, manifest, opts.block_size, opts.source)
+        log(f"{count:,} images in {-(-count // opts.block_size):,} blocks of {opts.block_size}")
+    (out / SHARDS_DIR).mkdir(exist_ok=True)
+    for leftover in (out / SHARDS_DIR).glob(".*.tmp"):  # shards a stopped job was writing
+        leftover.unlink(missing_ok=True)
+    return Manifest(manifest)
+
+
+def pending_blocks(out: Path, num_blocks: int) -> list[int]:
+    return [b for b in range(num_blocks) if not shard_path(out / SHARDS_DIR, b).is_file()]
+
+
+def pool_size(cpus: float, actors: int, threads: int) -> tuple[int, int]:
+    """(actors, threads per actor) so that actors x threads fits the cluster's CPUs (either may be given)."""
+    cpus = max(1, int(cpus))
+    if actors and threads:
+        return actors, threads
+    if actors:
+        return actors, max(1, cpus // actors)
+    threads = threads or 1
+    return max(1, cpus // threads), threads
+
+
+@dataclass
+class Progress:
+    """Counts what the actors report and prints a line every `every_s` seconds (and at the end).
+
+    The steady rate is the images over the span the actors worked (first block started to last block
+    finished): it leaves out Ray's and the actors' start-up, which a long job pays once."""
+
+    total: int
+    log: Callable[[str], None]
+    every_s: float = 5.0
+    began: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    errors: int = 0
+    cpu_seconds: float = 0.0  # of the actors' processes while they ran blocks
+    first_started: float = float("inf")
+    last_finished: float = float("-inf")
+    _last: float = 0.0
+
+    def update(self, block: dict[str, Any]) -> None:
+        """block: what BlockWorker.run_block returned."""
+        self.images += int(block["images"])
+        self.errors += int(block["errors"])
+        self.cpu_seconds += float(block["cpu_seconds"])
+        self.first_started = min(self.first_started, float(block["started"]))
+        self.last_finished = max(self.last_finished, float(block["finished"]))
+        now = time.perf_counter()
+        if now - self._last >= self.every_s or self.images == self.total:
+            self._last = now
+            rate = self.images / max(now - self.began, 1e-9)
+            eta = (self.total - self.images) / rate if rate else float("inf")
+            self.log(f"{self.images:,}/{self.total:,} images ({100 * self.images / self.total:.1f}%), "
+                     f"{rate:,.0f} images/s, {self.errors:,} errors, ETA {eta:,.0f} s")
+
+    def stats(self) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.began
+        span = self.last_finished - self.first_started
+        return {"images": self.images, "errors": self.errors, "seconds": round(seconds, 2),
+                "images_per_second": round(self.images / max(seconds, 1e-9), 1),
+                "steady_images_per_second": round(self.images / span, 1) if span > 0 else None,
+                "actor_cpu_seconds": round(self.cpu_seconds, 2)}
+
+
+def init_ray(opts: BulkOptions) -> None:
+    import ray
+
+    if opts.address:
+        ray.init(address=opts.address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=opts.num_cpus or None, include_dashboard=False, logging_level=logging.WARNING)
+
+
+def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pending: list[int],
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """Run `pending` blocks on a Ray actor pool (streaming: a few blocks in flight); returns this run's figures."""
+    import ray
+    import ray.data
+
+    lengths = manifest.block_lengths()
+    began = time.perf_counter()  # end to end includes Ray's start
+    init_ray(opts)
+    try:
+        actors, threads = pool_size(ray.cluster_resources().get("CPU", 1), opts.actors, opts.threads)
+        out = Path(opts.output).resolve()
+        worker = WorkerSpec(
+            manifest=str(out / MANIFEST_FILE), shards=str(out / SHARDS_DIR), model=spec.name, backend=opts.backend,
+            model_repository=str(Path(opts.model_repository).resolve()), triton_url=opts.triton_url,
+            threads=threads, batch_size=opts.batch_size, block_size=opts.block_size, top_k=opts.top_k,
+            embeddings=opts.embeddings)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        log(f"{len(pending):,} blocks to run on {actors} actor(s) x {threads} thread(s)"
+            + (f", {opts.gpus_per_actor} GPU each" if opts.gpus_per_actor else ""))
+        results = ray.data.from_items([{"block": b} for b in pending]).map_batches(
+            BlockWorker, fn_constructor_args=(worker,), batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=threads, num_gpus=opts.gpus_per_actor or None)
+        progress = Progress(sum(lengths[b] for b in pending), log, began=began)
+        for row in results.iter_rows():
+            progress.update(row)
+        return {**progress.stats(), "actors": actors, "threads_per_actor": threads,
+                "ray": opts.address or "local"}
+    finally:
+        ray.shutdown()
+
+
+def run_job(opts: BulkOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Cluster every image of opts.source into opts.output; returns summary.json's contents."""
+    log = log or (lambda msg: print(f"bulk: {msg}", file=sys.stderr, flush=True))
+    spec = resolve_model(opts)
+    manifest = prepare_output(opts, spec, log)
+    out = Path(opts.output)
+    pending = pending_blocks(out, manifest.num_blocks)
+    if len(pending) < manifest.num_blocks:
+        log(f"resuming: {manifest.num_blocks - len(pending):,} of {manifest.num_blocks:,} blocks already done")
+    run = run_blocks(opts, spec, manifest, pending, log) if pending else {"images": 0}
+    run["blocks"] = len(pending)
+    summary = report.summarize(out / SHARDS_DIR, manifest, opts.block_size, spec, opts.gallery_size,
+                               out / report.GALLERY_DIR)
+    summary.update(source=opts.source, model=spec.name, blocks=manifest.num_blocks,
+                   options={k: v for k, v in dataclasses.asdict(opts).items() if k not in ("source", "output")},
+                   run=run, cpu_count=os.cpu_count())
+    files.write_json(out / report.SUMMARY_FILE, summary)
+    return summary

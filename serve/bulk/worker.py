@@ -1,0 +1,179 @@
+"""One model actor of the bulk job: a block of the manifest in, its Parquet shard out.
+
+Each actor owns a gateway backend (`serve.backends.make_backend`: the embedded onnxruntime sessions or
+a Triton client, exactly as the gateway builds them) and, per block: reads the paths (row group b of
+the manifest), decodes them with the gateway's preprocessing (`contract.preprocess.prepare_source`)
+on `threads` threads, infers in batches of `batch_size`, and writes `shards/part-<b>.parquet`
+atomically. A file that cannot be read or decoded becomes an error row naming it; the block goes on.
+Writing a block twice (a retried task, a resumed job) writes the same file again: never a second copy.
+
+Shard columns (one row per image, in listing order):
+    index int64, path string, cluster int64, probability float32 (of that cluster),
+    top_k list<int64> and top_k_probability list<float32> (most probable clusters, best first),
+    [embedding list<float32> (D) with embeddings on], [tree_path list<int64>: CoHiClust],
+    error string (null, or "path: reason" with every model column null)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from contract import files
+from contract.metadata import ModelMetadata
+from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
+from contract.preprocess import prepare_source
+from serve.bulk.source import PATH, Manifest, is_uri
+
+INDEX, PROBABILITY, TOP_K, TOP_K_PROBABILITY, TREE_PATH, ERROR = (
+    "index", "probability", "top_k", "top_k_probability", "tree_path", "error")
+TREE_OUTPUT = "path"  # CoHiClust's head output: tree node ids per level (written as tree_path)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every actor needs (pickled to each)."""
+
+    manifest: str
+    shards: str
+    model: str
+    backend: str
+    model_repository: str
+    triton_url: str
+    threads: int
+    batch_size: int
+    block_size: int
+    top_k: int
+    embeddings: bool
+
+
+def shard_path(shards: str | Path, block: int) -> Path:
+    """The shard of block `block` (fixed-width ids, so the files list in block order)."""
+    return Path(shards) / f"part-{block:08d}.parquet"
+
+
+def rank_clusters(probabilities: np.ndarray, cluster: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """probabilities (B, K), cluster (B,) -> probability of the cluster (B,), top-k ids (B, k), their probabilities."""
+    k = min(k, probabilities.shape[1])
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    chosen = probabilities[np.arange(len(cluster)), cluster]
+    return chosen, order, np.take_along_axis(probabilities, order, axis=1)
+
+
+def read_image(path: str, size: int, channels: int) -> np.ndarray | str:
+    """One listed file -> uint8 (C, S, S), or "path: reason" when it cannot be read or decoded."""
+    try:
+        if not is_uri(path):
+            return prepare_source(path, size, channels)
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        with filesystem.open_input_stream(inner) as stream:
+            data = stream.read()
+        return prepare_source(data, size, channels)
+    # Any failure of one file (decoder bugs included) is that file's error row: one bad file out of
+    # 10^8 must not stop the job. The message names the file once.
+    except Exception as err:
+        text = str(err) if isinstance(err, ValueError | OSError) else f"{type(err).__name__}: {err}"
+        for prefix in (f"{path}: ", "image bytes: "):
+            text = text.removeprefix(prefix)
+        return f"{path}: {text}"
+
+
+def _masked(values: np.ndarray, ok: np.ndarray, dtype: pa.DataType) -> pa.Array:
+    """values (n_ok,) or (n_ok, W) of the decoded images -> an n-row column (list<dtype> for 2-d), null where
+    the image failed (Parquet stores null lists only when they are empty, hence offsets, not fixed sizes)."""
+    if values.ndim == 1:
+        full = np.zeros(len(ok), values.dtype)
+        full[ok] = values
+        return pa.array(full, type=dtype, mask=~ok)
+    offsets = np.concatenate([[0], np.cumsum(ok * values.shape[1])]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1), type=dtype), mask=pa.array(~ok))
+
+
+def no_outputs(model: ModelMetadata) -> dict[str, np.ndarray]:
+    """The model's outputs for zero images (a block where nothing decoded keeps the columns' types)."""
+    return {name: np.zeros((0, *spec.shape[1:]), spec.dtype) for name, spec in model.outputs.items()}
+
+
+def shard_table(first_index: int, paths: list[str], decoded: list[np.ndarray | str],
+                outputs: dict[str, np.ndarray], top_k: int, embeddings: bool) -> pa.Table:
+    """The rows of one block; outputs are the model's answers for the decoded images, in order."""
+    n = len(paths)
+    ok = np.array([not isinstance(d, str) for d in decoded], dtype=bool)
+    columns: dict[str, pa.Array] = {
+        INDEX: pa.array(np.arange(first_index, first_index + n, dtype=np.int64)),
+        PATH: pa.array(paths, pa.string()),
+    }
+    cluster = outputs[CLUSTER].astype(np.int64, copy=False).reshape(-1)
+    chosen, top_ids, top_p = rank_clusters(outputs[PROBABILITIES], cluster, top_k)
+    columns[CLUSTER] = _masked(cluster, ok, pa.int64())
+    columns[PROBABILITY] = _masked(chosen.astype(np.float32), ok, pa.float32())
+    columns[TOP_K] = _masked(top_ids.astype(np.int64), ok, pa.int64())
+    columns[TOP_K_PROBABILITY] = _masked(top_p.astype(np.float32), ok, pa.float32())
+    if embeddings and EMBEDDING in outputs:
+        columns[EMBEDDING] = _masked(outputs[EMBEDDING].astype(np.float32), ok, pa.float32())
+    if TREE_OUTPUT in outputs:
+        columns[TREE_PATH] = _masked(outputs[TREE_OUTPUT].astype(np.int64), ok, pa.int64())
+    columns[ERROR] = pa.array([d if isinstance(d, str) else None for d in decoded], pa.string())
+    return pa.table(columns)
+
+
+class BlockWorker:
+    """The callable class Ray Data runs on its actor pool: one batch = some block ids."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        from serve.backends import make_backend
+        from serve.settings import Settings
+
+        self.spec = spec
+        settings = Settings(backend=spec.backend, model_repository=spec.model_repository,
+                            triton_url=spec.triton_url, ort_threads=spec.threads)
+        self.loop = asyncio.new_event_loop()  # the backends are asyncio; this actor drives one loop
+        self.backend = make_backend(settings)
+        self.loop.run_until_complete(self.backend.start())
+        self.model = self.backend.models()[spec.model]
+        self.manifest = Manifest(spec.manifest)
+        self.pool = ThreadPoolExecutor(spec.threads, thread_name_prefix="decode") if spec.threads > 1 else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        blocks = [int(b) for b in batch["block"]]
+        done = [self.run_block(b) for b in blocks]
+        return {key: np.array([d[key] for d in done]) for key in done[0]}
+
+    def decode(self, paths: list[str]) -> list[np.ndarray | str]:
+        size, channels = self.model.input.size, self.model.input.channels
+        if self.pool is None:
+            return [read_image(p, size, channels) for p in paths]
+        return list(self.pool.map(lambda p: read_image(p, size, channels), paths))
+
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        step = self.spec.batch_size
+        parts = [self.loop.run_until_complete(self.backend.infer(self.spec.model, images[i:i + step]))
+                 for i in range(0, len(images), step)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def run_block(self, block: int) -> dict[str, Any]:
+        started, cpu = time.time(), time.process_time()  # wall clock: comparable across the actors' processes
+        paths = self.manifest.block(block)
+        decoded = self.decode(paths)
+        images = [d for d in decoded if not isinstance(d, str)]
+        outputs = self.infer(np.stack(images)) if images else no_outputs(self.model)
+        table = shard_table(block * self.spec.block_size, paths, decoded, outputs, self.spec.top_k,
+                            self.spec.embeddings)
+        with files.atomic_open(shard_path(self.spec.shards, block), "wb") as f:
+            pq.write_table(table, f)
+        return {"block": block, "images": len(paths), "errors": len(paths) - len(images),
+                "started": started, "finished": time.time(), "cpu_seconds": time.process_time() - cpu}
+
+    def __del__(self) -> None:
+        if getattr(self, "pool", None) is not None:
+            self.pool.shutdown(wait=False)
