@@ -37,7 +37,16 @@ centroids, the confidence and nearest-centroid distance distributions, the clust
 Written by the trainer when it finishes; export turns it into the model card."""
 CLUSTER_SAMPLES_FILE = "cluster_samples.npz"
 """A few training images per cluster (the most confident ones): images uint8 (n, C, S, S), cluster (n,),
-index (n,) into the data set, sources (n,). Copied into each model version for pages that show clusters."""
+index (n,) into the data set, sources (n,). Copied into each model version for pages that show clusters.
+Also map_embedding (m, D) and map_cluster (m,): up to MAP_POINTS training images spread evenly over the
+data set, what export projects to 2-D for the embedding map."""
+MAP_POINTS = 2000
+TREE_FILE = "tree.json"
+"""CoHiClust: the pruned tree (surviving nodes, parents, children, sizes on the training data), written by
+the method at the end of training and copied into each model version for pages that draw it."""
+PROJECTION_FILE = "projection.npz"
+"""In a model version: the embedding map. points (m, 2) in [0, 1], cluster (m,), the embeddings they were
+projected from (m, D) for placing new images, and method (the projection's name)."""
 
 # --- a model repository (python -m export) ----------------------------------------------------------
 # Triton's layout: MODEL/config.pbtxt and one directory per version, MODEL/<version>/ (1, 2, ...).

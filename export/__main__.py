@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="parity: largest |difference| of float outputs, fp32 (default: 1e-4)")
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="export a run that has not finished training (its metadata says finished: false)")
+    parser.add_argument("--projection", choices=("umap", "none"), default="umap",
+                        help="the embedding map for the gateway's page: UMAP of up to 2000 training embeddings "
+                             "(needs umap-learn; skipped with a note without it), or none (default: umap)")
     parser.add_argument("--force", action="store_true",
                         help="when the model's existing versions have another interface (input size, outputs), "
                              "remove them and start again at the next version number (default: refuse)")
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                                 serve_versions=args.serve_versions, keep_versions=args.keep_versions,
                                 force=args.force)
         result = export_run(run, args.output, cpu_output, args.name, args.max_batch, args.tolerance,
-                            args.allow_unfinished, options, args.output_kind)
+                            args.allow_unfinished, options, args.output_kind, args.projection)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

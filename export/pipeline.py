@@ -24,11 +24,12 @@ import numpy as np
 
 from contract.card import ClusterStats, ModelCard
 from contract.metadata import ImageInput, ModelMetadata
-from contract.names import CLUSTER_SAMPLES_FILE, CLUSTER_STATS_FILE, PARITY_SAMPLE_FILE
+from contract.names import CLUSTER_SAMPLES_FILE, CLUSTER_STATS_FILE, PARITY_SAMPLE_FILE, PROJECTION_FILE, TREE_FILE
 from contract.runs import RunInfo, read_run
 from export import parity
 from export.naming import check_name, model_name
 from export.onnx_export import OPSET, export_onnx, graph_specs
+from export.projection import write_projection
 from export.triton import DEFAULT_OPTIONS, FLAVOURS, ModelSet, TritonOptions, write_repository
 from export.versions import check_compatible
 
@@ -94,7 +95,7 @@ def check_output(path: Path | None, what: str) -> None:
 
 def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | None = None, max_batch: int = 64,
                tolerance: float = parity.FP32_TOLERANCE, allow_unfinished: bool = False,
-               options: TritonOptions = DEFAULT_OPTIONS, output_kind: str = "gpu",
+               options: TritonOptions = DEFAULT_OPTIONS, output_kind: str = "gpu", projection: str = "none",
                log: Callable[[str], None] = print) -> ExportResult:
     """Export a run as a new version in `output` (onnxruntime_onnx on KIND_GPU, or KIND_CPU with
     output_kind "cpu") and `cpu_output` (python backend, KIND_CPU).
@@ -154,6 +155,10 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
         models.version_files = {PARITY_SAMPLE_FILE: tmp / PARITY_SAMPLE_FILE}
         if (info.path / CLUSTER_SAMPLES_FILE).is_file():
             models.version_files[CLUSTER_SAMPLES_FILE] = info.path / CLUSTER_SAMPLES_FILE
+        if (info.path / TREE_FILE).is_file():
+            models.version_files[TREE_FILE] = info.path / TREE_FILE
+        if write_projection(info.path / CLUSTER_SAMPLES_FILE, tmp / PROJECTION_FILE, projection, log):
+            models.version_files[PROJECTION_FILE] = tmp / PROJECTION_FILE
         flavour = FLAVOURS["onnxruntime" if output_kind == "gpu" else "onnxruntime_cpu"]
         repositories = {flavour.name: write_repository(Path(output), models, flavour, options)}
         if cpu_output is not None:

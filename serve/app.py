@@ -455,7 +455,6 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                            allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After"])
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log, json_lines=settings.log_format == "json")
     add_docs(app)
-    mount_page(app)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, err: GatewayError) -> Response:
@@ -485,6 +484,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     # security schemes appear in the OpenAPI page (and are checked) only when a key is configured
     protected = [Depends(require_api_key)] if settings.api_key else []
+    mount_page(app, gateway, protected)
     auth_errors = _AUTH_ERRORS if settings.api_key else {422: _ERRORS[422]}
     errors = _ERRORS if settings.api_key else {k: v for k, v in _ERRORS.items() if k != 401}
     model_q = Query(None, description="model name; may be left out when only one model is served")
@@ -528,7 +528,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         return FastJSONResponse({"name": spec.name, "version": spec.version,
                                  "versions": gateway.backend.versions(spec.name), "names": names,
                                  "card": None if card is None or card.card is None else card.card.to_json(),
-                                 "metadata": spec.to_json()})
+                                 "metadata": public_metadata(spec)})
 
     app.include_router(openai_router(gateway, protected, errors))
 

@@ -1,24 +1,138 @@
-"""The gateway's web page: GET / and its static files (serve/static/, plain HTML/CSS/JS, no external assets).
+"""The gateway's web page: GET / and its static files (serve/static/, plain HTML/CSS/JS, no external assets),
+and the few routes only a page needs, all read from the served model version's directory:
 
-The page calls the same HTTP API as any client (/models, /models/{name}, /cluster, ...), so it needs
-nothing the API does not already offer; with an API key set it asks for the key once per browser tab.
+    GET  /models/{name}/clusters/{cluster}/samples/{k}.png   a training image of the cluster (cluster_samples.npz)
+    PUT  /models/{name}/clusters/{cluster}                  {"name": ...}: writes the version's names file
+    GET  /models/{name}/tree                                CoHiClust's pruned tree with sizes per node
+    GET  /models/{name}/projection                          the embedding map (UMAP at export, points in [0, 1])
+    POST /models/{name}/projection/place                    images -> their positions on the map
+
+New images are placed as UMAP's transform starts: at the similarity-weighted mean position of their
+PLACE_NEIGHBOURS most similar training points (cosine on the L2-normalised embeddings); UMAP itself is
+not run here. Everything else the page shows comes from the public API (/models, /models/{name},
+/cluster). With an API key set these routes need it, like the API; the page asks for it once.
 """
 
 from __future__ import annotations
 
+import io
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from contract import files
+from contract.names import CLUSTER_SAMPLES_FILE, EMBEDDING, PROBABILITIES, PROJECTION_FILE, TREE_FILE
+from serve.backends.repository import ModelVersion, RepositoryError, resolve
+from serve.cards import read_names
+from serve.errors import bad_request, not_found
 
 STATIC = Path(__file__).with_name("static")
+PLACE_NEIGHBOURS = 10
+MAX_NAME_LENGTH = 100
 
 
-def mount_page(app: FastAPI) -> None:
-    """GET / (the page) and /static/* (its script and style sheet); both open, like the files of any page."""
+class ClusterName(BaseModel):
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, description="the cluster's new name")
+
+
+@lru_cache(maxsize=16)
+def _npz(path: Path, stamp: int) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """A version's npz, cached until the file changes; not_found when the version has none."""
+    try:
+        return _npz(path, path.stat().st_mtime_ns)
+    except FileNotFoundError as err:
+        raise not_found(f"this model version has no {path.name} (exported from a run that predates it)") from err
+
+
+def place(embedding: np.ndarray, projection: dict[str, np.ndarray], neighbours: int = PLACE_NEIGHBOURS) -> np.ndarray:
+    """New embeddings (B, D) -> (B, 2) map positions: similarity-weighted mean of the nearest training points."""
+    reference = projection["embedding"]
+    similarity = embedding.astype(np.float32) @ reference.T  # (B, m), both L2-normalised
+    k = min(neighbours, reference.shape[0])
+    nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    weights = np.clip(np.take_along_axis(similarity, nearest, axis=1), 1e-6, None)
+    points = projection["points"][nearest]  # (B, k, 2)
+    return (weights[..., None] * points).sum(1) / weights.sum(1, keepdims=True)
+
+
+def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
+    """GET / and /static/* (open, like the files of any page), and the page's routes (protected like the API)."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    version_q = Query(None, ge=1, description="model version (default: the latest)")
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    async def served_version(name: str, version: int | None) -> ModelVersion:
+        spec = await gateway.spec(name, version)
+        try:
+            return resolve(gateway.settings.repository_path, spec.name, spec.version)
+        except RepositoryError as err:
+            raise not_found(f"model {name!r}: {err}") from err
+
+    @app.get("/models/{name}/clusters/{cluster}/samples/{k}.png", dependencies=protected, response_class=Response,
+             summary="A training image of a cluster (PNG)", operation_id="getClusterSample")
+    async def cluster_sample(name: str, cluster: int, k: int, version: int | None = version_q) -> Response:
+        samples = read_npz((await served_version(name, version)).directory / CLUSTER_SAMPLES_FILE)
+        rows = np.flatnonzero(samples["cluster"] == cluster)
+        if not 0 <= k < len(rows):
+            raise not_found(f"cluster {cluster} has {len(rows)} sample image(s); no sample {k}")
+        pixels = samples["images"][rows[k]]
+        image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=300"})
+
+    @app.put("/models/{name}/clusters/{cluster}", dependencies=protected, summary="Rename a cluster",
+             operation_id="renameCluster")
+    async def rename_cluster(name: str, cluster: int, body: ClusterName, version: int | None = version_q) -> Response:
+        chosen = await served_version(name, version)
+        count = chosen.metadata.outputs[PROBABILITIES].shape[1]
+        if not 0 <= cluster < count:
+            raise bad_request(f"cluster {cluster} does not exist: model {name!r} has clusters 0..{count - 1}")
+        names = read_names(chosen.names_file, count) if chosen.names_file.is_file() else {}
+        names[cluster] = body.name.strip()
+        files.write_json(chosen.names_file, {str(k): v for k, v in sorted(names.items())})
+        return Response(status_code=204)
+
+    @app.get("/models/{name}/tree", dependencies=protected, summary="CoHiClust's tree", operation_id="getTree")
+    async def tree(name: str, version: int | None = version_q) -> Response:
+        path = (await served_version(name, version)).directory / TREE_FILE
+        if not path.is_file():
+            raise not_found(f"model {name!r} has no tree (only CoHiClust models have one)")
+        data = files.read_json(path)
+        return JSONResponse({k: v for k, v in data.items() if k != "assignments"})
+
+    @app.get("/models/{name}/projection", dependencies=protected, summary="The embedding map",
+             operation_id="getProjection")
+    async def projection(name: str, version: int | None = version_q) -> Response:
+        data = read_npz((await served_version(name, version)).directory / PROJECTION_FILE)
+        points = [[round(float(x), 4), round(float(y), 4), int(c)]
+                  for (x, y), c in zip(data["points"], data["cluster"], strict=True)]
+        return JSONResponse({"method": str(data["method"]), "points": points})
+
+    @app.post("/models/{name}/projection/place", dependencies=protected, summary="Place images on the map",
+              operation_id="placeImages")
+    async def place_images(request: Request, name: str, version: int | None = version_q) -> Response:
+        chosen = await served_version(name, version)
+        data = read_npz(chosen.directory / PROJECTION_FILE)
+        spec, uploads, ok, errors, outputs = await gateway.run(request, "/place", name, chosen.version)
+        results: list[dict[str, Any]] = [{"index": i, "error": m} for i, m in errors.items()]
+        if outputs is not None:
+            positions = place(outputs[EMBEDDING], data)
+            results += [{"index": i, "position": [round(float(x), 4), round(float(y), 4)]}
+                        for i, (x, y) in zip(ok, positions, strict=True)]
+        return JSONResponse({"results": sorted(results, key=lambda r: r["index"])})

@@ -27,6 +27,7 @@ from contract.names import (
     CONFIG_FILE,
     IMAGES_USED_FILE,
     INIT_FILE,
+    MAP_POINTS,
     METRICS_FILE,
     PARITY_SAMPLE_FILE,
     RESULTS_FILE,
@@ -348,9 +349,13 @@ def save_cluster_stats(run_dir: Path, data: ImageData, outputs: dict[str, torch.
     stats.write(run_dir / CLUSTER_STATS_FILE)
     index = np.array([i for c in stats.clusters for i in c.samples], np.int64)
     cluster = np.array([c.id for c in stats.clusters for _ in c.samples], np.int64)
+    total = len(outputs["cluster"])
+    spread = np.unique(np.linspace(0, total - 1, min(MAP_POINTS, total)).round().astype(np.int64))
     with files.atomic_open(run_dir / CLUSTER_SAMPLES_FILE, "wb") as f:
         np.savez_compressed(f, images=data.images[index].numpy(), cluster=cluster, index=index,
-                            sources=np.array([data.sources[i] for i in index]))
+                            sources=np.array([data.sources[i] for i in index]),
+                            map_embedding=outputs["embedding"][spread].numpy(),
+                            map_cluster=outputs["cluster"][spread].numpy())
 
 
 def _summary(scores: dict[str, Any] | None) -> str:

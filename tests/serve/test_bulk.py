@@ -214,7 +214,7 @@ def test_the_gateway_needs_no_ray_and_a_missing_model_fails_before_ray(model, co
     missing = _no_ray(str(collection), "--model-repository", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o"))
     assert missing.returncode == 2, missing.stderr
     assert missing.stderr.strip().splitlines() == [
-        f"error: model repository {tmp_path / 'nowhere'} does not exist (export one with `python -m export`)"]
+        f"error: model repository {tmp_path / 'nowhere'} does not exist (export a model with `python -m export`)"]
     unknown = _no_ray(str(collection), "--model-repository", str(model.repository), "--model", "nope",
                       "--output", str(tmp_path / "o"))
     assert unknown.returncode == 2

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contract.files import write_json
+from contract.names import TREE_FILE
 from train import report
 from train.config import ARCHITECTURE, Config, Presets
 from train.heads import mlp
@@ -184,7 +185,7 @@ class CoHiClust(ClusteringMethod):
                 "pruned_leaves": [u for u in range(2**depth - 1, node_mask.size) if not node_mask[u]],
                 "nodes": nodes,
                 "assignments": {str(level): paths[:, level - 1] for level in range(1, depth + 1)}}
-        write_json(run_dir / "tree.json", tree)
+        write_json(run_dir / TREE_FILE, tree)
         report.plot_tree(run_dir / "tree.png", images.numpy(), outputs["cluster"].numpy(), nodes, depth,
                          seed=self.cfg.seed)
         if labels is None:
