@@ -77,3 +77,10 @@ def encoder_model(name: str) -> str:
 def head_model(name: str) -> str:
     """Triton name of a model's head graph."""
     return f"{name}_head"
+
+
+# --- a bulk job's output (python -m serve.bulk) ------------------------------------------------------
+BULK_SUMMARY_FILE = "summary.json"
+"""Counts per cluster, errors, images/s of a bulk job; the gateway's page shows it (--bulk-output)."""
+BULK_GALLERY_DIR = "gallery"
+"""One PNG per cluster, cluster_<id:03d>.png, a few samples each."""

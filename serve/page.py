@@ -6,6 +6,7 @@ and the few routes only a page needs, all read from the served model version's d
     GET  /models/{name}/tree                                CoHiClust's pruned tree with sizes per node
     GET  /models/{name}/projection                          the embedding map (UMAP at export, points in [0, 1])
     POST /models/{name}/projection/place                    images -> their positions on the map
+    GET  /bulk/summary, /bulk/galleries/{cluster}.png        a bulk job's output (setting bulk_output)
 
 New images are placed as UMAP's transform starts: at the similarity-weighted mean position of their
 PLACE_NEIGHBOURS most similar training points (cosine on the L2-normalised embeddings); UMAP itself is
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,15 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from contract import files
-from contract.names import CLUSTER_SAMPLES_FILE, EMBEDDING, PROBABILITIES, PROJECTION_FILE, TREE_FILE
+from contract.names import (
+    BULK_GALLERY_DIR,
+    BULK_SUMMARY_FILE,
+    CLUSTER_SAMPLES_FILE,
+    EMBEDDING,
+    PROBABILITIES,
+    PROJECTION_FILE,
+    TREE_FILE,
+)
 from serve.backends.repository import ModelVersion, RepositoryError, resolve
 from serve.cards import read_names
 from serve.errors import bad_request, not_found
@@ -136,3 +145,27 @@ def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
             results += [{"index": i, "position": [round(float(x), 4), round(float(y), 4)]}
                         for i, (x, y) in zip(ok, positions, strict=True)]
         return JSONResponse({"results": sorted(results, key=lambda r: r["index"])})
+
+    @app.get("/bulk/summary", dependencies=protected, summary="The bulk job the gateway shows",
+             operation_id="getBulkSummary")
+    async def bulk_summary() -> Response:
+        summary = _bulk_file(gateway.settings.bulk_output, BULK_SUMMARY_FILE)
+        data = files.read_json(summary)
+        data["galleries"] = [PurePath(g).name for g in data.get("galleries", [])]  # no host paths
+        data.pop("source", None)
+        return JSONResponse(data)
+
+    @app.get("/bulk/galleries/{cluster}.png", dependencies=protected, response_class=Response,
+             summary="A bulk job's gallery of one cluster", operation_id="getBulkGallery")
+    async def bulk_gallery(cluster: int) -> FileResponse:
+        return FileResponse(_bulk_file(gateway.settings.bulk_output, f"{BULK_GALLERY_DIR}/cluster_{cluster:03d}.png"),
+                            media_type="image/png")
+
+
+def _bulk_file(output: str, relative: str) -> Path:
+    if not output:
+        raise not_found("this gateway shows no bulk job (start it with --bulk-output DIR)")
+    path = Path(output) / relative
+    if not path.is_file():
+        raise not_found(f"the bulk job has no {relative}")
+    return path

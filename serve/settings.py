@@ -73,6 +73,8 @@ class Settings:
         "help": "seconds between looks for new or removed model versions (0: never, serve what was there at start)"})
     access_log: bool = field(default=True, metadata={"help": "one log line per request, with its request id"})
     log_format: str = field(default="text", metadata={"help": "log lines as text or json"})
+    bulk_output: str = field(default="", metadata={
+        "help": "a bulk job's output folder (python -m serve.bulk) for the page to show; empty: none"})
     cors_origins: str = field(default="", metadata={
         "help": "comma-separated origins allowed to call the API from a browser (CORS); empty: none"})
 

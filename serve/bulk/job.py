@@ -28,6 +28,7 @@ from typing import Any
 
 from contract import files
 from contract.metadata import ModelMetadata
+from contract.names import BULK_GALLERY_DIR, BULK_SUMMARY_FILE
 from serve.bulk import report
 from serve.bulk.source import Manifest, list_source, write_manifest
 from serve.bulk.worker import BlockWorker, WorkerSpec, shard_path
@@ -268,9 +269,9 @@ def run_job(opts: BulkOptions, log: Callable[[str], None] | None = None) -> dict
     run = run_blocks(opts, spec, manifest, pending, log) if pending else {"images": 0}
     run["blocks"] = len(pending)
     summary = report.summarize(out / SHARDS_DIR, manifest, opts.block_size, spec, opts.gallery_size,
-                               out / report.GALLERY_DIR)
+                               out / BULK_GALLERY_DIR)
     summary.update(source=opts.source, model=spec.name, blocks=manifest.num_blocks,
                    options={k: v for k, v in dataclasses.asdict(opts).items() if k not in ("source", "output")},
                    run=run, cpu_count=os.cpu_count())
-    files.write_json(out / report.SUMMARY_FILE, summary)
+    files.write_json(out / BULK_SUMMARY_FILE, summary)
     return summary

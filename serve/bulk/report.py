@@ -22,8 +22,6 @@ from contract.names import CLUSTER
 from serve.bulk.source import PATH, Manifest
 from serve.bulk.worker import ERROR, INDEX, PROBABILITY, read_image, shard_path
 
-SUMMARY_FILE = "summary.json"
-GALLERY_DIR = "gallery"
 ERROR_EXAMPLES = 20
 THUMBNAIL = 96
 CAPTION = 18

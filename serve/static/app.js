@@ -67,9 +67,11 @@ const q = (params) => new URLSearchParams(Object.entries(params).filter(([, v]) 
 // --- models and their cards ------------------------------------------------------------------------
 
 function clusterName(id) {
-  const cluster = state.card && state.card.clusters ? state.card.clusters[id] : null;
-  return cluster && cluster.name ? cluster.name : `cluster ${id}`;
+  return (state.names && state.names[id]) || `cluster ${id}`;
 }
+
+const modelPath = (suffix = "") => `models/${encodeURIComponent(state.model)}${suffix}`;
+const versioned = (path) => `${path}${path.includes("?") ? "&" : "?"}${q({ version: state.version })}`;
 
 async function loadModels() {
   const { models } = await json("models");
@@ -82,15 +84,21 @@ async function loadModels() {
 
 async function selectModel(name) {
   state.model = name;
-  state.card = await json(`models/${encodeURIComponent(name)}`).catch(() => null);
+  const answer = await json(modelPath());
+  state.version = answer.version;
+  state.names = answer.names || [];
+  state.card = answer.card;
+  state.metadata = answer.metadata || {};
   const card = state.card || {};
-  $("model-info").textContent = [card.method, card.dataset, card.num_clusters && `${card.num_clusters} clusters`,
-    card.version && `version ${card.version}`, card.finished === false && "UNFINISHED run"]
-    .filter(Boolean).join(" · ");
-  $("tab-tree").hidden = !(card.tree && card.tree.nodes);
+  $("model-info").textContent = [state.metadata.method, state.metadata.dataset,
+    `${state.names.length} clusters`, answer.version && `version ${answer.version}`,
+    card.finished === false && "UNFINISHED run"].filter(Boolean).join(" · ");
+  state.tree = await json(versioned(modelPath("/tree"))).catch(() => null);
+  $("tab-tree").hidden = !state.tree;
   renderClusters();
   renderTree();
   await renderMap();
+  $("model-info").dataset.model = name;  // loaded (tests and scripts wait for this)
 }
 
 // --- cluster images ----------------------------------------------------------------------------------
@@ -100,7 +108,7 @@ function percent(p) { return `${(100 * p).toFixed(1)}%`; }
 function flags(result) {
   const out = [];
   if (result.low_confidence) out.push(el("span", { class: "flag warn" }, "low confidence"));
-  if (result.out_of_distribution) out.push(el("span", { class: "flag bad" }, "out of distribution"));
+  if (result.ood) out.push(el("span", { class: "flag bad" }, "out of distribution"));
   return out;
 }
 
@@ -135,10 +143,15 @@ async function clusterFiles(files) {
   files.forEach((f) => body.append("files", f, f.name));
   status(`Clustering ${files.length} image(s)…`);
   try {
-    const answer = await json(`cluster?${q({ model: state.model, positions: state.projection ? "true" : null })}`,
-      { method: "POST", body });
+    const answer = await json(`cluster?${q({ model: state.model, version: state.version })}`, { method: "POST", body });
     $("results").replaceChildren(...answer.results.map((r) => answerCard(r, files[r.index])));
-    state.dropped = answer.results.filter((r) => r.position).map((r) => ({ ...r, label: files[r.index].name }));
+    state.dropped = [];
+    if (state.projection) {
+      const placed = await json(versioned(modelPath("/projection/place")), { method: "POST", body });
+      const byIndex = new Map(answer.results.map((r) => [r.index, r]));
+      state.dropped = placed.results.filter((p) => p.position)
+        .map((p) => ({ ...byIndex.get(p.index), position: p.position, label: files[p.index].name }));
+    }
     drawMap();
     status(`${answer.results.filter((r) => !r.error).length} clustered, ` +
       `${answer.results.filter((r) => r.error).length} error(s).`);
@@ -155,10 +168,11 @@ function renameForm(id) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      await json(`models/${encodeURIComponent(state.model)}/clusters/${id}`, {
+      const response = await api(versioned(modelPath(`/clusters/${id}`)), {
         method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name: input.value }),
       });
-      state.card.clusters[id].name = input.value;
+      if (!response.ok) throw new Error((await response.json()).error.message);
+      state.names[id] = input.value;
       status(`Cluster ${id} is now called ${input.value}.`);
       renderClusters();
       renderLegend();
@@ -170,23 +184,27 @@ function renameForm(id) {
 }
 
 function samples(urls, label) {
-  return el("div", { class: "thumbs" }, (urls || []).map((u, i) => el("img", { src: u, alt: `${label} sample ${i + 1}` })));
+  return el("div", { class: "thumbs" }, urls.map((u, i) => el("img", { src: u, alt: `${label} sample ${i + 1}` })));
+}
+
+function sampleUrls(id) {
+  const info = state.card && state.card.stats ? state.card.stats.clusters[id] : null;
+  const count = info ? info.samples.length : 0;
+  return Array.from({ length: count }, (_, k) => versioned(modelPath(`/clusters/${id}/samples/${k}.png`)));
 }
 
 function renderClusters() {
-  const card = state.card;
-  if (!card || !card.clusters) {
-    $("clusters-note").textContent = "This model has no model card.";
-    $("clusters").replaceChildren();
-    return;
-  }
-  $("clusters-note").textContent = `${card.clusters.length} clusters; sizes and purity on the training data.`;
-  $("clusters").replaceChildren(...card.clusters.map((c, id) => el("li", { class: "card", "data-cluster": id },
-    el("h3", {}, `${c.name || `cluster ${id}`} (${id})`),
-    el("p", {}, `${c.size} training images`, c.purity !== undefined && c.purity !== null
-      ? ` · purity ${percent(c.purity)}${c.class_name ? ` (${c.class_name})` : ""}` : ""),
-    samples(c.samples, c.name || `cluster ${id}`),
-    renameForm(id))));
+  const stats = state.card && state.card.stats;
+  $("clusters-note").textContent = stats
+    ? `${stats.clusters.length} clusters; sizes and purity on the ${stats.num_images} training images.`
+    : "This model version has no cluster statistics (exported from an older run).";
+  const clusters = stats ? stats.clusters : state.names.map((_, id) => ({ id }));
+  $("clusters").replaceChildren(...clusters.map((c) => el("li", { class: "card", "data-cluster": c.id },
+    el("h3", { class: "cluster-title" }, `${clusterName(c.id)} (${c.id})`),
+    c.size !== undefined ? el("p", {}, `${c.size} training images`, c.purity !== null && c.purity !== undefined
+      ? ` · purity ${percent(c.purity)}${c.majority_class ? ` (${c.majority_class})` : ""}` : "") : null,
+    samples(sampleUrls(c.id), clusterName(c.id)),
+    renameForm(c.id))));
 }
 
 // --- the embedding map -----------------------------------------------------------------------------------
@@ -199,7 +217,7 @@ async function renderMap() {
   state.projection = null;
   state.dropped = [];
   try {
-    state.projection = await json(`models/${encodeURIComponent(state.model)}/projection`);
+    state.projection = await json(versioned(modelPath("/projection")));
     $("map-note").textContent = `${state.projection.points.length} training images, ${state.projection.method}; ` +
       "dropped images appear as large outlined points.";
   } catch (err) {
@@ -239,7 +257,7 @@ function drawMap() {
 }
 
 function renderLegend() {
-  const n = state.card && state.card.clusters ? state.card.clusters.length : 0;
+  const n = state.names ? state.names.length : 0;
   $("legend").replaceChildren(...Array.from({ length: n }, (_, c) =>
     el("li", {}, el("span", { class: "swatch", style: `background:${colour(c)}` }), clusterName(c))));
 }
@@ -247,8 +265,8 @@ function renderLegend() {
 // --- CoHiClust's tree ------------------------------------------------------------------------------------
 
 function renderTree() {
-  const tree = state.card && state.card.tree;
-  if (!tree || !tree.nodes) { $("tree").replaceChildren(); return; }
+  const tree = state.tree;
+  if (!tree) { $("tree").replaceChildren(); return; }
   const byId = new Map(tree.nodes.map((n) => [n.id, n]));
   const leavesUnder = (node) => (node.children.length ? node.children.flatMap((c) => leavesUnder(byId.get(c))) : [node]);
   const item = (node) => el("li", {},
@@ -259,8 +277,7 @@ function renderTree() {
 }
 
 function showNode(node, leaves) {
-  const clusters = state.card.clusters;
-  const urls = leaves.flatMap((leaf) => (clusters[leaf.cluster] || {}).samples || []);
+  const urls = leaves.flatMap((leaf) => sampleUrls(leaf.cluster));
   $("tree-images").replaceChildren(el("h3", {}, `node ${node.id}: ${node.size} training images`),
     samples(urls, `node ${node.id}`));
 }
@@ -276,10 +293,10 @@ async function loadBulk() {
   }
   $("tab-bulk").hidden = false;
   const counts = summary.clusters || {};
-  $("bulk-summary").textContent = `${summary.images || 0} images clustered offline with ${summary.model || "?"}, ` +
-    `${summary.errors || 0} error(s).`;
+  $("bulk-summary").textContent = `${summary.clustered || 0} of ${summary.images || 0} images clustered offline ` +
+    `with ${summary.model || "?"}, ${summary.errors || 0} error(s).`;
   $("bulk").replaceChildren(...Object.entries(counts).map(([id, count]) => el("li", { class: "card" },
-    el("h3", {}, `cluster ${id}: ${count} images`),
+    el("h3", {}, `${clusterName(Number(id))} (${id}): ${count} images`),
     el("img", { src: `bulk/galleries/${id}.png`, alt: `samples of cluster ${id}`, class: "gallery" }))));
 }
 

@@ -1,10 +1,12 @@
-"""The gateway's page in a real headless Chromium (Debian's, driven by playwright) against a real gateway.
+"""The gateway's page in a real headless Chromium (Debian's, driven by playwright) against a real gateway process.
 
-Screenshots go to build/page/ so a person can look at them.
+Models: the tiny digits runs of the demo's method (CC) and of CoHiClust, exported with the embedding map
+(UMAP). Screenshots go to build/page/ so a person can look at them.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +16,6 @@ from PIL import Image
 from tests.support.images import encode
 from tests.support.processes import gateway_process
 from tests.support.runs import digit_images
-from tests.support.serving import exported
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "build" / "page"
@@ -37,6 +38,17 @@ def browser():
 
 
 @pytest.fixture(scope="module")
+def repository(tiny_run, tmp_path_factory) -> Path:
+    """CC (the demo's method) and CoHiClust, exported with their embedding maps, in one repository."""
+    from export.pipeline import export_run
+
+    root = tmp_path_factory.mktemp("page-repository")
+    for method in ("cc", "cohiclust"):
+        export_run(tiny_run(method), root, None, projection="umap", log=lambda msg: None)
+    return root
+
+
+@pytest.fixture(scope="module")
 def digits_upload(tmp_path_factory) -> list[Path]:
     """5 digit PNGs and one file that is no image."""
     folder = tmp_path_factory.mktemp("upload")
@@ -50,65 +62,134 @@ def digits_upload(tmp_path_factory) -> list[Path]:
     return [*paths, broken]
 
 
+@pytest.fixture(scope="module")
+def url(repository, tmp_path_factory):
+    with gateway_process(repository, tmp_path_factory.mktemp("gateway") / "gateway.log",
+                         repository_poll_s="0.5") as base:
+        yield base
+
+
 def _shot(page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+def _open(browser, url: str, model: str, **options):
+    page = browser.new_page(**options)
+    page.goto(url + "/")
+    page.wait_for_selector(f"#model option[value='{model}']", state="attached")
+    page.select_option("#model", model)
+    page.wait_for_selector(f"#model-info[data-model='{model}']", state="attached")
+    return page
+
+
 def _upload(page, files: list[Path]) -> None:
+    page.evaluate("document.getElementById('results').replaceChildren()")
     page.set_input_files("#files", [str(f) for f in files])
     page.wait_for_selector("#results li")
 
 
-def test_upload_shows_each_answer_and_names_the_broken_file(browser, tiny_run, tmp_path_factory, tmp_path,
-                                                            digits_upload):
-    model = exported(tiny_run, tmp_path_factory, "cc")
-    with gateway_process(model.repository, tmp_path / "gateway.log") as url:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.goto(url + "/")
-        page.wait_for_selector(f"#model option[value='{model.name}']", state="attached")
-        _upload(page, digits_upload)
-        answers, errors = page.locator("#results li.answer"), page.locator("#results li.error")
-        assert answers.count() == 5 and errors.count() == 1
-        assert "broken.png" in errors.first.inner_text()
-        clusters = [int(answers.nth(i).get_attribute("data-cluster")) for i in range(5)]
-        assert all(0 <= c < 10 for c in clusters)
-        assert "%" in answers.first.locator(".probability").inner_text()
-        _shot(page, "upload")
-        page.set_viewport_size({"width": 390, "height": 844})  # a phone
-        _shot(page, "upload-phone")
-        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the screen
-        page.close()
+def test_upload_rename_browse_and_map(browser, url, digits_upload):
+    page = _open(browser, url, "cc_digits", viewport={"width": 1280, "height": 900})
+    _upload(page, digits_upload)
+    answers, errors = page.locator("#results li.answer"), page.locator("#results li.error")
+    assert answers.count() == 5 and errors.count() == 1
+    error = errors.first.inner_text()
+    assert "broken.png" in error and "0x" not in error  # named, with no heap address
+    first = int(answers.first.get_attribute("data-cluster"))
+    assert answers.first.locator(".cluster-name").inner_text()  # a name from the model card
+    assert "%" in answers.first.locator(".probability").inner_text()
+    _shot(page, "upload")
+
+    page.click("#tab-clusters")  # the cluster browser: sizes and the training images of each cluster
+    card = page.locator(f"#clusters li[data-cluster='{first}']")
+    assert "training images" in card.inner_text()
+    page.wait_for_function(f"[...document.querySelectorAll(\"#clusters li[data-cluster='{first}'] img\")]"
+                           ".every((i) => i.complete && i.naturalWidth > 0)")
+    assert card.locator("img").count() > 0
+    card.locator("input").fill("round things")
+    card.locator("button").click()
+    page.wait_for_function("document.getElementById('status').textContent.includes('round things')")
+    _shot(page, "clusters")
+
+    page.click("#tab-upload")  # the next upload answers with the new name
+    _upload(page, digits_upload[:1])
+    assert page.locator("#results li.answer .cluster-name").first.inner_text() == "round things"
+
+    page.click("#tab-map")  # the embedding map, with the dropped image on it
+    page.wait_for_selector("#map svg circle.dropped")
+    assert page.locator("#map svg circle").count() > 1000
+    assert "UMAP" in page.inner_text("#map-note") or "umap" in page.inner_text("#map-note")
+    _shot(page, "map")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    page.click("#tab-upload")
+    _shot(page, "upload-phone")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the screen
+    page.close()
 
 
-def test_with_an_api_key_the_page_asks_once(browser, tiny_run, tmp_path_factory, tmp_path, digits_upload):
-    model = exported(tiny_run, tmp_path_factory, "cc")
-    with gateway_process(model.repository, tmp_path / "gateway.log", api_key="s3cret") as url:
+def test_cohiclust_tree_shows_counts_and_a_nodes_images(browser, url):
+    page = _open(browser, url, "cohiclust_digits")
+    page.wait_for_selector("#tab-tree:not([hidden])")
+    page.click("#tab-tree")
+    root = page.locator(".node[data-node='0']")
+    assert root.inner_text().endswith(": 1797")  # every training image passes the root
+    page.locator(".node[data-node='1']").click()
+    page.wait_for_selector("#tree-images img")
+    assert "node 1" in page.inner_text("#tree-images")
+    _shot(page, "tree")
+    page.close()
+
+
+def test_the_page_is_keyboard_operable(browser, url):
+    page = _open(browser, url, "cc_digits")
+    page.focus("#tab-upload")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.id") == "tab-clusters"
+    assert page.is_visible("#view-clusters") and not page.is_visible("#view-upload")
+    page.keyboard.press("ArrowLeft")
+    assert page.is_visible("#view-upload")
+    with page.expect_file_chooser() as chooser:  # Enter on the drop zone opens the file picker
+        page.focus("#drop")
+        page.keyboard.press("Enter")
+    assert chooser.value.is_multiple()
+    page.close()
+
+
+def test_with_an_api_key_the_page_asks_once(browser, repository, tmp_path, digits_upload):
+    with gateway_process(repository, tmp_path / "gateway.log", api_key="s3cret") as base:
         page = browser.new_page()
-        page.goto(url + "/")
+        page.goto(base + "/")
         page.wait_for_selector("#key-dialog[open]")
         page.fill("#key", "s3cret")
         page.click("#key-form button[value=ok]")
-        page.wait_for_selector(f"#model option[value='{model.name}']", state="attached")
+        page.wait_for_selector("#model option[value='cc_digits']", state="attached")
         _upload(page, digits_upload[:2])
         assert page.locator("#results li.answer").count() == 2
         assert not page.locator("#key-dialog[open]").count()  # asked once, not per request
         page.close()
 
 
-def test_the_page_is_keyboard_operable(browser, tiny_run, tmp_path_factory, tmp_path):
-    model = exported(tiny_run, tmp_path_factory, "cc")
-    with gateway_process(model.repository, tmp_path / "gateway.log") as url:
+def test_a_bulk_jobs_output_can_be_browsed(browser, repository, tmp_path, digits_upload):
+    from serve.bulk.__main__ import main as bulk_main
+
+    images = tmp_path / "collection"
+    images.mkdir()
+    for path in digits_upload:
+        shutil.copy(path, images / path.name)
+    out = tmp_path / "bulk"
+    assert bulk_main([str(images), "--model-repository", str(repository), "--model", "cc_digits",
+                      "--output", str(out), "--actors", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    with gateway_process(repository, tmp_path / "gateway.log", bulk_output=str(out)) as base:
         page = browser.new_page()
-        page.goto(url + "/")
-        page.focus("#tab-upload")
-        page.keyboard.press("ArrowRight")
-        assert page.evaluate("document.activeElement.id") == "tab-clusters"
-        assert page.is_visible("#view-clusters") and not page.is_visible("#view-upload")
-        page.keyboard.press("ArrowLeft")
-        assert page.is_visible("#view-upload")
-        with page.expect_file_chooser() as chooser:  # Enter on the drop zone opens the file picker
-            page.focus("#drop")
-            page.keyboard.press("Enter")
-        assert chooser.value.is_multiple()
+        page.goto(base + "/")
+        page.wait_for_selector("#tab-bulk:not([hidden])")
+        page.click("#tab-bulk")
+        text = page.inner_text("#bulk-summary")
+        assert f"{summary['clustered']} of {summary['images']} images" in text and "1 error" in text
+        shown = page.locator("#bulk li")
+        assert shown.count() == len(summary["clusters"])
+        page.wait_for_function("[...document.querySelectorAll('#bulk img')].every((i) => i.complete)")
+        _shot(page, "bulk")
         page.close()
