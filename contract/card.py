@@ -30,22 +30,6 @@ LOW_CONFIDENCE_QUANTILE = 0.05
 OOD_QUANTILE = 0.99
 
 
-class _JSONRecord:
-    """read/write of a record with `to_json` and `from_json(data, source)`; ValueError names the file."""
-
-    @classmethod
-    def read(cls, path: str | Path):
-        path = Path(path)
-        try:
-            data = files.read_json(path)
-        except OSError as err:
-            raise ValueError(f"{path}: cannot read: {err.strerror or err}") from err
-        return cls.from_json(data, str(path))
-
-    def write(self, path: str | Path) -> None:
-        files.write_json(path, self.to_json())
-
-
 @dataclass(frozen=True)
 class Calibration:
     """A distribution measured on the training data, as percentiles, and the threshold at `quantile`.
@@ -123,7 +107,7 @@ class ClusterInfo:
 
 
 @dataclass(frozen=True)
-class ClusterStats(_JSONRecord):
+class ClusterStats:
     """The final model on its whole training set (cluster_stats.json in a run, `stats` of a model card)."""
 
     num_images: int
@@ -169,10 +153,17 @@ class ClusterStats(_JSONRecord):
         except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as err:
             raise ValueError(f"{source}: not valid cluster statistics: {err!r}") from err
 
+    @classmethod
+    def read(cls, path: str | Path) -> ClusterStats:
+        return files.read_record(path, cls.from_json, "cluster statistics")
+
+    def write(self, path: str | Path) -> None:
+        files.write_json(path, self.to_json())
+
 
 
 @dataclass(frozen=True)
-class ModelCard(_JSONRecord):
+class ModelCard:
     """One exported model version for people and pages: provenance, training metrics, its clusters."""
 
     name: str
@@ -210,6 +201,13 @@ class ModelCard(_JSONRecord):
             return cls(**values, stats=None if stats is None else ClusterStats.from_json(stats, source))
         except TypeError as err:
             raise ValueError(f"{source}: not a valid model card: {err}") from err
+
+    @classmethod
+    def read(cls, path: str | Path) -> ModelCard:
+        return files.read_record(path, cls.from_json, "the model card")
+
+    def write(self, path: str | Path) -> None:
+        files.write_json(path, self.to_json())
 
 
     def markdown(self) -> str:

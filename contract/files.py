@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -88,3 +90,13 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def read_record(path: str | Path, parse: Callable[[Any, str], T], what: str) -> T:
+    """A JSON file through a record's `from_json(data, source)`; ValueError names the file for any failure."""
+    path = Path(path)
+    try:
+        data = read_json(path)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read {what}: {err.strerror or err}") from err
+    return parse(data, str(path))

@@ -159,12 +159,7 @@ class ModelMetadata:
 
     @classmethod
     def read(cls, path: str | Path) -> ModelMetadata:
-        path = Path(path)
-        try:
-            data = files.read_json(path)
-        except OSError as err:
-            raise ValueError(f"{path}: cannot read model metadata: {err.strerror or err}") from err
-        return cls.from_json(data, str(path))
+        return files.read_record(path, cls.from_json, "model metadata")
 
     def write(self, path: str | Path) -> None:
         files.write_json(path, self.to_json())
