@@ -1,4 +1,4 @@
-"""In-process inference with onnxruntime: the encoder, then the head, on one dedicated thread per model."""
+"""In-process inference with onnxruntime: encoder and head fused into one graph, on one dedicated thread per model."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from contract.metadata import ModelMetadata
-from contract.names import FEATURES, IMAGES
+from contract.names import IMAGES
+from contract.sessions import choose_providers, fused_model, open_session, settings_of
 from serve.backends.base import Backend
 from serve.backends.repository import onnx_file, read_repository
 from serve.errors import GatewayError
@@ -19,24 +20,16 @@ from serve.errors import GatewayError
 log = logging.getLogger("serve")
 
 
-def choose_providers(available: list[str]) -> list[str]:
-    """CUDA first when this onnxruntime build has it, CPU always as the fallback."""
-    wanted = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []
-    return [*wanted, "CPUExecutionProvider"]
-
-
 class _Model:
-    def __init__(self, spec: ModelMetadata, encoder: Any, head: Any, requested: list[str]) -> None:
+    def __init__(self, spec: ModelMetadata, session: Any, requested: list[str]) -> None:
         self.spec = spec
-        self.encoder = encoder
-        self.head = head
+        self.session = session  # encoder + head, one graph (contract.sessions.fused_model)
         self.requested = requested
-        self.head_outputs = [o.name for o in head.get_outputs()]
+        self.outputs = [o.name for o in session.get_outputs()]
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{spec.name}")
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        (features,) = self.encoder.run([FEATURES], {IMAGES: images})
-        return dict(zip(self.head_outputs, self.head.run(self.head_outputs, {FEATURES: features}), strict=True))
+        return dict(zip(self.outputs, self.session.run(self.outputs, {IMAGES: images}), strict=True))
 
 
 class EmbeddedBackend(Backend):
@@ -57,18 +50,13 @@ class EmbeddedBackend(Backend):
     def _load(self) -> dict[str, _Model]:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
         providers = choose_providers(ort.get_available_providers())
         models = {}
         for name, spec in read_repository(self.repository).items():
-            sessions = []
-            for part in (spec.encoder, spec.head):
-                path = onnx_file(self.repository, part)
-                sessions.append(ort.InferenceSession(str(path), options, providers=providers))
-            models[name] = _Model(spec, *sessions, providers)
-            log.info("model %s: providers %s", name, sessions[0].get_providers())
+            graph = fused_model(onnx_file(self.repository, spec.encoder), onnx_file(self.repository, spec.head))
+            session = open_session(graph, self.threads, providers)
+            models[name] = _Model(spec, session, providers)
+            log.info("model %s: onnxruntime %s", name, settings_of(session))
         return models
 
     def models(self) -> dict[str, ModelMetadata]:
@@ -86,8 +74,9 @@ class EmbeddedBackend(Backend):
         return {
             "backend": self.name,
             "requested_providers": m.requested,
-            # what onnxruntime really runs with (CPU only if CUDA failed to initialise)
-            "providers": {"encoder": m.encoder.get_providers(), "head": m.head.get_providers()},
+            # what onnxruntime really runs with (CPU only if CUDA failed to initialise), threads, ...
+            "providers": m.session.get_providers(),
+            "session": settings_of(m.session),
         }
 
     async def close(self) -> None:
