@@ -1,23 +1,33 @@
 """Inference speed of the exported model: PyTorch eager vs onnxruntime [vs TensorRT], images per second.
 
 What it measures: the whole inference path from uint8 images (B, C, S, S) to the head's outputs
-(embedding, probabilities, cluster): PyTorch eager runs model.predict(images / 255) under no_grad;
-onnxruntime runs the exported encoder graph then the head graph, once per available execution
-provider (CPU here; CUDA and TensorRT providers where a GPU is lent: the provider that really ran,
-from session.get_providers(), is printed); with a GPU and the tensorrt package, the TensorRT plans
-built by export/tensorrt.py are timed too. Batch sizes 1, 8 and 64; the median of `--repeats`
-timed runs after `--warmup` runs; host-to-device copies included for GPU runtimes (images start
-on the host, as in serving). Ratios are against PyTorch eager on the same device, from one run.
+(embedding, probabilities, cluster). PyTorch eager runs model.predict(images / 255) under
+inference_mode; onnxruntime runs the session the gateway runs (contract.sessions: encoder and head
+fused into one graph, the shared session settings, printed with the providers really used from
+session.get_providers()). `--variants` adds onnxruntime with one setting changed at a time
+(onnxruntime's own defaults with two sessions, as before; spinning on; two sessions; optimisation
+level basic / extended; no memory arena) and times the uint8 -> float preprocessing inside the
+graph on its own: that is how the settings were chosen. With a GPU (`--device cuda`): eager on the
+GPU (fp32, TF32 off as in the onnxruntime sessions), onnxruntime's CUDA execution provider when
+this onnxruntime build has it, and the TensorRT plans of export/tensorrt.py when the tensorrt
+package is here; host-to-device copies included (images start on the host, as in serving).
+
+Timing: `--rounds` rounds after `--warmup` calls; in each round every runtime runs in turn (each call
+repeated to last >= 20 ms), so a machine shared with other work slows all of them alike; printed:
+images/s from the median round and the median of the per-round ratios to eager. Threads are pinned
+(torch.set_num_threads and onnxruntime's intra-op threads, the same number) and printed.
 
 Default model: CC with a ResNet-18 CIFAR-stem backbone at 32 px, 3 channels, 10 clusters, random
-weights (no training needed). --run benchmarks a trained run instead.
+weights (no training needed; --backbone, --stem, --image-size, --channels choose another). --run
+benchmarks a trained run instead.
 
-    python bench/export_speed.py [--run RUN] [--batches 1 8 64] [--threads N]
+    python bench/export_speed.py [--run RUN] [--batches 1 8 64] [--threads N] [--variants] [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -31,37 +41,114 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contract.names import FEATURES, IMAGES  # noqa: E402
+from contract.sessions import CPU, CUDA, default_threads, fused_model, open_session, session_options, settings_of  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 
+MIN_CALL_S = 0.02
+PREPROCESSING = "(the graph's uint8 -> float nodes alone)"
+Runner = Callable[[np.ndarray], object]
 
-def default_model() -> tuple[torch.nn.Module, int, int, str]:
-    from train.methods.cc import CC, CCConfig
+
+def random_model(backbone: str, stem: str, size: int, channels: int) -> tuple[torch.nn.Module, int, int, str]:
+    """A CC model with random weights (no training needed): model, channels, size, description."""
+    from train.methods import get_method, make_config
 
     torch.manual_seed(0)
-    cfg = CCConfig(method="cc", dataset="cifar10", backbone="resnet18", stem="cifar", image_size=32)
-    return CC(cfg, 3, 10).eval(), 3, 32, "CC ResNet-18 (CIFAR stem) 32 px, random weights"
+    cfg = make_config("cc", dataset="cifar10", backbone=backbone, stem=stem, image_size=size)
+    return get_method("cc")(cfg, channels, 10).eval(), channels, size, (
+        f"CC {backbone} ({stem} stem) {size} px, {channels} channel(s), random weights")
 
 
-def median_seconds(fn: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
+def interleaved(runners: dict[str, Callable[[], object]], warmup: int, rounds: int,
+                sync: Callable[[], None]) -> dict[str, list[float]]:
+    """Seconds per call of each runner, one list entry per round; runners alternate within a round."""
+    repeats = {}
+    for name, fn in runners.items():
+        for _ in range(warmup):
+            fn()
+        sync()
         start = time.perf_counter()
         fn()
         sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        repeats[name] = max(1, round(MIN_CALL_S / max(time.perf_counter() - start, 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            for _ in range(repeats[name]):
+                fn()
+            sync()
+            times[name].append((time.perf_counter() - start) / repeats[name])
+    return times
+
+
+def session_runner(session) -> Runner:
+    names = [o.name for o in session.get_outputs()]
+    return lambda images: session.run(names, {IMAGES: images})
+
+
+def two_session_runner(encoder, head) -> Runner:
+    names = [o.name for o in head.get_outputs()]
+    return lambda images: head.run(names, {FEATURES: encoder.run([FEATURES], {IMAGES: images})[0]})
+
+
+def onnxruntime_variants(encoder: Path, head: Path, fused: bytes, threads: int,
+                         providers: list[str]) -> dict[str, tuple[Runner, dict]]:
+    """Sessions that differ from the shared settings in one respect each (the first row: onnxruntime's
+    own defaults with two sessions, what this project ran before)."""
+    import onnxruntime as ort
+
+    def session(model, spinning=False, **changes):
+        options = session_options(threads, spinning)
+        for key, value in changes.items():
+            setattr(options, key, value)
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
+
+    level = ort.GraphOptimizationLevel
+    plain = [ort.InferenceSession(str(p), providers=providers) for p in (encoder, head)]
+    two = [session(p) for p in (encoder, head)]
+    variants = {
+        "onnxruntime defaults, two sessions (before)": (two_session_runner(*plain), plain[0]),
+        "shared settings but spinning on": session(fused, spinning=True),
+        "shared settings but two sessions": (two_session_runner(*two), two[0]),
+        "shared settings but optimisation basic": session(fused, graph_optimization_level=level.ORT_ENABLE_BASIC),
+        "shared settings but optimisation extended": session(fused,
+                                                             graph_optimization_level=level.ORT_ENABLE_EXTENDED),
+        "shared settings but no memory arena": session(fused, enable_cpu_mem_arena=False),
+    }
+    out = {}
+    for label, value in variants.items():
+        runner, reference = value if isinstance(value, tuple) else (session_runner(value), value)
+        out[label] = (runner, settings_of(reference))
+    return out
+
+
+def preprocessing_graph(encoder: Path, out: Path) -> Path | None:
+    """The encoder's nodes before its first Conv (uint8 -> float, /255, standardisation) as a model of its own."""
+    import onnx
+
+    graph = onnx.load(str(encoder)).graph
+    first_conv = next((n for n in graph.node if n.op_type == "Conv"), None)
+    if first_conv is None:
+        return None
+    onnx.utils.extract_model(str(encoder), str(out), [IMAGES], [first_conv.input[0]])
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="a trained run (default: random-weight CC ResNet-18 at 32 px)")
+    parser.add_argument("--run", type=Path, help="a trained run (default: a random-weight CC model, as below)")
+    parser.add_argument("--backbone", default="resnet18", help="random-weight model: backbone")
+    parser.add_argument("--stem", default="cifar", help="random-weight model: stem (cifar or imagenet)")
+    parser.add_argument("--image-size", type=int, default=32, help="random-weight model: input side, pixels")
+    parser.add_argument("--channels", type=int, default=3, help="random-weight model: image channels")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch and onnxruntime (0: default)")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch and onnxruntime (0: the CPUs this process may use)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--variants", action="store_true", help="also time onnxruntime with other settings")
     args = parser.parse_args(argv)
 
     if args.run:
@@ -71,67 +158,77 @@ def main(argv: list[str] | None = None) -> None:
         model, channels, size = loaded.model, loaded.meta["in_channels"], loaded.meta["image_size"]
         what = f"{loaded.meta['method']} on {loaded.meta['dataset']} from {args.run}"
     else:
-        model, channels, size, what = default_model()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model, channels, size, what = random_model(args.backbone, args.stem, args.image_size, args.channels)
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA GPU")
+        # fp32 on both sides: the onnxruntime sessions run with TF32 off (contract.sessions)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     import onnxruntime as ort
 
     print(f"model: {what}")
-    print(f"torch {torch.__version__} on {device} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
+    print(f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads; onnxruntime {ort.__version__} "
+          f"(available providers {ort.get_available_providers()}); {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
 
     with tempfile.TemporaryDirectory() as tmp:
         encoder, head, _ = export_onnx(model, channels, size, Path(tmp))
-        available = ort.get_available_providers()
-        provider_sets = [["CPUExecutionProvider"]]
-        for gpu in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-            if gpu in available and device.type == "cuda":
-                provider_sets.append([gpu, "CPUExecutionProvider"])
-        sessions = []
-        for providers in provider_sets:
-            options = ort.SessionOptions()
-            if args.threads:
-                options.intra_op_num_threads = args.threads
-            enc = ort.InferenceSession(str(encoder), options, providers=providers)
-            hd = ort.InferenceSession(str(head), options, providers=providers)
-            used = enc.get_providers()[0]
-            sessions.append((f"onnxruntime {used}" + ("" if used == providers[0] else f" (asked {providers[0]})"),
-                             enc, hd))
-        plans = _tensorrt_plans(encoder, head, max(args.batches))
+        fused = fused_model(encoder, head)
+        sessions: dict[str, tuple[Runner, dict]] = {}
+        if device.type == "cpu":
+            main_session = open_session(fused, threads, [CPU])
+            sessions["onnxruntime (shared settings, fused graph)"] = (session_runner(main_session),
+                                                                      settings_of(main_session))
+            if args.variants:
+                sessions.update(onnxruntime_variants(encoder, head, fused, threads, [CPU]))
+        elif CUDA in ort.get_available_providers():
+            gpu_session = open_session(fused, threads, [CUDA, CPU])
+            sessions[f"onnxruntime {gpu_session.get_providers()[0]}"] = (session_runner(gpu_session),
+                                                                         settings_of(gpu_session))
+        else:
+            print(f"onnxruntime: no {CUDA} in this build (onnxruntime-gpu is not installed): eager only")
+        pre = preprocessing_graph(encoder, Path(tmp) / "preprocess.onnx") if args.variants else None
+        preprocess = session_runner(open_session(pre, threads, [CPU])) if pre else None
+        plans = _tensorrt_plans(encoder, head, max(args.batches)) if device.type == "cuda" else None
 
-        model = model.to(device)
+        print("\nonnxruntime settings (from the sessions):")
+        for label, (_, settings) in sessions.items():
+            print(f"  {label}: {settings}")
+
+        model = model.to(device).eval()
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         rows = []
         for batch in args.batches:
             images = np.random.default_rng(0).integers(0, 256, (batch, channels, size, size), dtype=np.uint8)
 
             def eager(images=images):
-                with torch.no_grad():
+                with torch.inference_mode():
                     return model.predict(torch.from_numpy(images).to(device).float().div(255))
 
-            base = median_seconds(eager, args.warmup, args.repeats, sync)
-            rows.append((batch, f"pytorch eager ({device})", base, 1.0))
-            for label, enc, hd in sessions:
-                names = [o.name for o in hd.get_outputs()]
-
-                def run(images=images, enc=enc, hd=hd, names=names):
-                    (features,) = enc.run([FEATURES], {IMAGES: images})
-                    return hd.run(names, {FEATURES: features})
-
-                seconds = median_seconds(run, args.warmup, args.repeats, lambda: None)
-                rows.append((batch, label, seconds, base / seconds))
+            runners: dict[str, Callable[[], object]] = {f"pytorch eager ({device})": eager}
+            for label, (runner, _) in sessions.items():
+                runners[label] = lambda runner=runner, images=images: runner(images)
+            if preprocess is not None:
+                runners[PREPROCESSING] = lambda images=images: preprocess(images)
             if plans is not None:
                 version, encoder_plan, head_plan = plans
-
-                def run_plan(images=images, encoder_plan=encoder_plan, head_plan=head_plan):
-                    return head_plan({FEATURES: encoder_plan({IMAGES: images})[FEATURES]})
-
-                seconds = median_seconds(run_plan, args.warmup, args.repeats, lambda: None)
-                rows.append((batch, f"tensorrt {version} plans (fp32, incl. cudaMalloc+copies)", seconds,
-                             base / seconds))
-    print(f"\n{'batch':>5}  {'runtime':<58} {'ms/batch':>9} {'images/s':>10} {'vs eager':>8}")
+                runners[f"tensorrt {version} plans (fp32, incl. copies)"] = (
+                    lambda images=images, enc=encoder_plan, hd=head_plan:
+                    hd({FEATURES: enc({IMAGES: images})[FEATURES]}))
+            times = interleaved(runners, args.warmup, args.rounds, sync)
+            base = times[f"pytorch eager ({device})"]
+            for label, seconds in times.items():
+                ratio = statistics.median(b / s for b, s in zip(base, seconds, strict=True))
+                rows.append((batch, label, statistics.median(seconds), ratio))
+    print(f"\n{'batch':>5}  {'runtime':<50} {'ms/batch':>9} {'images/s':>10} {'vs eager':>8}")
     for batch, label, seconds, ratio in rows:
-        print(f"{batch:>5}  {label:<58} {seconds * 1e3:>9.2f} {batch / seconds:>10.1f} {ratio:>7.2f}x")
+        versus = "" if label == PREPROCESSING else f"{ratio:>7.2f}x"
+        print(f"{batch:>5}  {label:<50} {seconds * 1e3:>9.2f} {batch / seconds:>10.1f} {versus}")
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end ({os.cpu_count()} CPUs); ratios are medians of "
+          f"per-round ratios over {args.rounds} interleaved rounds")
 
 
 def _tensorrt_plans(encoder: Path, head: Path, max_batch: int):

@@ -1,27 +1,59 @@
-"""Training throughput: is the data path keeping the accelerator busy?
+"""Training throughput: is the data path and the rest of the step keeping the accelerator busy?
 
-Measures, in one run on one device, images/s of
+Measures, in one run on one device, for each configuration BACKBONE:STEM:SIZE[:BATCH], images/s of
   (a) the data path alone: index a uint8 batch on the device and augment two views per image,
-  (b) the backbone alone: forward + backward + optimiser step on random tensors of the same shape,
-  (c) the full CC training step: (a) + backbone + both heads + both losses + optimiser step,
-and prints the ratio (c)/(b). A ratio near 1 means augmentation costs little next to the model; the
-(a) figure far above (b) shows the data path is not the bottleneck.
+  (b) the backbone alone: forward + backward + optimiser step on fixed tensors of the same shape
+      (both views, 2 x BATCH images),
+  (c) the full training step as the trainer runs it: (a), the method's forward, its outputs gathered
+      and its loss (train.trainer.step_losses), backward, optimiser step (train.trainer.build_optimizer),
+      the method's on_step_end,
+and prints the ratio (c)/(b): near 1 means augmentation, heads and losses cost little next to the
+backbone. As in the trainer: bf16 autocast and channels_last on CUDA (the method config's `amp` and
+`channels_last`), and with `--compile true` torch.compile of the whole method for (c) and of the
+backbone for (b) (compilation happens in the warm-up, outside the timing). CUDA is synchronised
+around each timed block.
 
-    python bench/train_throughput.py                       # CPU: small CNN at 16 px (digits-sized)
-    python bench/train_throughput.py --backbone resnet18 --image-size 32 --channels 3   # CIFAR-shaped
+    python bench/train_throughput.py                                   # CPU: small CNN at 16 px (digits-sized)
+    python bench/train_throughput.py --device cuda --configs resnet18:cifar:32:512 resnet34:imagenet:224:128
+    python bench/train_throughput.py --device cuda --compile true --configs resnet18:cifar:32:512
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from train.data.augment import AugmentParams, BatchAugment
-from train.methods.base import StepContext
-from train.methods.cc import CC, CCConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from contract.cli import parse_bool  # noqa: E402
+from train.data.augment import AugmentParams, BatchAugment  # noqa: E402
+from train.methods import get_method, make_config  # noqa: E402
+from train.methods.base import StepContext  # noqa: E402
+from train.trainer import build_optimizer, step_losses  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Shape:
+    backbone: str
+    stem: str
+    size: int
+    batch: int
+
+    @classmethod
+    def parse(cls, text: str, default_batch: int) -> Shape:
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or not all(p for p in parts):
+            raise argparse.ArgumentTypeError(f"configuration {text!r}: expected BACKBONE:STEM:SIZE[:BATCH]")
+        return cls(parts[0], parts[1], int(parts[2]), int(parts[3]) if len(parts) == 4 else default_batch)
+
+    def __str__(self) -> str:
+        return f"{self.backbone} {self.stem} stem {self.size} px, batch {self.batch}"
 
 
 def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
@@ -38,65 +70,95 @@ def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backbone", default=None, help="default: resnet18 on CUDA, smallcnn on CPU")
-    parser.add_argument("--image-size", type=int, default=None, help="default: 32 on CUDA, 16 on CPU")
-    parser.add_argument("--channels", type=int, default=None, help="default: 3 on CUDA, 1 on CPU")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
-    device = torch.device(args.device)
+def measure(shape: Shape, channels: int, args: argparse.Namespace,
+            device: torch.device) -> tuple[float, float, float]:
+    """(data path, backbone, full step) images/s of one configuration."""
+    cfg = make_config(args.method, dataset=args.dataset, backbone=shape.backbone, stem=shape.stem,
+                      image_size=shape.size, batch_size=shape.batch, compile=args.compile)
     gpu = device.type == "cuda"
-    backbone = args.backbone or ("resnet18" if gpu else "smallcnn")
-    size = args.image_size or (32 if gpu else 16)
-    channels = args.channels or (3 if gpu else 1)
-    cfg = CCConfig(backbone=backbone, image_size=size, batch_size=args.batch_size, blur_p=0.0)
-    b = args.batch_size
-
-    data = torch.randint(0, 256, (10 * b, channels, size, size), dtype=torch.uint8, device=device)
+    b = shape.batch
+    torch.manual_seed(0)
+    data = torch.randint(0, 256, (4 * b, channels, shape.size, shape.size), dtype=torch.uint8, device=device)
     augment = BatchAugment(AugmentParams.from_config(cfg))
     g = torch.Generator(device).manual_seed(0)
-    model = CC(cfg, channels, 10).to(device)
-    if gpu:
+    model = get_method(args.method)(cfg, channels, args.clusters).to(device).train()
+    channels_last = cfg.channels_last and gpu
+    if channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if gpu else contextlib.nullcontext
+    step_model = torch.compile(model) if cfg.compile else model
+    backbone = torch.compile(model.backbone) if cfg.compile else model.backbone
+    optimizer = build_optimizer(cfg, model)
+    use_amp = cfg.amp and gpu
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
 
     def data_path():
         idx = torch.randint(0, data.shape[0], (b,), generator=g, device=device)
         batch = data[idx]
-        return augment(batch, g), augment(batch, g)
+        x1, x2 = augment(batch, g), augment(batch, g)
+        if channels_last:
+            x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
+        return idx, x1, x2
 
-    fixed = torch.rand(2 * b, channels, size, size, device=device)
+    fixed = torch.rand(2 * b, channels, shape.size, shape.size, device=device)
+    if channels_last:
+        fixed = fixed.contiguous(memory_format=torch.channels_last)
 
     def backbone_step():
         with autocast():
-            loss = model.backbone(fixed).float().pow(2).mean()
-        opt.zero_grad(set_to_none=True)
+            loss = backbone(fixed).float().pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        optimizer.step()
 
     def full_step():
-        x1, x2 = data_path()
-        ctx = StepContext(0, 1, 0, 1, g, torch.arange(b, device=device))
+        idx, x1, x2 = data_path()
+        ctx = StepContext(0, 1, 0, 1, g, idx)
         with autocast():
-            loss = model(x1, x2, ctx)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+            losses = step_losses(model, step_model, x1, x2, ctx)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        model.on_step_end(ctx)
 
     t_data = timed(data_path, args.steps, args.warmup, device)
     t_backbone = timed(backbone_step, args.steps, args.warmup, device)
     t_full = timed(full_step, args.steps, args.warmup, device)
+    return b / t_data, b / t_backbone, b / t_full
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--configs", nargs="+", default=None,
+                        help="BACKBONE:STEM:SIZE[:BATCH] ... (default: smallcnn:cifar:16 on CPU, "
+                             "resnet18:cifar:32 on CUDA)")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch of configurations that give none")
+    parser.add_argument("--channels", type=int, default=None, help="image channels (default: 1 for smallcnn, else 3)")
+    parser.add_argument("--method", default="cc", help="registered method whose training step is timed")
+    parser.add_argument("--dataset", default="cifar10", help="data set whose defaults (augmentations) apply")
+    parser.add_argument("--clusters", type=int, default=10)
+    parser.add_argument("--compile", type=parse_bool, default=False, help="torch.compile as the trainer's --compile")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpu = device.type == "cuda"
+    texts = args.configs or (["resnet18:cifar:32"] if gpu else ["smallcnn:cifar:16"])
+    shapes = [Shape.parse(t, args.batch_size) for t in texts]
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; {backbone} at {size} px, {channels} channel(s), batch {b} (2 views each)")
-    print(f"(a) data + augmentation : {b / t_data:10.0f} images/s")
-    print(f"(b) backbone fwd+bwd    : {b / t_backbone:10.0f} images/s  (2 views per image)")
-    print(f"(c) full CC step        : {b / t_full:10.0f} images/s")
-    print(f"ratio (c)/(b)           : {t_backbone / t_full:10.2f}")
+    print(f"device: {name}; torch {torch.__version__}; method {args.method}; bf16 autocast and channels_last "
+          f"{'on' if gpu else 'off (CUDA only)'}; torch.compile {'on' if args.compile else 'off'}", flush=True)
+    for shape in shapes:
+        channels = args.channels or (1 if shape.backbone == "smallcnn" else 3)
+        data, backbone, full = measure(shape, channels, args, device)
+        print(f"{shape}: (a) data + augmentation {data:9.0f} images/s | (b) backbone fwd+bwd {backbone:8.0f} "
+              f"images/s (2 views each) | (c) full {args.method} step {full:8.0f} images/s | ratio (c)/(b) "
+              f"{full / backbone:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from contract.names import FEATURES, IMAGES
+from contract.sessions import open_session
 
 FP32_TOLERANCE = 1e-4
 DYNAMIC_BATCHES = (1, 17)
@@ -46,20 +47,11 @@ def torch_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 
-def onnx_session(path: Path, providers: Sequence[str] | None = None):
-    import onnxruntime as ort
-
-    if providers is None:
-        available = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    options = [{"use_tf32": "0"} if p == "CUDAExecutionProvider" else {} for p in providers]
-    return ort.InferenceSession(str(path), providers=list(providers), provider_options=options)
-
-
 def onnx_outputs(encoder: Path, head: Path, images: np.ndarray,
                  providers: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Run encoder then head with onnxruntime; returns the head's outputs and the providers really used."""
-    enc, hd = onnx_session(encoder, providers), onnx_session(head, providers)
+    """Run encoder then head with onnxruntime, each session opened as the gateway opens its sessions
+    (contract.sessions); returns the head's outputs and the providers really used."""
+    enc, hd = open_session(encoder, providers=providers), open_session(head, providers=providers)
     (features,) = enc.run([FEATURES], {IMAGES: images})
     names = [o.name for o in hd.get_outputs()]
     outputs = dict(zip(names, hd.run(names, {FEATURES: features}), strict=True))

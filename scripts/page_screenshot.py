@@ -16,9 +16,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.serve.test_page import ARGS  # noqa: E402
 from tests.support.processes import gateway_process  # noqa: E402
 from tests.support.runs import digit_images  # noqa: E402
-from tests.serve.test_page import ARGS  # noqa: E402
 
 
 def main(repository: Path, out: Path) -> None:

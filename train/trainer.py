@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from contract import files
 from contract.names import (
@@ -256,6 +255,8 @@ def train(cfg: Config) -> dict[str, Any]:
     log(f"{cfg.method} on {cfg.dataset}: {images.shape[0]} images {tuple(images.shape[1:])}, "
         f"{num_clusters} clusters, {cfg.backbone}, {cfg.epochs} epochs, device {device}"
         + (f" x{group.world_size}" if group.world_size > 1 else ""))
+
+    from tqdm import tqdm  # here, not at the top: bench/train_throughput.py imports this module on bare GPU machines
 
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="epochs",
                disable=not (cfg.progress and group.is_main), dynamic_ncols=True)

@@ -1,4 +1,5 @@
-"""In-process inference with onnxruntime: the encoder, then the head, on one dedicated thread per model version.
+"""In-process inference with onnxruntime: encoder and head fused into one graph (contract/sessions.py), on one
+dedicated thread per model version.
 
 Versions (the repository's NAME/<v>/): the latest version of every model is loaded at start;
 `refresh` (called every few seconds by the gateway) loads a new latest version, warms it up, and only
@@ -19,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from contract.metadata import ModelMetadata
-from contract.names import FEATURES, IMAGES
+from contract.names import IMAGES
 from contract.repository import model_names
+from contract.sessions import choose_providers, fused_model, open_session, settings_of
 from serve.backends.base import Backend
 from serve.backends.repository import ModelVersion, RepositoryError, check_root, resolve, versions
 from serve.errors import GatewayError, not_found
@@ -30,24 +32,16 @@ IDLE_UNLOAD_S = 60.0
 """A version that is no longer the latest is unloaded once no request has used it for this long."""
 
 
-def choose_providers(available: list[str]) -> list[str]:
-    """CUDA first when this onnxruntime build has it, CPU always as the fallback."""
-    wanted = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []
-    return [*wanted, "CPUExecutionProvider"]
-
-
 class _Model:
-    def __init__(self, spec: ModelMetadata, encoder: Any, head: Any, requested: list[str]) -> None:
+    def __init__(self, spec: ModelMetadata, session: Any, requested: list[str]) -> None:
         self.spec = spec
-        self.encoder = encoder
-        self.head = head
+        self.session = session  # encoder + head, one graph (contract.sessions.fused_model)
         self.requested = requested
-        self.head_outputs = [o.name for o in head.get_outputs()]
+        self.outputs = [o.name for o in session.get_outputs()]
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{spec.name}-v{spec.version}")
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        (features,) = self.encoder.run([FEATURES], {IMAGES: images})
-        return dict(zip(self.head_outputs, self.head.run(self.head_outputs, {FEATURES: features}), strict=True))
+        return dict(zip(self.outputs, self.session.run(self.outputs, {IMAGES: images}), strict=True))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -80,16 +74,12 @@ class EmbeddedBackend(Backend):
         """Sessions for one version, warmed up with one zero image (runs on a worker thread)."""
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
         providers = choose_providers(ort.get_available_providers())
-        sessions = [ort.InferenceSession(str(path), options, providers=providers)
-                    for path in (version.encoder_onnx, version.head_onnx)]
-        model = _Model(version.metadata, *sessions, providers)
+        session = open_session(fused_model(version.encoder_onnx, version.head_onnx), self.threads, providers)
+        model = _Model(version.metadata, session, providers)
         spec = version.metadata.input
         model.run(np.zeros((1, spec.channels, spec.size, spec.size), np.uint8))
-        log.info("model %s version %d: providers %s", version.name, version.version, sessions[0].get_providers())
+        log.info("model %s version %d: onnxruntime %s", version.name, version.version, settings_of(session))
         return model
 
     async def _ensure(self, name: str, version: int) -> _Model:
@@ -163,8 +153,9 @@ class EmbeddedBackend(Backend):
             "version": self._latest[model],
             "loaded_versions": sorted(v for n, v in self._loaded if n == model),
             "requested_providers": m.requested,
-            # what onnxruntime really runs with (CPU only if CUDA failed to initialise)
-            "providers": {"encoder": m.encoder.get_providers(), "head": m.head.get_providers()},
+            # what onnxruntime really runs with (CPU only if CUDA failed to initialise), threads, ...
+            "providers": m.session.get_providers(),
+            "session": settings_of(m.session),
         }
 
     async def close(self) -> None:

@@ -224,7 +224,8 @@ def test_models_health_readiness_metrics_and_docs(client, model):
     assert m["name"] == model.name and m["method"] == "cc" and m["dataset"] == "digits"
     assert m["num_clusters"] == 10 and m["embedding_dim"] == 128 and m["ready"] is True
     assert m["input"]["channels"] == 1 and m["input"]["height"] == 16
-    assert m["runtime"]["providers"]["encoder"][-1] == "CPUExecutionProvider"
+    assert m["runtime"]["providers"][-1] == "CPUExecutionProvider"
+    assert m["runtime"]["session"]["spinning"] is False and m["runtime"]["session"]["inter_op_threads"] == 1
     assert m["metadata"]["encoder"] == f"{model.name}_encoder"
     assert m["metadata"]["source_run"] == model.run.name  # the run's name, not where it lies on this host
     assert str(model.run.parent) not in client.get("/models").text

@@ -1,4 +1,5 @@
-"""Spherical k-means: planted clusters, scikit-learn's objective, empty clusters, reproducibility."""
+"""Spherical k-means: planted clusters, scikit-learn's objective, empty clusters, reproducibility, and the
+shortcuts (Hamerly's bounds, restarts on a sample) giving what plain Lloyd iterations give."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from train.kmeans import _lloyd, assign, centroids_of, spherical_inertia, spherical_kmeans
+import train.kmeans as kmeans
+from train.kmeans import _lloyd, assign, centroids_of, kmeans_plus_plus, spherical_inertia, spherical_kmeans
 
 
 def sphere_blobs(n: int, k: int, dim: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,9 +53,9 @@ def test_empty_cluster_is_reseeded_on_the_farthest_point():
     x = F.normalize(pole + 0.3 * torch.randn(300, 8, generator=g), dim=1)   # a cap around the pole
     init = torch.stack([x[0], x[1], -pole])   # the third centroid, at the antipode, wins no point
     assert assign(x, init)[0].bincount(minlength=3)[2] == 0
-    centroids, labels, _ = _lloyd(x, init, max_iter=100, tol=1e-6, chunk_size=64)
-    assert torch.isfinite(centroids).all()
-    assert labels.bincount(minlength=3).min() > 0
+    result = _lloyd(x, init, max_iter=100, tol=1e-6, chunk_size=64)
+    assert torch.isfinite(result.centroids).all()
+    assert result.labels.bincount(minlength=3).min() > 0
 
 
 def test_reproducible_and_chunking_invariant():
@@ -66,7 +68,8 @@ def test_reproducible_and_chunking_invariant():
 
 def test_bad_arguments():
     x = torch.randn(10, 3)
-    for kwargs in (dict(k=0), dict(k=11), dict(k=2, restarts=0), dict(k=2, max_iter=0), dict(k=2, tol=-1.0)):
+    for kwargs in (dict(k=0), dict(k=11), dict(k=2, restarts=0), dict(k=2, max_iter=0), dict(k=2, tol=-1.0),
+                   dict(k=2, sample_per_cluster=0), dict(k=2, init_per_cluster=0)):
         with pytest.raises(ValueError):
             spherical_kmeans(x, **kwargs)
     with pytest.raises(ValueError):
@@ -79,3 +82,53 @@ def test_assign_is_nearest_by_cosine():
     labels, sims = assign(x, centroids, chunk_size=2)
     assert labels.tolist() == [0, 1, 1]
     np.testing.assert_allclose(sims.numpy(), [1.0, 1.0, 0.8], atol=1e-6)
+
+
+def plain_lloyd(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Reference: assign every point, recompute every mean, until no label changes."""
+    labels, iterations = None, 0
+    while True:
+        iterations += 1
+        new_labels, _ = assign(x, centroids)
+        if labels is not None and torch.equal(new_labels, labels):
+            return centroids, labels, iterations
+        labels = new_labels
+        centroids = centroids_of(x, labels, centroids.shape[0])
+
+
+@pytest.mark.parametrize("bounds", [True, False])
+def test_lloyd_with_or_without_bounds_gives_the_labels_of_plain_lloyd(monkeypatch, bounds):
+    # overlapping blobs: many iterations, many points changing label, so the bounds are exercised
+    x, _ = sphere_blobs(4000, 20, 16, 0.5, seed=4)
+    init = kmeans_plus_plus(x, 20, torch.Generator().manual_seed(0))
+    rows_compared = []
+    nearest = kmeans._nearest
+    monkeypatch.setattr(kmeans, "_nearest", lambda x, *a, **kw: rows_compared.append(len(x)) or nearest(x, *a, **kw))
+    result = _lloyd(x, init, max_iter=300, tol=0.0, chunk_size=512, bounds=bounds)
+    centroids, labels, iterations = plain_lloyd(x, init)
+    assert iterations > 10
+    assert torch.equal(result.labels, labels) and result.iterations == iterations
+    torch.testing.assert_close(result.centroids, centroids, atol=1e-5, rtol=0)
+    assert result.inertia == pytest.approx(spherical_inertia(x, centroids, labels), rel=1e-6)
+    if bounds:  # late iterations compare a few points with the centroids
+        assert min(rows_compared) < len(x) // 4
+    else:
+        assert set(rows_compared) == {len(x)}
+
+
+def test_restarts_on_a_sample_then_refined_end_at_a_fixed_point_of_all_points():
+    x, _ = sphere_blobs(6000, 6, 16, 0.4, seed=5)
+    sampled = spherical_kmeans(x, 6, restarts=3, sample_per_cluster=40, generator=torch.Generator().manual_seed(0))
+    full = spherical_kmeans(x, 6, restarts=3, sample_per_cluster=None, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled.labels, assign(x, sampled.centroids)[0])
+    torch.testing.assert_close(centroids_of(x, sampled.labels, 6), sampled.centroids, atol=1e-5, rtol=0)
+    assert sampled.inertia <= 1.001 * full.inertia
+
+
+def test_scale_of_the_input_rows_does_not_matter():
+    x, _ = sphere_blobs(600, 4, 8, 0.5, seed=6)
+    unit = spherical_kmeans(x, 4, restarts=2, generator=torch.Generator().manual_seed(1))
+    scaled = spherical_kmeans(x * torch.linspace(0.5, 3.0, 600)[:, None], 4, restarts=2,
+                              generator=torch.Generator().manual_seed(1))
+    assert torch.equal(unit.labels, scaled.labels)
+    torch.testing.assert_close(unit.centroids, scaled.centroids, atol=1e-5, rtol=0)
