@@ -13,7 +13,8 @@ this onnxruntime build has it, and the TensorRT plans of export/tensorrt.py when
 package is here; host-to-device copies included (images start on the host, as in serving).
 
 Timing: `--rounds` rounds after `--warmup` calls; in each round every runtime runs in turn (each call
-repeated to last >= 20 ms), so a machine shared with other work slows all of them alike; printed:
+repeated to last >= 20 ms, after a pause in which the previous runtime's threads stop spinning), so a
+machine shared with other work slows all of them alike; printed:
 images/s from the median round and the median of the per-round ratios to eager. Threads are pinned
 (torch.set_num_threads and onnxruntime's intra-op threads, the same number) and printed.
 
@@ -45,6 +46,9 @@ from contract.sessions import CPU, CUDA, default_threads, fused_model, open_sess
 from export.onnx_export import export_onnx  # noqa: E402
 
 MIN_CALL_S = 0.02
+PAUSE_S = 0.2
+"""Pause before each runtime's turn: the thread pools of the one before (onnxruntime's spinning workers,
+OpenMP's) must have gone to sleep, or they take the cores from the next (measured: up to 2x slower)."""
 PREPROCESSING = "(the graph's uint8 -> float nodes alone)"
 Runner = Callable[[np.ndarray], object]
 
@@ -74,6 +78,7 @@ def interleaved(runners: dict[str, Callable[[], object]], warmup: int, rounds: i
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
+            time.sleep(PAUSE_S)
             start = time.perf_counter()
             for _ in range(repeats[name]):
                 fn()
