@@ -68,7 +68,8 @@ class Settings:
         "help": "largest request line + headers (nginx large_client_header_buffers: 4 x 8 KiB; h11: 16 KiB)"})
     ort_threads: int = field(default=0, metadata={"help": "onnxruntime intra-op threads (0: its default)"})
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 429"})
-    log_level: str = field(default="info", metadata={"help": "log level of uvicorn and the gateway (critical, error, warning, info, debug, trace)"})
+    log_level: str = field(default="info", metadata={
+        "help": "log level of uvicorn and the gateway (critical, error, warning, info, debug, trace)"})
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
