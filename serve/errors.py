@@ -44,6 +44,13 @@ def public_text(text: str) -> str:
     return _HOST_PATH.sub(r"\1", _OBJECT_REPR.sub("<object>", text))
 
 
+def closing(err: GatewayError) -> GatewayError:
+    """`err` answered with Connection: close: for a refusal sent before the body has been read, so that the
+    server reads no more of it and the client stops sending (it reads the answer when its upload fails)."""
+    err.extra_headers["Connection"] = "close"
+    return err
+
+
 # Constructors for the recurring cases, so kinds and statuses stay consistent.
 def bad_request(message: str) -> GatewayError:
     return GatewayError(400, message, "bad_request")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -31,19 +33,35 @@ import numpy as np
 from starlette.requests import Request
 
 from contract.preprocess import ImageError, ImageTooLarge, describe_error, prepare_source
-from serve.errors import GatewayError, bad_request, too_large, unsupported_media_type
+from serve.errors import GatewayError, bad_request, closing, too_large, unsupported_media_type
 from serve.formbody import parse_files
-from serve.jsonbody import parse_images
+from serve.jsonbody import check_prefix, parse_images
 from serve.memory import release_free_memory
 from serve.settings import Settings
 
 FIELD = "files"
 DECODE_SLICE_S = 0.02
 """Longest run of decoding one request does per turn on the pool before the next request's turn."""
+PREFIX_CHECK_BYTES = 64 * 1024
+"""A JSON body is judged once on its first this many bytes, while the rest still arrives."""
 RELEASE_AFTER_S = 0.1
 """A request that spent this long decoding (large images) hands its freed memory back to the OS."""
 _B64_PREFIX = b";base64,"
 DATA_URL_HEAD = 100  # a data: URL names its media type within this many characters
+
+
+DECODE_NICENESS = 5
+"""How much lower than the event loop's the decode threads' CPU priority is (Linux nice steps)."""
+
+
+def lower_decode_priority() -> None:
+    """Decode-pool thread initializer: run this thread at nice +DECODE_NICENESS (Linux: per thread).
+
+    On a busy machine the event loop then wins the CPU over bulk decoding, so /healthz and new requests
+    are answered while large images decode; decoding loses nothing when the CPU is otherwise free."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: keep the default
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICENESS)
 
 
 @dataclass
@@ -64,7 +82,7 @@ async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise too_large(f"request body larger than {limit} bytes")
+            raise closing(too_large(f"request body larger than {limit} bytes"))
         yield chunk
 
 
@@ -72,7 +90,7 @@ async def read_uploads(request: Request, settings: Settings, pool: Executor) -> 
     """The images of a request, in order, still encoded; raises GatewayError (400/413/415/422)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-        raise too_large(f"request body of {length} bytes is larger than {settings.max_request_bytes} bytes")
+        raise closing(too_large(f"request body of {length} bytes is larger than {settings.max_request_bytes} bytes"))
     mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if mime == "multipart/form-data":
         uploads = await _read_multipart(request, settings, pool)
@@ -109,9 +127,19 @@ async def _read_multipart(request: Request, settings: Settings, pool: Executor) 
 
 
 async def _read_json(request: Request, settings: Settings, pool: Executor) -> list[Upload]:
-    body = await _read_body(request, settings.max_request_bytes)
-    items = await asyncio.get_running_loop().run_in_executor(
-        pool, parse_images, body, settings.max_images_per_request, settings.max_image_bytes)
+    """Read and scan a JSON body; one refused by its first PREFIX_CHECK_BYTES is refused before the rest arrives."""
+    loop = asyncio.get_running_loop()
+    limits = settings.max_images_per_request, settings.max_image_bytes
+    body, judged = bytearray(), False
+    async for chunk in _limited(request, settings.max_request_bytes):
+        body += chunk
+        if not judged and len(body) >= PREFIX_CHECK_BYTES:
+            judged = True
+            try:
+                await loop.run_in_executor(pool, check_prefix, bytes(body), *limits)
+            except GatewayError as err:
+                raise closing(err) from None
+    items = await loop.run_in_executor(pool, parse_images, body, *limits)
     return [Upload(i, item.filename, item.data, base64=True) for i, item in enumerate(items)]
 
 

@@ -10,7 +10,8 @@ returned as zero-copy memoryviews of the body. A string containing backslash esc
 path through the standard library's C string scanner (legitimate base64 needs no escapes).
 
 The keys come from the pydantic models in serve/schemas.py, which also document the body.
-Runs on the worker pool (`parse_images`), never on the event loop.
+Runs on the worker pool (`parse_images`), never on the event loop; `check_prefix` judges the first
+part of a body still arriving, so that a body refused by its first bytes is refused before the rest.
 """
 
 from __future__ import annotations
@@ -48,10 +49,16 @@ def _invalid(message: str) -> GatewayError:
     return GatewayError(422, f"invalid JSON body: {message}", "validation")
 
 
+class _NeedMore(Exception):
+    """A prefix of the body ended before it could be judged."""
+
+
 class _Scanner:
-    def __init__(self, body: bytes | bytearray, max_images: int, max_image_bytes: int) -> None:
+    def __init__(self, body: bytes | bytearray, max_images: int, max_image_bytes: int,
+                 complete: bool = True) -> None:
         self.buf = body
         self.view = memoryview(body)
+        self.complete = complete  # False: `body` is a prefix; running out of it is no error
         self.pos = 0
         self.max_images = max_images
         self.max_image_bytes = max_image_bytes
@@ -67,9 +74,13 @@ class _Scanner:
                 return
 
     def _peek(self) -> int | None:
-        """The next non-whitespace byte (not consumed), or None at the end."""
+        """The next non-whitespace byte (not consumed), or None at the end (of a complete body)."""
         self._skip_ws()
-        return self.buf[self.pos] if self.pos < len(self.buf) else None
+        if self.pos < len(self.buf):
+            return self.buf[self.pos]
+        if not self.complete:
+            raise _NeedMore
+        return None
 
     def _expect(self, char: bytes, what: str) -> None:
         if self._peek() != char[0]:
@@ -89,6 +100,8 @@ class _Scanner:
         if quote < 0 and buf.find(b"\\", start, start + limit + 1) < 0:
             if len(buf) > start + limit:
                 raise oversize(f"{what} is longer than {limit} bytes")
+            if not self.complete:
+                raise _NeedMore
             raise bad_request(f"body is not valid JSON: {what} is not terminated")
         window = bytes(self.view[start - 1:start + limit + 1]).decode("latin-1")  # one char per byte
         try:
@@ -96,6 +109,8 @@ class _Scanner:
         except ValueError as err:
             if len(buf) > start + limit:
                 raise oversize(f"{what} is longer than {limit} bytes") from err
+            if not self.complete:
+                raise _NeedMore from err
             raise bad_request(f"body is not valid JSON: {what}: {getattr(err, 'msg', err)}") from err
         self.pos = start - 1 + end
         return start, self.pos - 1, text
@@ -133,6 +148,15 @@ class _Scanner:
             self._expect(b"}", f"',' or '}}' in the object at {where}")
             return
 
+    def _literal(self, word: bytes) -> bool:
+        """Whether `word` comes next (consumed if so)."""
+        if not self.complete and len(self.buf) - self.pos < len(word):
+            raise _NeedMore
+        if self.buf.startswith(word, self.pos):
+            self.pos += len(word)
+            return True
+        return False
+
     # -- the accepted shape --------------------------------------------------------------------
     def _data(self, where: str) -> memoryview | bytes:
         start, end, text = self._string(
@@ -155,8 +179,8 @@ class _Scanner:
         for key in self._keys(ITEM_KEYS, where):
             if key == "data":
                 data = self._data(f"{where}.data")
-            elif self._peek() == ord("n") and self.buf.startswith(b"null", self.pos):
-                self.pos += 4
+            elif self._peek() == ord("n") and self._literal(b"null"):
+                pass
             else:
                 filename = self._text(f"{where}.filename")
         if data is None:
@@ -192,7 +216,7 @@ class _Scanner:
         images = None
         for _ in self._keys((IMAGES_KEY,), "the top level"):
             images = self._images()
-        if self._peek() is not None:
+        if self._peek() is not None:  # (a prefix never gets here: it needs its end to be judged)
             raise bad_request(f"body is not valid JSON: extra data at byte {self.pos}")
         if images is None:
             raise _invalid(f"{IMAGES_KEY!r} is required")
@@ -204,3 +228,13 @@ def parse_images(body: bytes | bytearray, max_images: int, max_image_bytes: int)
 
     Work and memory are bounded by the position of the first problem, whatever follows it."""
     return _Scanner(body, max_images, max_image_bytes).body()
+
+
+def check_prefix(prefix: bytes | bytearray, max_images: int, max_image_bytes: int) -> None:
+    """Raise the GatewayError that the whole body would get, if its first bytes already decide it.
+
+    The same walk as `parse_images`, stopped without a verdict where the prefix ends."""
+    try:
+        _Scanner(prefix, max_images, max_image_bytes, complete=False).body()
+    except _NeedMore:
+        return

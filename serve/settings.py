@@ -60,8 +60,10 @@ class Settings:
         "help": "time for a request's line and headers to arrive (nginx client_header_timeout: 60 s)"})
     body_timeout_s: float = field(default=30.0, metadata={
         "help": "longest pause between two reads of a request body (nginx client_body_timeout: 60 s)"})
-    keepalive_timeout_s: float = field(default=5.0, metadata={
-        "help": "idle time before a keep-alive connection is closed (nginx keepalive_timeout: 75 s; uvicorn: 5 s)"})
+    keepalive_timeout_s: float = field(default=75.0, metadata={
+        "help": "idle time before a keep-alive connection is closed (nginx keepalive_timeout: 75 s; uvicorn: 5 s, "
+                "shorter than most clients' and load balancers' own, which makes them race the close); idle "
+                "connections are closed first when the connection limit is reached"})
     max_header_bytes: int = field(default=16384, metadata={
         "help": "largest request line + headers (nginx large_client_header_buffers: 4 x 8 KiB; h11: 16 KiB)"})
     ort_threads: int = field(default=0, metadata={"help": "onnxruntime intra-op threads (0: its default)"})

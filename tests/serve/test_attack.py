@@ -11,6 +11,7 @@ figures are printed (`pytest -s tests/serve/test_attack.py` shows them, the READ
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import os
@@ -142,6 +143,18 @@ def healthz_probe(gateway: Gateway, interval_s: float = 0.01) -> Iterator[list[f
     assert len(latencies) > 1, "the /healthz probe did not run"
 
 
+@contextmanager
+def no_gc_pauses() -> Iterator[None]:
+    """This process's garbage collector off while a request is timed: after training, a full collection of
+    its heap takes about a second, which is this process's time, not the gateway's."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _png(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), (90, 160, 30)).save(buf, "PNG")
@@ -167,7 +180,7 @@ def test_extreme_aspect_ratios_cost_their_decode_not_their_resize(server, shape,
     legit = digit_pngs(1)[0]
     strip = _png(*shape)
     items = [(f"strip{i}.png", strip) for i in range(count)] + [("digit.png", legit)]
-    with healthz_probe(server) as latencies, server.peak_growth() as growth:
+    with healthz_probe(server) as latencies, server.peak_growth() as growth, no_gc_pauses():
         began = time.perf_counter()
         r = httpx.post(f"{server.url}/cluster", files=[("files", item) for item in items], timeout=120)
         elapsed = time.perf_counter() - began
@@ -182,17 +195,17 @@ def test_extreme_aspect_ratios_cost_their_decode_not_their_resize(server, shape,
 
 def test_a_json_body_of_3_3_million_unknown_keys_is_refused_at_once(server):
     image = base64.b64encode(digit_pngs(1)[0])
-    keys = b",".join(b'"k%07d":0' % i for i in range(3_300_000))
+    keys = b",".join(b'"k%014d":0' % i for i in range(3_300_000))  # 20 bytes each, as in the issue's 64 MB
     body = b'{"images":["' + image + b'"],' + keys + b"}"
-    assert len(body) > 40 * MB
-    with healthz_probe(server) as latencies, server.peak_growth() as growth:
+    assert 60 * MB < len(body) <= 64 * MB
+    with healthz_probe(server) as latencies, server.peak_growth() as growth, no_gc_pauses():
         began = time.perf_counter()
         r = httpx.post(f"{server.url}/cluster", content=body, headers={"content-type": "application/json"},
                        timeout=60)
         elapsed = time.perf_counter() - began
     print(f"\nJSON of {len(body) / MB:.0f} MiB, 3.3 M keys: {r.status_code} in {elapsed:.2f} s, peak RSS "
           f"+{growth[0] / MB:.0f} MB, /healthz max {max(latencies) * 1000:.0f} ms; {r.text[:120]}")
-    assert r.status_code == 422 and "'k0000000'" in r.json()["error"]["message"], r.text
+    assert r.status_code == 422 and f"'k{0:014d}'" in r.json()["error"]["message"], r.text
     assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
     assert max(latencies) < 0.1, f"/healthz took up to {max(latencies) * 1000:.0f} ms"
     assert growth[0] < 200 * MB, f"peak RSS grew by {growth[0] / MB:.0f} MB"
@@ -289,12 +302,12 @@ def test_1100_idle_connections_at_a_1024_fd_limit(server):
                                                 else min(max(soft, 2048), hard), hard))
     idle = []
     try:
-        for _ in range(1100):
-            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
-        time.sleep(0.2)
-        began = time.perf_counter()
-        assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200  # room is made for a newcomer
-        print(f"\n/healthz on a new connection among 1100 idle ones: {(time.perf_counter() - began) * 1000:.0f} ms")
+        with healthz_probe(server) as latencies:  # a client the server already has, active all along
+            for _ in range(1100):
+                idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            time.sleep(0.2)
+            assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200  # room is made for newcomers
+        print(f"\n/healthz during 1100 idle connections: {len(latencies)} probes, max {max(latencies) * 1000:.0f} ms")
         assert server.metric("gateway_connections_closed_total", reason="evicted") > 0
         time.sleep(HEADER_TIMEOUT_S + 1.5)
         still_open = 0

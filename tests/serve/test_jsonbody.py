@@ -84,3 +84,17 @@ def test_image_data_is_a_view_of_the_body_not_a_copy():
     first, second = parse_images(body, 10, 100)
     assert isinstance(first.data, memoryview) and first.data.obj is body
     assert bytes(second.data) == b"YQ=="
+
+
+def test_a_prefix_is_refused_only_when_its_bytes_already_decide():
+    from serve.jsonbody import check_prefix
+
+    valid = json.dumps({"images": ["aGk=", {"data": "a\\/b", "filename": None}, {"filename": "x", "data": "YQ=="}]},
+                       indent=1).encode()
+    for cut in range(len(valid) + 1):
+        check_prefix(valid[:cut], 256, 10_000)  # no verdict on a body that may still turn out fine
+    for body, status in [(b'{"images": ["aGk="], "k0": 0, "k1"', 422), (b'{"imgs": ', 422), (b'[1, 2', 422),
+                         (b'{"images": [{"data": 5', 422), (b'{"images": ["' + b"A" * 2000, 413)]:
+        with pytest.raises(GatewayError) as err:
+            check_prefix(body, 256, 1000)
+        assert err.value.status == status, (body, err.value.message)
