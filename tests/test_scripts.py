@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# what the bare GPU machine lacks (it has torch, torchvision, onnx, onnxruntime, numpy, pillow)
+ABSENT_ON_GPU_MACHINE = ["tqdm", "tensorboard", "scipy", "sklearn", "matplotlib", "faiss", "threadpoolctl",
+                         "fastapi", "uvicorn", "prometheus_client", "tritonclient", "orjson", "httpx", "pytest"]
 SECTIONS = ["=== 1. environment", "=== 2. training step vs backbone alone, eager",
             "=== 3. k-means on the GPU", "=== 4. onnxruntime CUDA execution provider vs PyTorch eager",
             "=== 5. training step vs backbone alone, torch.compile"]
@@ -34,3 +37,29 @@ def test_gpu_check_refuses_unknown_arguments():
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--gpu"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--dry-run" in done.stdout
+
+
+def test_modules_the_gpu_check_runs_import_without_the_projects_other_dependencies():
+    # a meta-path finder that makes those packages unimportable, as on the GPU machine
+    code = f"""
+import importlib.abc, importlib.machinery, sys
+class Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in {ABSENT_ON_GPU_MACHINE!r}:
+            return importlib.machinery.ModuleSpec(name, self)
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"No module named {{spec.name!r}}", name=spec.name)
+    def exec_module(self, module):
+        pass
+sys.meta_path.insert(0, Absent())
+try:
+    import sklearn
+except ModuleNotFoundError:
+    pass
+else:
+    sys.exit("the finder did not hide sklearn")
+import bench.export_speed, bench.kmeans, bench.train_throughput, contract.sessions, train.kmeans, train.trainer
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
