@@ -43,7 +43,7 @@ from serve.errors import (
     public_text,
     unauthorized,
 )
-from serve.images import Upload, lower_decode_priority, prepare_uploads, read_uploads
+from serve.images import Upload, prepare_uploads, read_uploads
 from serve.memory import map_large_allocations
 from serve.metrics import Metrics
 from serve.schemas import (
@@ -91,7 +91,7 @@ class Gateway:
         self.batchers: dict[str, Batcher] = {}
         self.warm: dict[str, bool] = {}
         self.detail: str | None = "not started"
-        self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="decode", initializer=lower_decode_priority)
+        self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="decode")
         self._lock = asyncio.Lock()
 
     @property
