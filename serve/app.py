@@ -53,7 +53,7 @@ from serve.errors import (
     public_text,
     unauthorized,
 )
-from serve.images import Upload, lower_decode_priority, prepare_uploads, read_uploads
+from serve.images import Upload, prepare_uploads, read_uploads
 from serve.memory import map_large_allocations
 from serve.metrics import Metrics
 from serve.openai_api import openai_router
@@ -105,7 +105,7 @@ class Gateway:
         self.cards: dict[tuple[str, int], VersionCard] = {}
         self.warm: dict[str, bool] = {}
         self.detail: str | None = "not started"
-        self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="decode", initializer=lower_decode_priority)
+        self.pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="decode")
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task | None = None
         self._summarised = False

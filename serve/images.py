@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
-import os
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -48,20 +46,6 @@ RELEASE_AFTER_S = 0.1
 """A request that spent this long decoding (large images) hands its freed memory back to the OS."""
 _B64_PREFIX = b";base64,"
 DATA_URL_HEAD = 100  # a data: URL names its media type within this many characters
-
-
-DECODE_NICENESS = 5
-"""How much lower than the event loop's the decode threads' CPU priority is (Linux nice steps)."""
-
-
-def lower_decode_priority() -> None:
-    """Decode-pool thread initializer: run this thread at nice +DECODE_NICENESS (Linux: per thread).
-
-    On a busy machine the event loop then wins the CPU over bulk decoding, so /healthz and new requests
-    are answered while large images decode; decoding loses nothing when the CPU is otherwise free."""
-    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed: keep the default
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + DECODE_NICENESS)
 
 
 @dataclass
