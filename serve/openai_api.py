@@ -102,7 +102,7 @@ def openai_router(gateway: Any, dependencies: list[Any], errors: dict[int | str,
         inputs = [req.input] if isinstance(req.input, str) else req.input
         if not inputs:
             raise bad_request("input is empty: give one or more images")
-        uploads = [Upload(i, None, text) for i, text in enumerate(inputs)]
+        uploads = [Upload(i, None, text.encode("ascii", "replace"), base64=True) for i, text in enumerate(inputs)]
         for up in uploads:
             if len(up.data) * 3 // 4 > settings.max_image_bytes:
                 raise too_large(f"input[{up.index}]: about {len(up.data) * 3 // 4} bytes, more than the limit of "
