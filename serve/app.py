@@ -484,9 +484,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     # security schemes appear in the OpenAPI page (and are checked) only when a key is configured
     protected = [Depends(require_api_key)] if settings.api_key else []
-    mount_page(app, gateway, protected)
     auth_errors = _AUTH_ERRORS if settings.api_key else {422: _ERRORS[422]}
     errors = _ERRORS if settings.api_key else {k: v for k, v in _ERRORS.items() if k != 401}
+    mount_page(app, gateway, protected, errors)
     model_q = Query(None, description="model name; may be left out when only one model is served")
     version_q = Query(None, ge=1, description="model version (default: the latest; a new export is picked up "
                       "without a restart)")

@@ -76,8 +76,9 @@ def place(embedding: np.ndarray, projection: dict[str, np.ndarray], neighbours: 
     return (weights[..., None] * points).sum(1) / weights.sum(1, keepdims=True)
 
 
-def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
-    """GET / and /static/* (open, like the files of any page), and the page's routes (protected like the API)."""
+def mount_page(app: FastAPI, gateway: Any, protected: list, errors: dict[int | str, dict[str, Any]]) -> None:
+    """GET / and /static/* (open, like the files of any page), and the page's routes (protected like the API;
+    `errors`: the API's documented error answers, which these routes share)."""
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     version_q = Query(None, ge=1, description="model version (default: the latest)")
 
@@ -92,8 +93,8 @@ def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
         except RepositoryError as err:
             raise not_found(f"model {name!r}: {err}") from err
 
-    @app.get("/models/{name}/clusters/{cluster}/samples/{k}.png", dependencies=protected, response_class=Response,
-             summary="A training image of a cluster (PNG)", operation_id="getClusterSample")
+    @app.get("/models/{name}/clusters/{cluster}/samples/{k}.png", dependencies=protected, responses=errors,
+             response_class=Response, summary="A training image of a cluster (PNG)", operation_id="getClusterSample")
     async def cluster_sample(name: str, cluster: int, k: int, version: int | None = version_q) -> Response:
         samples = read_npz((await served_version(name, version)).directory / CLUSTER_SAMPLES_FILE)
         rows = np.flatnonzero(samples["cluster"] == cluster)
@@ -105,7 +106,7 @@ def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
         image.save(buffer, "PNG")
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=300"})
 
-    @app.put("/models/{name}/clusters/{cluster}", dependencies=protected, summary="Rename a cluster",
+    @app.put("/models/{name}/clusters/{cluster}", dependencies=protected, responses=errors, summary="Rename a cluster",
              operation_id="renameCluster")
     async def rename_cluster(name: str, cluster: int, body: ClusterName, version: int | None = version_q) -> Response:
         chosen = await served_version(name, version)
@@ -117,7 +118,8 @@ def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
         files.write_json(chosen.names_file, {str(k): v for k, v in sorted(names.items())})
         return Response(status_code=204)
 
-    @app.get("/models/{name}/tree", dependencies=protected, summary="CoHiClust's tree", operation_id="getTree")
+    @app.get("/models/{name}/tree", dependencies=protected, responses=errors, summary="CoHiClust's tree",
+             operation_id="getTree")
     async def tree(name: str, version: int | None = version_q) -> Response:
         path = (await served_version(name, version)).directory / TREE_FILE
         if not path.is_file():
@@ -125,7 +127,7 @@ def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
         data = files.read_json(path)
         return JSONResponse({k: v for k, v in data.items() if k != "assignments"})
 
-    @app.get("/models/{name}/projection", dependencies=protected, summary="The embedding map",
+    @app.get("/models/{name}/projection", dependencies=protected, responses=errors, summary="The embedding map",
              operation_id="getProjection")
     async def projection(name: str, version: int | None = version_q) -> Response:
         data = read_npz((await served_version(name, version)).directory / PROJECTION_FILE)
@@ -133,8 +135,8 @@ def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
                   for (x, y), c in zip(data["points"], data["cluster"], strict=True)]
         return JSONResponse({"method": str(data["method"]), "points": points})
 
-    @app.post("/models/{name}/projection/place", dependencies=protected, summary="Place images on the map",
-              operation_id="placeImages")
+    @app.post("/models/{name}/projection/place", dependencies=protected, responses=errors,
+              summary="Place images on the map", operation_id="placeImages")
     async def place_images(request: Request, name: str, version: int | None = version_q) -> Response:
         chosen = await served_version(name, version)
         data = read_npz(chosen.directory / PROJECTION_FILE)
@@ -146,7 +148,7 @@ def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
                         for i, (x, y) in zip(ok, positions, strict=True)]
         return JSONResponse({"results": sorted(results, key=lambda r: r["index"])})
 
-    @app.get("/bulk/summary", dependencies=protected, summary="The bulk job the gateway shows",
+    @app.get("/bulk/summary", dependencies=protected, responses=errors, summary="The bulk job the gateway shows",
              operation_id="getBulkSummary")
     async def bulk_summary() -> Response:
         summary = _bulk_file(gateway.settings.bulk_output, BULK_SUMMARY_FILE)
@@ -155,7 +157,7 @@ def mount_page(app: FastAPI, gateway: Any, protected: list) -> None:
         data.pop("source", None)
         return JSONResponse(data)
 
-    @app.get("/bulk/galleries/{cluster}.png", dependencies=protected, response_class=Response,
+    @app.get("/bulk/galleries/{cluster}.png", dependencies=protected, responses=errors, response_class=Response,
              summary="A bulk job's gallery of one cluster", operation_id="getBulkGallery")
     async def bulk_gallery(cluster: int) -> FileResponse:
         return FileResponse(_bulk_file(gateway.settings.bulk_output, f"{BULK_GALLERY_DIR}/cluster_{cluster:03d}.png"),
