@@ -350,8 +350,6 @@ def embed_results(uploads: list[Upload], ok: list[int], errors: dict[int, str],
 def error_response(err: GatewayError, metrics: Metrics | None) -> Response:
     if metrics is not None:
         metrics.errors.labels(err.kind).inc()
-    if err.status == CLIENT_CLOSED:  # nobody reads the answer: one line in the log, no traceback
-        log.info("%s", err.message)
     body = {"error": {"status": err.status, "kind": err.kind, "message": public_text(err.message)}}
     return FastJSONResponse(body, status_code=err.status, headers=err.headers())
 
@@ -456,14 +454,20 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log, json_lines=settings.log_format == "json")
     add_docs(app)
 
+    def gateway_answer(err: GatewayError) -> Response:
+        # A client that left gets one log line, no traceback: the access line (499) when the access log
+        # is on, else this one.
+        if err.status == CLIENT_CLOSED and not settings.access_log:
+            log.info("%s", err.message)
+        return error_response(err, gateway.metrics)
+
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, err: GatewayError) -> Response:
-        return error_response(err, gateway.metrics)
+        return gateway_answer(err)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_disconnect(request: Request, err: ClientDisconnect) -> Response:
-        return error_response(client_gone(f"client disconnected while sending its request to {request.url.path}"),
-                              gateway.metrics)
+        return gateway_answer(client_gone(f"client disconnected while sending its request to {request.url.path}"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError) -> Response:
