@@ -94,7 +94,7 @@ def training_equals_gateway(files: dict[str, bytes], size: int) -> bool:
     with tempfile.TemporaryDirectory(prefix="decode-bench-") as tmp:
         for name, data in files.items():
             (Path(tmp) / name).write_bytes(data)
-        training = load_dataset("folder", tmp, image_size=size)
+        training = load_dataset("folder", tmp, size)
     by_name = {Path(source).name: training.images[i].numpy() for i, source in enumerate(training.sources)}
     uploads = [Upload(i, name, data) for i, (name, data) in enumerate(files.items())]
     with ThreadPoolExecutor(1) as pool:

@@ -72,7 +72,7 @@ def make_model(workdir: Path, images: list[bytes], keep: Path | None = None, siz
                      "epoch": 0}, run / CHECKPOINT_FILE)
     pixels = torch.from_numpy(np.stack([prepare_source(data, size, 3) for data in images]))
     save_parity_sample(run / PARITY_SAMPLE_FILE, ImageData(pixels, None, None, [f"{i}.png" for i in range(len(images))],
-                                                           "folder", []))
+                                                           "folder", []), size)
     name = f"cc_{backbone}_{size}"
     out = keep or workdir
     cpu = out / "model_repository_cpu" if keep else None  # the CPU flavour for scripts/perf_analyzer.sh

@@ -28,7 +28,8 @@ PARITY_SAMPLE_FILE = "parity_sample.npz"
 """Images of the training data and the trained model's outputs on them, saved at the end of training so
 an export can check parity without the data set; copied into the model repository for TensorRT."""
 IMAGES_USED_FILE = "images.txt"
-"""The images a run trained on, one source per line in training order (after sampling and skipping)."""
+"""The images a run trained on, one source per line in training order (after sampling and skipping; the
+instance-pass splits after the training splits)."""
 INIT_FILE = "init.json"
 """Which checkpoint a run started from (methods that fine-tune another run) and how it scored."""
 CLUSTER_STATS_FILE = "cluster_stats.json"

@@ -20,7 +20,8 @@ def build_parser(method: str, dataset: str, preset: str | None) -> argparse.Argu
     parser = argparse.ArgumentParser(
         prog="python -m train",
         description="Train a deep-clustering model. Options left out come from the preset "
-                    "(paper: the paper's recipe per data set; fast: a short schedule) and the data set's defaults.",
+                    "(paper: the official code's recipe per data set; native: the project's recipe at the data "
+                    "set's own resolution; fast: a short schedule) and the data set's defaults.",
         epilog="methods: " + ", ".join(sorted(METHODS)) + ". datasets: "
                + "; ".join(f"{name} ({info.description})" for name, info in DATASETS.items())
                + ". Defaults shown are those of --method/--dataset/--preset as given (or their defaults).",

@@ -1,7 +1,8 @@
 """Typed run configuration: defaults < method preset < data-set defaults < method's data-set preset < CLI.
 
 Each method subclasses `Config` with its own hyper-parameters and declares presets
-(`paper`: the paper's settings per data set, `fast`: a short schedule for a quick look).
+(`paper`: the official code's recipe per data set, `fast`: a short schedule for a quick look; a method
+may add others, e.g. `native`: the project's faster recipe at the data set's native resolution).
 The resolved config is saved in the run directory as config.json.
 """
 
@@ -20,7 +21,7 @@ from contract.cli import add_dataclass_arguments
 Presets = dict[str, dict[str, dict[str, Any]]]
 """preset name -> data set name (or "*" for every data set) -> field overrides."""
 REQUIRED_PRESETS = ("paper", "fast")
-"""Every method has these: `paper` is the paper's official recipe, `fast` a short schedule."""
+"""Every method has these: `paper` is the official code's recipe, `fast` a short schedule."""
 
 
 ARCHITECTURE = {"architecture": True}
@@ -48,7 +49,11 @@ class Config:
     max_images: int = field(
         default=0, metadata={"help": "folders of image files: train on a seeded random sample of N images (0: all)"}
     )
-    preset: str = field(default="paper", metadata={"help": "hyper-parameter preset: paper or fast"})
+    preset: str = field(
+        default="paper",
+        metadata={"help": "hyper-parameter preset: paper (the official code's recipe), native (the project's "
+                  "recipe at the data set's native resolution, much faster) or fast (a short schedule)"},
+    )
     seed: int = field(default=0, metadata={"help": "random seed (data order, augmentation, init)"})
     init: str | None = field(
         default=None,
@@ -59,6 +64,17 @@ class Config:
         default=False, metadata={"help": "methods with a parent: train the parent run first when none is found "
                                  "(otherwise the command that trains it is printed and nothing runs)"}
     )
+    train_splits: str = field(
+        default="", metadata={"help": "splits of the data set trained on, comma-separated (empty: the data set's "
+                              "default, e.g. train,test for cifar10)"}
+    )
+    eval_splits: str = field(
+        default="", metadata={"help": "splits clustered and scored at evaluation (empty: the training splits)"}
+    )
+    instance_splits: str = field(
+        default="", metadata={"help": "splits given an extra pass with the instance loss only at the start of every "
+                              "epoch (CC on STL-10: unlabelled); empty: none"}
+    )
     # --- model ---------------------------------------------------------------------------------
     backbone: str = field(
         default="resnet34", metadata={**ARCHITECTURE, "help": "resnet18, resnet34, resnet50 or smallcnn"}
@@ -68,6 +84,11 @@ class Config:
         metadata={**ARCHITECTURE, "help": "cifar (3x3 conv, no max-pool) or imagenet (7x7/2 + max-pool)"}
     )
     image_size: int = field(default=32, metadata={**ARCHITECTURE, "help": "side of the square model input, pixels"})
+    stored_size: int = field(
+        default=0,
+        metadata={"help": "side of the images kept in memory, pixels (0 = image_size); the augmentation's crop "
+                  "and the evaluation resize take them to image_size on the training device"},
+    )
     num_clusters: int = field(default=0, metadata={**ARCHITECTURE, "help": "number of clusters; 0 = number of classes"})
     normalize: bool = field(
         default=False, metadata={**ARCHITECTURE, "help": "standardise inputs with the data set's channel mean/std"}
@@ -81,6 +102,11 @@ class Config:
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     schedule: str = field(default="constant", metadata={"help": "learning-rate schedule: constant or cosine"})
     warmup_epochs: int = field(default=0, metadata={"help": "linear learning-rate warm-up epochs"})
+    lr_min: float = field(default=0.0, metadata={"help": "cosine schedule: the floor, as a fraction of lr"})
+    cosine_epochs: int = field(
+        default=0, metadata={"help": "cosine schedule: its period after the warm-up, epochs (0 = the rest of the run, "
+                             "so it ends at the floor)"}
+    )
     # --- augmentation (each image of a batch draws its own parameters) ------------------------
     crop_min_scale: float = field(default=0.08, metadata={"help": "random resized crop: smallest area"})
     flip_p: float = field(default=0.5, metadata={"help": "horizontal flip probability"})
@@ -88,6 +114,10 @@ class Config:
         default=0.5, metadata={"help": "colour jitter s: brightness/contrast/saturation 0.8s, hue 0.2s"}
     )
     jitter_p: float = field(default=0.8, metadata={"help": "colour jitter probability"})
+    jitter_order: str = field(
+        default="random", metadata={"help": "colour jitter order: random (a random order per image, as torchvision's "
+                                    "ColorJitter) or fixed (brightness, contrast, saturation, hue)"}
+    )
     gray_p: float = field(default=0.2, metadata={"help": "grayscale probability"})
     blur_p: float = field(default=0.0, metadata={"help": "Gaussian blur probability"})
     rotate_degrees: float = field(default=0.0, metadata={"help": "random rotation range, +- degrees"})
@@ -111,6 +141,10 @@ class Config:
     cache_dir: str | None = field(
         default=None, metadata={"help": "where decoded folders are kept; default: .cache/ beside the run directory"}
     )
+
+    def stored_side(self) -> int:
+        """Side of the images kept in memory: stored_size, or image_size when it is 0."""
+        return self.stored_size or self.image_size
 
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir or f"runs/{self.method}-{self.dataset}-{self.backbone}")
@@ -165,6 +199,11 @@ def resolve_config(cls: type[Config], presets: Presets, dataset_defaults: dict[s
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
     return cls(**values)
+
+
+def split_names(text: str) -> tuple[str, ...]:
+    """"train, test" -> ("train", "test"); empty -> ()."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def config_from_dict(cls: type[Config], values: dict[str, Any]) -> Config:

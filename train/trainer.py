@@ -1,8 +1,12 @@
 """The training loop every method shares. Read top to bottom: setup, train_one_epoch, evaluate, finish.
 
-Data lives on the training device as uint8 (N, C, S, S); each step indexes a batch and augments
-two views there (train/data/augment.py). Randomness per epoch comes from generators seeded with
-(seed, epoch), so a run resumed from its last completed epoch continues exactly as if never stopped.
+Data lives on the training device as uint8 (N, C, S, S) at its stored side S; each step indexes a
+batch and augments two views there, cropped to the model's input size (train/data/augment.py), and
+evaluation resizes each batch to that size there too (`resize_images`). A run trains on the
+`train_splits` of its data set, scores the `eval_splits`, and may give every epoch a first pass over
+the `instance_splits` with the method's instance loss only (CC on STL-10). Randomness per epoch comes
+from generators seeded with (seed, epoch), so a run resumed from its last completed epoch continues
+exactly as if never stopped.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +40,19 @@ from contract.names import (
 from train import metrics, report
 from train.checkpoint import read_checkpoint, save_checkpoint
 from train.cluster_stats import cluster_stats
-from train.config import Config
-from train.data.augment import AugmentParams, BatchAugment
+from train.config import Config, split_names
+from train.data.augment import AugmentParams, BatchAugment, resize_images
 from train.data.cache import FolderDecoder
-from train.data.datasets import ImageData, load_dataset
+from train.data.datasets import ImageData, load_dataset, resolve_splits
 from train.distributed import ProcessGroup, gather_with_grad, init_from_env
-from train.methods import get_method
+from train.methods import METHODS, get_method
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.parents import load_parent, resolve_parent
 
 PARITY_IMAGES = 64
-"""Images of the training data saved with the run for export's parity check (evenly spaced)."""
+"""Images of the evaluated data saved with the run for export's parity check (evenly spaced)."""
+INSTANCE_STREAM = 20_000
+"""Random streams of the instance-loss-only pass (its order, then its augmentation per process)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -61,20 +69,36 @@ def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device) ->
     return torch.Generator(device).manual_seed(seed * 1_000_003 + epoch * 7919 + stream)
 
 
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 (N, C, H, W) images scaled to [0, 1]."""
-    x = images.float().div(255).transpose(0, 1).reshape(images.shape[1], -1)
-    return x.mean(1).tolist(), x.std(1).clamp(min=1e-3).tolist()
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images scaled to [0, 1].
+
+    Summed in float64 `chunk` images at a time: STL-10's 100k unlabelled images would take 11 GB as floats.
+    """
+    channels = images.shape[1]
+    total, sums, squares = 0, torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    for part in images.split(chunk):
+        x = part.to(torch.float64).div(255).transpose(0, 1).reshape(channels, -1)
+        total += x.shape[1]
+        sums += x.sum(1).cpu()
+        squares += x.square().sum(1).cpu()
+    mean = sums / total
+    std = ((squares - total * mean.square()) / max(1, total - 1)).clamp(min=0).sqrt()
+    return mean.tolist(), std.clamp(min=1e-3).tolist()
 
 
 def lr_factor(cfg: Config, step: int, steps_per_epoch: int) -> float:
-    """Linear warm-up, then constant or cosine to zero; per optimiser step."""
+    """Linear warm-up, then constant, or cosine from 1 down to lr_min over cosine_epochs; per optimiser step.
+
+    cosine_epochs 0 spans the rest of the run (it ends at lr_min); ProPos's official schedule spans
+    `epochs` after its warm-up, so it stops short of the floor.
+    """
     warmup = cfg.warmup_epochs * steps_per_epoch
     if step < warmup:
         return (step + 1) / warmup
     if cfg.schedule == "cosine":
-        total = max(1, cfg.epochs * steps_per_epoch - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+        total = max(1, (cfg.cosine_epochs or cfg.epochs - cfg.warmup_epochs) * steps_per_epoch)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+        return cfg.lr_min + (1 - cfg.lr_min) * cosine
     if cfg.schedule != "constant":
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose constant or cosine")
     return 1.0
@@ -89,10 +113,35 @@ def build_optimizer(cfg: Config, model: ClusteringMethod) -> torch.optim.Optimiz
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam or sgd")
 
 
+@dataclass
+class RunData:
+    """The data of a run, each part loaded once at the stored side."""
+
+    train: ImageData  # the train_splits
+    eval: ImageData  # the eval_splits (the same object as train when the splits agree)
+    instance: ImageData | None  # the instance_splits, or None
+
+
+def load_run_data(cfg: Config, decoder: FolderDecoder | None = None) -> RunData:
+    """Load the train, evaluation and instance-pass splits of cfg.dataset at cfg.stored_side()
+    (folders of image files through `decoder`: see train/data/cache.py)."""
+    side = cfg.stored_side()
+
+    def load(splits: Sequence[str] | None) -> ImageData:
+        return load_dataset(cfg.dataset, cfg.data_dir, side, splits, decoder)
+
+    train = load(split_names(cfg.train_splits))
+    eval_splits = resolve_splits(cfg.dataset, split_names(cfg.eval_splits) or train.splits)
+    evaluation = train if eval_splits == train.splits else load(eval_splits)
+    instance_splits = split_names(cfg.instance_splits)
+    instance = load(instance_splits) if instance_splits else None
+    return RunData(train, evaluation, instance)
+
+
 @torch.no_grad()
 def map_batches(model: ClusteringMethod, fn, images: torch.Tensor, batch_size: int, autocast,
-                to_cpu: bool = False):
-    """fn over float [0, 1] batches of uint8 images, model in eval mode; the results concatenated.
+                size: int, to_cpu: bool = False):
+    """fn over float [0, 1] batches of uint8 images resized to size x size, model in eval mode; results concatenated.
 
     fn returns a tensor or a dict of tensors; floating results come back as float32.
     """
@@ -101,8 +150,9 @@ def map_batches(model: ClusteringMethod, fn, images: torch.Tensor, batch_size: i
     parts = []
     try:
         for start in range(0, images.shape[0], batch_size):
+            batch = resize_images(images[start:start + batch_size], size)
             with autocast():
-                parts.append(fn(images[start:start + batch_size].float().div(255)))
+                parts.append(fn(batch.float().div(255)))
     finally:
         model.train(was_training)
 
@@ -115,15 +165,15 @@ def map_batches(model: ClusteringMethod, fn, images: torch.Tensor, batch_size: i
     return cat(parts)
 
 
-def predict_dataset(model: ClusteringMethod, images: torch.Tensor, batch_size: int,
-                    autocast) -> dict[str, torch.Tensor]:
-    """Head outputs for every un-augmented image, on the CPU."""
-    return map_batches(model, model.predict, images, batch_size, autocast, to_cpu=True)
+def predict_dataset(model: ClusteringMethod, images: torch.Tensor, batch_size: int, autocast,
+                    size: int) -> dict[str, torch.Tensor]:
+    """Head outputs for every un-augmented image resized to the model's size x size, on the CPU."""
+    return map_batches(model, model.predict, images, batch_size, autocast, size, to_cpu=True)
 
 
 def evaluate(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: Config,
              autocast) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    outputs = predict_dataset(model, images, cfg.eval_batch_size, autocast)
+    outputs = predict_dataset(model, images, cfg.eval_batch_size, autocast, cfg.image_size)
     clusters = outputs["cluster"].numpy()
     scores = {"clusters_used": int(np.unique(clusters).size)}
     if data.labels is not None:
@@ -139,13 +189,36 @@ def step_losses(model: ClusteringMethod, ddp_model, x1: torch.Tensor, x2: torch.
     return model.loss({k: gather_with_grad(v) for k, v in outputs.items()}, ctx)
 
 
+def epoch_steps(images: torch.Tensor, cfg: Config) -> int:
+    """Optimiser steps of one pass over `images`: the last partial batch is dropped (BN and the losses want
+    full ones)."""
+    return images.shape[0] // cfg.batch_size
+
+
+def epoch_order(images: torch.Tensor, cfg: Config, generator: torch.Generator,
+                weights: torch.Tensor | None) -> torch.Tensor:
+    """The data-set indices of one pass: a permutation, or with per-image `weights` (N,) as many draws
+    with replacement in proportion to them (ProPos's class-balanced resampling)."""
+    if weights is None:
+        return torch.randperm(images.shape[0], generator=generator, device=images.device)
+    draws = epoch_steps(images, cfg) * cfg.batch_size
+    return torch.multinomial(weights.to(images.device, torch.float64), draws, replacement=True, generator=generator)
+
+
 def train_one_epoch(model, ddp_model, optimizer, scheduler, augment: BatchAugment, images: torch.Tensor,
-                    cfg: Config, epoch: int, group: ProcessGroup, autocast) -> dict[str, float]:
+                    cfg: Config, epoch: int, group: ProcessGroup, autocast, *, phase: str = "train",
+                    first_step: int = 0, steps_per_epoch: int | None = None,
+                    weights: torch.Tensor | None = None) -> dict[str, float]:
+    """One pass over `images` (uint8, stored side). phase "train" (the method's loss) or "instance" (the
+    instance-loss-only pass); first_step: this pass's first step within the epoch; steps_per_epoch: of all
+    the epoch's passes (default: this one's); weights: sampling weights (None: a permutation)."""
     device = images.device
-    order_gen = epoch_generator(cfg.seed, epoch, 0, device)   # same on every process
-    aug_gen = epoch_generator(cfg.seed, epoch, 1 + group.rank, device)
-    steps = images.shape[0] // cfg.batch_size  # drop the last partial batch: BN and the losses want full ones
-    order = torch.randperm(images.shape[0], generator=order_gen, device=device)
+    stream = 0 if phase == "train" else INSTANCE_STREAM
+    order_gen = epoch_generator(cfg.seed, epoch, stream, device)   # same on every process
+    aug_gen = epoch_generator(cfg.seed, epoch, stream + 1 + group.rank, device)
+    steps = epoch_steps(images, cfg)
+    per_epoch = steps_per_epoch or steps
+    order = epoch_order(images, cfg, order_gen, weights)
     sums: dict[str, float] = {}
     model.train()
     for i in range(steps):
@@ -154,7 +227,7 @@ def train_one_epoch(model, ddp_model, optimizer, scheduler, augment: BatchAugmen
         x1, x2 = augment(batch, aug_gen), augment(batch, aug_gen)
         if cfg.channels_last and device.type == "cuda":
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-        ctx = StepContext(epoch, cfg.epochs, epoch * steps + i, steps, aug_gen, idx)
+        ctx = StepContext(epoch, cfg.epochs, epoch * per_epoch + first_step + i, per_epoch, aug_gen, idx, phase)
         with autocast():
             losses = step_losses(model, ddp_model, x1, x2, ctx)
         optimizer.zero_grad(set_to_none=True)
@@ -188,22 +261,31 @@ def train(cfg: Config) -> dict[str, Any]:
     # before any data is read: a fresh run of a method with a parent needs that parent run first
     parent_file = resolve_parent(cfg, method.parent, run_dir, log) if method.parent and state is None else None
 
+    if cfg.instance_splits and not method.instance_pass:
+        raise ValueError(f"--instance-splits: {cfg.method} has no instance loss to train alone "
+                         f"(methods with one: {', '.join(sorted(n for n, m in METHODS.items() if m.instance_pass))})")
+
     decoder = FolderDecoder(cfg.resolved_cache_dir(), cfg.max_images, cfg.seed, str(device), log=log)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, decoder)  # DoesNotFit before decoding
-    for skipped in data.skipped:
-        log(f"skipped unreadable image {skipped}")
-    num_clusters = cfg.num_clusters or len(data.class_names or [])
+    data = load_run_data(cfg, decoder)  # DoesNotFit before decoding
+    for part in {id(d): d for d in (data.train, data.eval, data.instance) if d is not None}.values():
+        for skipped in part.skipped:
+            log(f"skipped unreadable image {skipped}")
+    class_names = data.eval.class_names or data.train.class_names
+    num_clusters = cfg.num_clusters or len(class_names or [])
     if num_clusters < 2:
         raise ValueError(f"{cfg.dataset} has no class labels: give --num-clusters")
-    if data.images.shape[0] < cfg.batch_size:
-        raise ValueError(f"batch_size {cfg.batch_size} is larger than the data set ({data.images.shape[0]} images)")
-    in_channels = data.images.shape[1]
-    meta = {"in_channels": in_channels, "num_clusters": num_clusters, "class_names": data.class_names,
+    for name, part in (("train", data.train), ("instance", data.instance)):
+        if part is not None and part.images.shape[0] < cfg.batch_size:
+            raise ValueError(f"batch_size {cfg.batch_size} is larger than the {name} splits "
+                             f"{','.join(part.splits)} ({part.images.shape[0]} images)")
+    in_channels = data.train.images.shape[1]
+    meta = {"in_channels": in_channels, "num_clusters": num_clusters, "class_names": class_names,
             "dataset": cfg.dataset, "image_size": cfg.image_size, "method": cfg.method}
-    mean, std = channel_stats(data.images) if cfg.normalize else (None, None)
+    mean, std = channel_stats(data.train.images) if cfg.normalize else (None, None)
     run_dir.mkdir(parents=True, exist_ok=True)
     if group.is_main:
-        files.write_text(run_dir / IMAGES_USED_FILE, "".join(f"{source}\n" for source in data.sources))
+        used = data.train.sources + (data.instance.sources if data.instance is not None else [])
+        files.write_text(run_dir / IMAGES_USED_FILE, "".join(f"{source}\n" for source in used))
 
     use_amp = cfg.amp and device.type == "cuda"
 
@@ -212,7 +294,9 @@ def train(cfg: Config) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     model = method(cfg, in_channels, num_clusters, mean, std)
-    images = data.images.to(device)
+    images = data.train.images.to(device)
+    eval_images = images if data.eval is data.train else data.eval.images.to(device)
+    instance_images = None if data.instance is None else data.instance.images.to(device)
     if state is not None:
         if state["method"] != cfg.method:
             raise ValueError(f"{ckpt_file} holds a {state['method']} run, not {cfg.method}: use another --run-dir")
@@ -221,14 +305,15 @@ def train(cfg: Config) -> dict[str, Any]:
     if parent_file is not None:
         init = load_parent(model, parent_file, cfg, method.parent)
         if group.is_main:
-            init["before"] = evaluate(model, data, images, cfg, autocast)[1]
+            init["before"] = evaluate(model, data.eval, eval_images, cfg, autocast)[1]
             log(f"{cfg.method}: {method.parent} model {parent_file} (epoch {init['epoch']}) before training: "
                 f"{_summary(init['before'])}")
             files.write_json(run_dir / INIT_FILE, init)
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
-    steps_per_epoch = data.images.shape[0] // cfg.batch_size
+    instance_steps = 0 if instance_images is None else epoch_steps(instance_images, cfg)
+    steps_per_epoch = instance_steps + epoch_steps(images, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
     start_epoch, train_seconds = 0, 0.0
     if state is not None:
@@ -245,15 +330,15 @@ def train(cfg: Config) -> dict[str, Any]:
     if group.is_main and (state is None or start_epoch < cfg.epochs):  # a finished run keeps its config.json
         cfg.save(run_dir / CONFIG_FILE)
     if group.is_main and not (run_dir / PARITY_SAMPLE_FILE).is_file():  # lets an unfinished run export too
-        save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data)
+        save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data.eval, cfg.image_size)
 
     ddp_model = DistributedDataParallel(model) if group.world_size > 1 else model
     if cfg.compile:
         ddp_model = torch.compile(ddp_model)
     augment = BatchAugment(AugmentParams.from_config(cfg))
     writer = _tensorboard(run_dir) if group.is_main else None
-    log(f"{cfg.method} on {cfg.dataset}: {images.shape[0]} images {tuple(images.shape[1:])}, "
-        f"{num_clusters} clusters, {cfg.backbone}, {cfg.epochs} epochs, device {device}"
+    log(f"{cfg.method} on {cfg.dataset}: {_describe_data(data)}, {num_clusters} clusters, {cfg.backbone} "
+        f"({cfg.stem} stem) at {cfg.image_size} px, {cfg.epochs} epochs, device {device}"
         + (f" x{group.world_size}" if group.world_size > 1 else ""))
 
     from tqdm import tqdm  # here, not at the top: bench/train_throughput.py imports this module on bare GPU machines
@@ -263,15 +348,23 @@ def train(cfg: Config) -> dict[str, Any]:
     for epoch in bar:
         t0 = time.perf_counter()
         ctx = EpochContext(epoch, cfg.epochs, images, epoch_generator(cfg.seed, epoch, 10_000, device),
-                           lambda fn: map_batches(model, fn, images, cfg.eval_batch_size, autocast), run_dir)
+                           lambda fn: map_batches(model, fn, images, cfg.eval_batch_size, autocast, cfg.image_size),
+                           run_dir)
         model.on_epoch_start(ctx)
-        losses = train_one_epoch(model, ddp_model, optimizer, scheduler, augment, images, cfg, epoch, group, autocast)
+        losses: dict[str, float] = {}
+        if instance_images is not None:  # CC on STL-10: the instance loss alone over the unlabelled split first
+            instance = train_one_epoch(model, ddp_model, optimizer, scheduler, augment, instance_images, cfg, epoch,
+                                       group, autocast, phase="instance", steps_per_epoch=steps_per_epoch)
+            losses.update({f"instance_pass_{k}": v for k, v in instance.items()})
+        losses.update(train_one_epoch(model, ddp_model, optimizer, scheduler, augment, images, cfg, epoch, group,
+                                      autocast, first_step=instance_steps, steps_per_epoch=steps_per_epoch,
+                                      weights=model.sample_weights()))
         model.on_epoch_end(ctx)
         train_seconds += time.perf_counter() - t0
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **losses,
                                   "train_seconds": round(train_seconds, 2)}
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs and group.is_main:
-            record.update(evaluate(model, data, images, cfg, autocast)[1])
+            record.update(evaluate(model, data.eval, eval_images, cfg, autocast)[1])
         if group.is_main:
             save_checkpoint({"method": cfg.method, "config": cfg.to_dict(), "meta": meta, "model": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -282,10 +375,23 @@ def train(cfg: Config) -> dict[str, Any]:
     bar.close()
     results: dict[str, Any] = {}
     if group.is_main:
-        results = finish(model, data, images, cfg, run_dir, autocast, train_seconds)
+        results = finish(model, data.eval, eval_images, cfg, run_dir, autocast, train_seconds)
         if writer is not None:
             writer.close()
     return results
+
+
+def _describe_data(data: RunData) -> str:
+    """"60000 images (3, 32, 32) of train,test" and the other parts, for the start-of-run line."""
+    def part(d: ImageData) -> str:
+        return f"{d.images.shape[0]} images {tuple(d.images.shape[1:])} of {','.join(d.splits)}"
+
+    text = part(data.train)
+    if data.instance is not None:
+        text += f", instance pass over {part(data.instance)}"
+    if data.eval is not data.train:
+        text += f", evaluated on {part(data.eval)}"
+    return text
 
 
 def finish(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: Config, run_dir: Path,
@@ -300,7 +406,7 @@ def finish(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: 
                         num_clusters=model.num_clusters)
     if labels is not None:
         report.plot_confusion(run_dir / "confusion.png", labels, clusters, data.class_names)
-    save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data, model)
+    save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data, cfg.image_size, model)
     save_cluster_stats(run_dir, data, outputs)
     scores.update(model.write_artifacts(run_dir, outputs, data.labels, data.images))
     init_file = run_dir / INIT_FILE
@@ -319,25 +425,28 @@ def finish(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: 
     return results
 
 
-def save_parity_sample(path: Path, data: ImageData, model: ClusteringMethod | None = None,
+def save_parity_sample(path: Path, data: ImageData, image_size: int, model: ClusteringMethod | None = None,
                        count: int = PARITY_IMAGES) -> None:
-    """`count` training images spread evenly over the data set [and the model's fp32 CPU outputs on them].
+    """`count` evaluated images spread evenly over the data set [and the model's fp32 CPU outputs on them].
 
     Export checks its graphs on these images, so it needs no data set. parity_sample.npz holds images
-    uint8 (n, C, S, S), sources (n,) and, once training has finished, reference_<output> per head output.
+    uint8 (n, C, S, S) at the model's input side S (the stored images through the evaluation resize:
+    what the model is evaluated on, and what the gateway feeds it), sources (n,) and, once training
+    has finished, reference_<output> per head output.
     """
     total = data.images.shape[0]
     index = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(np.int64))
+    images = resize_images(data.images[index], image_size)
     reference: dict[str, torch.Tensor] = {}
     if model is not None:
         device = next(model.parameters()).device
         model.cpu()
         try:
-            reference = predict_dataset(model, data.images[index], len(index), contextlib.nullcontext)
+            reference = predict_dataset(model, images, len(index), contextlib.nullcontext, image_size)
         finally:
             model.to(device)
     with files.atomic_open(path, "wb") as f:
-        np.savez_compressed(f, images=data.images[index].numpy(), sources=np.array([data.sources[i] for i in index]),
+        np.savez_compressed(f, images=images.numpy(), sources=np.array([data.sources[i] for i in index]),
                             **{f"reference_{k}": v.numpy() for k, v in reference.items()})
 
 

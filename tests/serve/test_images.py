@@ -41,7 +41,7 @@ def test_the_gateway_decodes_exactly_as_the_training_loader(tmp_path: Path):
     folder.mkdir()
     for name, data in originals.items():
         (folder / name).write_bytes(data)
-    training = load_dataset("folder", folder, image_size=32)
+    training = load_dataset("folder", folder, 32)
     by_name = {Path(source).name: training.images[i].numpy() for i, source in enumerate(training.sources)}
     uploads = [Upload(i, name, data) for i, (name, data) in enumerate(originals.items())]
     images, ok, errors = _prepare(uploads, 32, 3)

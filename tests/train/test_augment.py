@@ -1,8 +1,19 @@
-"""Augmentation: every image of a batch gets its own parameters; outputs stay valid images."""
+"""Augmentation: every image of a batch gets its own parameters; outputs stay valid images; crops and the
+evaluation resize take the stored side to the model side; colour jitter is torchvision's, in a random order."""
 
+import pytest
 import torch
 
-from train.data.augment import AugmentParams, BatchAugment, hsv_to_rgb, rgb_to_hsv
+from train.data.augment import (
+    AugmentParams,
+    BatchAugment,
+    apply_jitter,
+    blur_kernel_size,
+    hsv_to_rgb,
+    resize_images,
+    rgb_to_hsv,
+    supersampling,
+)
 
 
 def _batch(n: int = 64, c: int = 3, size: int = 32) -> torch.Tensor:
@@ -63,3 +74,87 @@ def test_output_range_shape_and_determinism():
 def test_hsv_round_trip():
     x = torch.rand(8, 3, 5, 5)
     assert torch.allclose(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5)
+
+
+# --- stored side -> model side -------------------------------------------------------------------
+
+
+def test_crops_of_the_stored_images_come_out_at_the_model_size():
+    # CIFAR stays 32 px in memory; the paper presets crop it to 224 px on the device (and 256 -> 224).
+    for stored, out_size in ((32, 224), (256, 224), (256, 96)):
+        x = torch.randint(0, 256, (4, 3, stored, stored), dtype=torch.uint8)
+        out = BatchAugment(AugmentParams(out_size=out_size, blur_p=0.5))(x, torch.Generator().manual_seed(0))
+        assert out.shape == (4, 3, out_size, out_size) and 0 <= out.min() and out.max() <= 1
+
+
+def test_a_shrinking_crop_is_supersampled_not_aliased():
+    # A 1 px checkerboard cropped whole from 256 to 96 px is mid-grey; point sampling it would alias.
+    board = ((torch.arange(256)[:, None] + torch.arange(256)[None, :]) % 2 * 255).to(torch.uint8)
+    x = board.view(1, 1, 256, 256).repeat(8, 1, 1, 1)
+    assert supersampling(256, 96) == 3 and supersampling(256, 224) == 1 and supersampling(32, 224) == 1
+    out = BatchAugment(AugmentParams(out_size=96, crop_min_scale=1.0, flip_p=0.0, jitter_p=0.0, gray_p=0.0))(
+        x, torch.Generator().manual_seed(0))
+    assert (out - 0.5).abs().max() < 0.1  # point-sampled (k = 1) it deviates by 0.33
+
+
+def test_blur_kernel_is_the_official_23_px_at_224_and_scales_with_the_side():
+    assert blur_kernel_size(224) == 23
+    assert [blur_kernel_size(side) for side in (96, 448, 32, 8)] == [9, 45, 3, 3]
+
+
+def test_evaluation_resize_agrees_with_the_gateway_decode():
+    """The gateway decodes a file straight to the model size (contract.preprocess); training keeps the
+    stored side and resizes on the device. CIFAR (32 -> 224): at most 1 grey level apart. ImageNet
+    subsets (stored 256 -> 224): same centre square, resampled twice; on scikit-learn's two sample
+    photos (640x427) a mean of 1-2.3 grey levels (max about 40 on sharp edges: README)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from contract.preprocess import prepare
+
+    g = torch.Generator().manual_seed(6)
+    cifar = torch.randint(0, 256, (16, 3, 32, 32), generator=g, dtype=torch.uint8)
+    ours = resize_images(cifar, 224)
+    assert ours.dtype == torch.uint8 and ours.shape == (16, 3, 224, 224)
+    gateway = torch.stack([torch.from_numpy(prepare(Image.fromarray(i.permute(1, 2, 0).numpy()), 224, 3))
+                           for i in cifar])
+    assert (ours.int() - gateway.int()).abs().max() <= 1
+    assert resize_images(cifar, 32) is cifar  # already at the model size: untouched
+    for photo in load_sample_images().images:
+        image = Image.fromarray(photo)
+        stored = torch.from_numpy(prepare(image, 256, 3))[None]
+        diff = (resize_images(stored, 224)[0].int() - torch.from_numpy(prepare(image, 224, 3)).int()).abs()
+        assert diff.float().mean() < 3.0
+
+
+# --- colour jitter: torchvision's ColorJitter, a random order per image ---------------------------
+
+
+def test_jitter_applies_torchvision_adjustments_in_each_images_own_order():
+    from torchvision.transforms import functional as TF
+
+    aug = BatchAugment(AugmentParams(out_size=8, jitter_strength=1.0, jitter_p=0.8))
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(64, 3, 8, 8, generator=g)
+    draw = aug.draw_jitter(64, 3, g, x.device)
+    assert sorted(draw.order[0].tolist()) == [0, 1, 2, 3]
+    got = apply_jitter(x, draw)
+    reference = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(64):
+        expected = x[i]
+        if draw.applied[i]:
+            for op in draw.order[i].tolist():
+                expected = reference[op](expected, float(draw.factors[op][i]))
+        torch.testing.assert_close(got[i], expected, atol=2e-5, rtol=0)
+
+
+def test_jitter_order_is_drawn_per_image_or_fixed():
+    g = torch.Generator().manual_seed(8)
+    draw = BatchAugment(AugmentParams(out_size=8)).draw_jitter(4000, 3, g, torch.device("cpu"))
+    position = draw.order.argsort(1)  # position of each op in each image's order
+    assert abs((position[:, 0] < position[:, 1]).float().mean().item() - 0.5) < 0.03  # brightness before contrast
+    assert len({tuple(row) for row in draw.order[:200].tolist()}) == 24  # all 4! orders occur
+    fixed = BatchAugment(AugmentParams(out_size=8, jitter_order="fixed")).draw_jitter(4, 3, g, torch.device("cpu"))
+    assert fixed.order is None
+    with pytest.raises(ValueError, match="jitter_order"):
+        BatchAugment(AugmentParams(out_size=8, jitter_order="sorted"))

@@ -1,5 +1,6 @@
-"""CoHiClust: tree probabilities, tree loss and regulariser against slow loop-based references,
-pruning, the inference contract (ONNX export included), state_dict and a tiny training run."""
+"""CoHiClust: tree probabilities, tree loss and regulariser against slow loop-based references (the
+official code's leaf-only masking after pruning included), the pruning statistic and schedule, the
+inference contract (ONNX export included), state_dict and a tiny training run."""
 
 import json
 import math
@@ -12,13 +13,14 @@ from torch import nn
 
 from tests.support.runs import tiny_config
 from train.losses.cohiclust import (
+    leaf_level_mask,
     level_slice,
     node_mask_from_leaves,
     node_probabilities,
     tree_loss,
     tree_regularizer,
 )
-from train.methods.base import EpochContext
+from train.methods.base import EpochContext, StepContext
 from train.methods.cohiclust import CoHiClust
 
 EPS = 1e-8
@@ -57,10 +59,12 @@ def test_node_probabilities_match_path_products_and_sum_to_one(depth):
 
 
 def test_node_mask_from_leaves():
-    # depth 2: leaves are nodes 3..6; pruning both children of node 1 kills node 1 too.
+    # depth 2: leaves are nodes 3..6; in the tree the model describes, pruning both children of node 1
+    # removes node 1 too; the losses mask the leaves only (the official masks_for_level).
     expected = torch.tensor([1, 0, 1, 0, 0, 1, 1], dtype=torch.bool)
     assert torch.equal(mask_with_pruned(2, [0, 1]), expected)
     assert mask_with_pruned(2, [0]).tolist() == [True, True, True, False, True, True, True]
+    assert leaf_level_mask(torch.tensor([False, False, True, True])).tolist() == [True] * 3 + [False, False, True, True]
 
 
 def slow_tree_loss(p1, p2, node_mask, depth, self_pairs_negative):
@@ -136,6 +140,63 @@ def test_regularizer_balanced_tree_value():
         tree_regularizer(p, eps=-1.0)
 
 
+def official_masks(depth: int, pruned_leaves: list[int]) -> dict[int, torch.Tensor]:
+    """The official masks_for_level (model.py): ones per level; pruning zeroes leaf-level entries only (main.py)."""
+    masks = {level: torch.ones(2**level, dtype=torch.float64) for level in range(1, depth + 1)}
+    masks[depth][pruned_leaves] = 0
+    return masks
+
+
+def official_tree_loss(p1, p2, masks, depth):
+    """tree_losses.py tree_loss, loop by loop: per level the masked level probabilities; positives are the
+    (i, i+n) pairs, every other ordered pair (the diagonal included) a negative."""
+    p = torch.cat([p1, p2])
+    n2 = p.shape[0]
+    total = 0.0
+    for level in range(1, depth + 1):
+        probs = p[:, level_slice(level)] * masks[level]
+        pos, neg = [], []
+        for i in range(n2):
+            for j in range(n2):
+                sim = sum(math.sqrt(probs[i, u] + EPS) * math.sqrt(probs[j, u] + EPS) for u in range(2**level))
+                (pos if j == (i + n2 // 2) % n2 else neg).append(sim)
+        total += sum(neg) / len(neg) - sum(pos) / len(pos)
+    return total
+
+
+def official_regularizer(p, masks, depth):
+    """tree_losses.py regularization_loss: a sibling pair counts unless either has mask 0 at its level
+    (the official code has no eps in the log; ours adds 1e-8)."""
+    total = 0.0
+    for level in range(1, depth + 1):
+        mean = p[:, level_slice(level)].mean(0) * masks[level]
+        for left in range(0, 2**level, 2):
+            if masks[level][left] != 0 and masks[level][left + 1] != 0:
+                total -= 2.0**-level * 0.5 * (math.log(mean[left]) + math.log(mean[left + 1]))
+    return total
+
+
+def test_two_pruned_sibling_leaves_mask_the_leaf_level_only():
+    # The released STL-10 mask prunes two sibling leaves; their parent keeps its probability in both losses.
+    depth, pruned = 3, [2, 3]  # leaves 2 and 3: the children of node 4 (level 2)
+    p1 = node_probabilities(random_tree(5, depth, seed=4))
+    p2 = node_probabilities(random_tree(5, depth, seed=5))
+    leaf_mask = torch.ones(2**depth, dtype=torch.bool)
+    leaf_mask[pruned] = False
+    masks = official_masks(depth, pruned)
+    node_mask = leaf_level_mask(leaf_mask)
+    assert node_mask[4] and not node_mask[2**depth - 1 + 2]
+    tree = tree_loss(p1, p2, node_mask).item()
+    assert tree == pytest.approx(official_tree_loss(p1, p2, masks, depth), rel=1e-5)  # float32 sums
+    both = torch.cat([p1, p2])
+    balance = tree_regularizer(both, node_mask).item()
+    assert balance == pytest.approx(official_regularizer(both, masks, depth), rel=1e-6)
+    # masking the emptied parent too (the project's earlier rule) is not the official loss
+    subtree = node_mask_from_leaves(leaf_mask)
+    assert tree_regularizer(both, subtree).item() != pytest.approx(balance, rel=1e-3)
+    assert tree_loss(p1, p2, subtree).item() != pytest.approx(tree, rel=1e-3)
+
+
 def make_model(tmp_path: Path, **overrides) -> CoHiClust:
     torch.manual_seed(0)
     cfg = tiny_config("cohiclust", tmp_path, **overrides)
@@ -150,20 +211,60 @@ def test_config_validation(tmp_path):
             CoHiClust(cfg, in_channels=1, num_clusters=clusters)
 
 
-def epoch_context(images: torch.Tensor, model: CoHiClust, epoch: int, epochs: int, tmp_path: Path) -> EpochContext:
+def epoch_context(images: torch.Tensor, epoch: int, epochs: int, tmp_path: Path) -> EpochContext:
     def map_images(fn):
         return torch.cat([fn(images[i:i + 16].float().div(255)) for i in range(0, images.shape[0], 16)])
 
     return EpochContext(epoch, epochs, images, torch.Generator(), map_images, tmp_path)
 
 
+def train_steps(model: CoHiClust, epoch: int, batches: list[torch.Tensor]) -> None:
+    """The trainer's calls for an epoch's training batches: forward then loss, model in train mode."""
+    model.train()
+    g = torch.Generator().manual_seed(epoch)
+    for batch in batches:
+        step = StepContext(epoch, 20, 0, len(batches), g, torch.arange(batch.shape[0]))
+        model.loss(model(batch, batch.flip(3), step), step)
+    model.eval()
+
+
+def test_pruning_statistic_is_the_epochs_mean_of_masked_training_leaf_probabilities(tmp_path):
+    model = make_model(tmp_path, simclr_epochs=0, prune_start_epoch=1, epochs=10)
+    model.prune_smallest(torch.arange(16.0), 1)  # leaf 0 already gone
+    g = torch.Generator().manual_seed(9)
+    batches = [torch.rand(6, 1, 16, 16, generator=g) for _ in range(3)]
+    model.on_epoch_start(epoch_context(batches[0], 1, 10, tmp_path))
+    train_steps(model, 1, batches)
+    # slow reference (main.py, tree_losses.py): per batch the mean over both views' rows of the masked
+    # leaf probabilities, summed over the batches, divided by their number; the smallest surviving leaf goes
+    model.train()
+    with torch.no_grad():
+        means = []
+        for batch in batches:
+            h = model.backbone(torch.cat([batch, batch.flip(3)]))
+            leaves = model.node_probabilities(h)[:, level_slice(model.depth)] * model.leaf_mask
+            means.append(leaves.mean(0))
+        mass = sum(means) / len(means)
+    model.eval()
+    torch.testing.assert_close(model.epoch_leaf_mass / model.epoch_batches, mass)
+    expected = int(torch.where(mass > 0, mass, torch.ones_like(mass)).argmin())
+    model.on_epoch_end(epoch_context(batches[0], 1, 10, tmp_path))  # 1-based epoch 2 >= prune_start_epoch 1
+    assert (~model.leaf_mask).nonzero().squeeze(1).tolist() == sorted([0, expected])
+    model.on_epoch_start(epoch_context(batches[0], 2, 10, tmp_path))  # a new epoch starts from nothing
+    assert model.epoch_batches == 0 and not model.epoch_leaf_mass.any()
+
+
 def test_pruning_schedule_and_assignments(tmp_path):
-    model = make_model(tmp_path, simclr_epochs=2, prune_start_epoch=4, epochs=20)  # prunes at epochs 4..9
+    model = make_model(tmp_path, simclr_epochs=2, prune_start_epoch=4, epochs=20)  # prunes at the ends of 4..9
     depth, prune = model.depth, model.cfg.prune
-    images = torch.randint(0, 256, (40, 1, 16, 16), dtype=torch.uint8)
+    images = torch.randint(0, 256, (12, 1, 16, 16), dtype=torch.uint8)
+    batch = images.float().div(255)
     for epoch in range(20):
-        model.on_epoch_start(epoch_context(images, model, epoch, 20, tmp_path))
-        gone = min(prune, max(0, epoch + 1 - 3))  # 1-based epoch 4 is 0-based 3
+        ctx = epoch_context(images, epoch, 20, tmp_path)
+        model.on_epoch_start(ctx)
+        train_steps(model, epoch, [batch])
+        model.on_epoch_end(ctx)
+        gone = min(prune, max(0, epoch + 1 - 3))  # the end of 1-based epoch 4 is that of 0-based 3
         assert int((~model.leaf_mask).sum()) == gone
         out = model.head_outputs(torch.randn(64, model.backbone.out_dim) * 5)
         k = 2**depth - gone
@@ -185,8 +286,11 @@ def test_pruning_removes_smallest_surviving_leaf_and_catches_up(tmp_path):
     model.prune_smallest(mass, 1)
     model.prune_smallest(mass, 2)
     assert (~model.leaf_mask).nonzero().squeeze(1).tolist() == [13, 14, 15]
-    # A run shorter than the schedule prunes everything left at the start of its last epoch.
-    assert model.pruned_by(0, 2) == 0 and model.pruned_by(1, 2) == model.cfg.prune
+    # A run shorter than the schedule prunes everything left at the end of its last epoch.
+    assert model.pruned_after(0, 2) == 0 and model.pruned_after(1, 2) == model.cfg.prune
+    # The official schedule (main.py: start_pruning_epochs 1050): the ends of epochs 1051..1056 prune.
+    official = make_model(tmp_path, preset="paper", epochs=1500, simclr_epochs=1000, prune_start_epoch=1051)
+    assert [official.pruned_after(e - 1, 1500) for e in (1050, 1051, 1056, 1057)] == [0, 1, 6, 6]
 
 
 def test_state_dict_round_trip_keeps_mask(tmp_path):

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from contract.preprocess import prepare
+from tests.train.formats import write_cifar10, write_class_folders, write_idx, write_stl10
 from train.data import datasets
-from train.data.datasets import DATASETS, DataError, DatasetInfo, ImageData, load_dataset
+from train.data.datasets import DATASETS, DataError, DatasetInfo, ImageData, load_dataset, resolve_splits
 
-CIFAR10_FILES = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -43,6 +43,16 @@ def test_registry_is_consistent() -> None:
     for key, info in DATASETS.items():
         assert isinstance(info, DatasetInfo) and info.name == key
         assert info.channels in (1, 3) and info.expected and info.description
+        assert info.splits and set(info.default_splits) <= set(info.splits)
+
+
+def test_splits_are_checked_and_default_per_data_set() -> None:
+    assert resolve_splits("cifar10") == ("train", "test")
+    assert resolve_splits("stl10") == ("train", "test")  # the 13k labelled images; unlabelled on request
+    assert resolve_splits("tiny-imagenet") == ("train",)  # CC trains on the train split only
+    assert resolve_splits("stl10", ["unlabelled", "train", "unlabelled"]) == ("unlabelled", "train")
+    with pytest.raises(DataError, match="stl10 has no split 'unlabeled'; its splits: train, test, unlabelled"):
+        resolve_splits("stl10", ["unlabeled"])
 
 
 def test_unknown_name_lists_valid_names() -> None:
@@ -61,26 +71,6 @@ def test_missing_directory_names_path_and_layout(tmp_path: Path) -> None:
 # --- CIFAR -------------------------------------------------------------------------------------
 
 
-def write_cifar10(root: Path, rng: np.random.Generator, per_file: int = 2, meta: bool = True,
-                  protocol: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """cifar-10-batches-py/ as distributed: pickled dicts with bytes keys, (N, 3072) uint8 data."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    all_data, all_labels = [], []
-    for k, file in enumerate(CIFAR10_FILES):
-        data = rng.integers(0, 256, (per_file, 3072), dtype=np.uint8)
-        labels = [(k * per_file + i) % 10 for i in range(per_file)]
-        batch = {b"batch_label": file.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"img{i}.png".encode() for i in range(per_file)]}
-        (folder / file).write_bytes(pickle.dumps(batch, protocol=protocol))
-        all_data.append(data)
-        all_labels += labels
-    if meta:
-        names = [f"name{k}".encode() for k in range(10)]
-        (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=protocol))
-    return np.concatenate(all_data), np.array(all_labels)
-
-
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_cifar10_round_trip(tmp_path: Path, protocol: int) -> None:
     data, labels = write_cifar10(tmp_path, np.random.default_rng(0), protocol=protocol)
@@ -95,6 +85,18 @@ def test_cifar10_round_trip(tmp_path: Path, protocol: int) -> None:
         assert out.class_names == [f"name{k}" for k in range(10)]
         assert out.sources[2].endswith("data_batch_2:0") and out.name == "cifar10"
         assert out.skipped == []
+
+
+def test_cifar10_splits_read_only_their_files(tmp_path: Path) -> None:
+    data, labels = write_cifar10(tmp_path, np.random.default_rng(9))
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").unlink()  # the test split does not need it
+    test = load_dataset("cifar10", tmp_path, 32, ["test"])
+    check(test, 2, 3, 32)
+    assert test.splits == ("test",)
+    np.testing.assert_array_equal(test.images.numpy(), data[10:].reshape(-1, 3, 32, 32))
+    assert test.labels.tolist() == labels[10:].tolist()
+    with pytest.raises(DataError, match="data_batch_2"):
+        load_dataset("cifar10", tmp_path, 32, ["train"])
 
 
 def test_cifar10_default_names_and_resize(tmp_path: Path) -> None:
@@ -157,19 +159,11 @@ def test_cifar100_uses_coarse_labels(tmp_path: Path) -> None:
 
 def test_stl10_column_major_and_labels(tmp_path: Path) -> None:
     folder = tmp_path / "stl10_binary"
-    folder.mkdir()
     images = np.zeros((3, 3, 96, 96), np.uint8)  # (N, C, row, column)
     images[0, 2, 10, 70] = 255  # a pixel off the diagonal: a transposed read would miss it
     images[1] = np.random.default_rng(5).integers(0, 256, (3, 96, 96), dtype=np.uint8)
     images[2, 0, 95, 0] = 9
-
-    def column_major(batch: np.ndarray) -> bytes:
-        return b"".join(img[c].tobytes(order="F") for img in batch for c in range(3))
-
-    (folder / "train_X.bin").write_bytes(column_major(images[:2]))
-    (folder / "train_y.bin").write_bytes(bytes([1, 10]))
-    (folder / "test_X.bin").write_bytes(column_major(images[2:]))
-    (folder / "test_y.bin").write_bytes(bytes([4]))
+    write_stl10(folder, {"train": images[:2], "test": images[2:]}, {"train": [0, 9], "test": [3]})
     out = load_dataset("stl10", tmp_path, 96)
     check(out, 3, 3, 96)
     assert out.images[0, 2, 10, 70] == 255 and out.images[0, 2, 70, 10] == 0
@@ -189,24 +183,27 @@ def test_stl10_column_major_and_labels(tmp_path: Path) -> None:
         load_dataset("stl10", tmp_path, 96)
 
 
+def test_stl10_unlabelled_split(tmp_path: Path) -> None:
+    folder = tmp_path / "stl10_binary"
+    rng = np.random.default_rng(10)
+    labelled, unlabelled = (rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8) for n in (2, 5))
+    with pytest.raises(DataError, match=r"has no stl10_binary/unlabeled_X\.bin"):
+        load_dataset("stl10", tmp_path, 96, ["unlabelled"])
+    write_stl10(folder, {"train": labelled, "test": labelled[:1], "unlabeled": unlabelled},
+                {"train": [1, 2], "test": [3]})
+    out = load_dataset("stl10", tmp_path, 96, ["unlabelled"])
+    assert out.images.shape == (5, 3, 96, 96) and out.labels is None and out.splits == ("unlabelled",)
+    np.testing.assert_array_equal(out.images.numpy(), unlabelled)
+    assert out.sources[4].endswith("unlabeled_X.bin:4")
+    mixed = load_dataset("stl10", tmp_path, 96, ["train", "unlabelled"])  # one split without labels: none
+    assert mixed.images.shape[0] == 7 and mixed.labels is None
+    np.testing.assert_array_equal(mixed.images[2:].numpy(), unlabelled)
+    (folder / "unlabeled_X.bin").write_bytes(b"\0" * 1000)
+    with pytest.raises(DataError, match="1000 bytes, not a positive multiple of 27648"):
+        load_dataset("stl10", tmp_path, 96, ["unlabelled"])
+
+
 # --- MNIST / Fashion-MNIST ---------------------------------------------------------------------
-
-
-def write_idx(folder: Path, n_train: int, n_test: int, rng: np.random.Generator, gz: bool) -> tuple:
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, n, dtype=np.uint8)
-        files = {f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes(),
-                 f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + labels.tobytes()}
-        for name, payload in files.items():
-            if gz:
-                (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
-            else:
-                (folder / name).write_bytes(payload)
-        out += [images, labels]
-    return np.concatenate([out[0], out[2]]), np.concatenate([out[1], out[3]])
 
 
 @pytest.mark.parametrize(("gz", "sub"), [(False, "."), (True, "MNIST/raw")])
@@ -246,14 +243,6 @@ def test_mnist_missing_file_named(tmp_path: Path) -> None:
 # --- ImageNet-style class folders --------------------------------------------------------------
 
 
-def write_class_folders(root: Path, names: list[str], per_class: int = 2) -> None:
-    """<root>/<class>/*.JPEG, solid grey level 15 * label (exact under resizing); PNG bytes keep it exact."""
-    for label, name in enumerate(sorted(names)):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            Image.new("RGB", (40 + i * 7, 30), (15 * label,) * 3).save(root / name / f"{name}_{i}.JPEG", "PNG")
-
-
 @pytest.mark.parametrize(("name", "k"), [("imagenet10", 10), ("imagenet-dogs", 15)])
 def test_imagenet_subsets(tmp_path: Path, name: str, k: int) -> None:
     wnids = [f"n{99 - i:08d}" for i in range(k)]  # written in reverse: labels must follow sorted names
@@ -290,8 +279,11 @@ def test_tiny_imagenet_train_and_val(tmp_path: Path) -> None:
         "".join(f"{file}\t{wnid}\t0\t0\t15\t15\n" for file, wnid in val.items())
     )
     (base / "words.txt").write_text(f"{wnids[0]}\tgoldfish, Carassius auratus\nn99999999\tother\n")
-    out = load_dataset("tiny-imagenet", tmp_path, 8)
+    train_only = load_dataset("tiny-imagenet", tmp_path, 8)  # the default: CC trains on the train split only
+    check(train_only, 200, 3, 8)
+    out = load_dataset("tiny-imagenet", tmp_path, 8, ["train", "val"])
     check(out, 202, 3, 8)
+    np.testing.assert_array_equal(out.images[:200].numpy(), train_only.images.numpy())
     assert out.class_names[0] == "goldfish, Carassius auratus" and out.class_names[1] == wnids[1]
     for source, label in zip(out.sources[:200], out.labels[:200].tolist(), strict=True):
         assert Path(source).parts[-3] == wnids[label]
@@ -301,8 +293,9 @@ def test_tiny_imagenet_train_and_val(tmp_path: Path) -> None:
     assert abs(int(out.images[42, 0, 4, 4]) - 42) <= 3 and int(out.images[42, 1:].max()) <= 3
 
     (base / "val" / "val_annotations.txt").unlink()
+    assert load_dataset("tiny-imagenet", base, 8).images.shape[0] == 200  # the train split needs no val files
     with pytest.raises(DataError, match="val_annotations.txt"):
-        load_dataset("tiny-imagenet", base, 8)
+        load_dataset("tiny-imagenet", base, 8, ["val"])
 
 
 # --- generic folders ---------------------------------------------------------------------------

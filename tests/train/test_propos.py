@@ -1,5 +1,8 @@
-"""ProPos: PSA and PSL against slow references, the EMA update by hand, a training step, the saved model."""
+"""ProPos: PSA and PSL against slow references written from the official code (per direction, absent clusters
+at logit -10), the predictor's initialisation, the EMA update by hand, a training step, class-balanced
+resampling after k-means, the saved model."""
 
+import contextlib
 import csv
 import math
 
@@ -8,15 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import train.trainer as trainer
 from tests.support.runs import tiny_config
 from train.checkpoint import load_run, read_checkpoint
 from train.data.datasets import load_dataset
 from train.ema import ema_update, momentum_at
 from train.kmeans import assign, centroids_of
 from train.losses.propos import psa_loss, psl_loss
-from train.methods.base import StepContext
+from train.methods.base import EpochContext, StepContext
 from train.methods.propos import ProPos
-from train.trainer import step_losses
+from train.trainer import epoch_order, map_batches, step_losses
 
 
 def slow_psa(p: torch.Tensor, k: torch.Tensor) -> float:
@@ -28,8 +32,11 @@ def slow_psa(p: torch.Tensor, k: torch.Tensor) -> float:
 
 
 def slow_psl(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, num_clusters: int, t: float,
-             absent_logit: float | None = None) -> float:
-    """The paper's PSL by loops; absent_logit=-10 reproduces the reference code's masking."""
+             absent_logit: float | None = -10.0) -> float:
+    """PSL of one direction by loops, from the official byol_wrapper.py compute_cluster_loss: per present
+    cluster a cross entropy whose negatives are the other present prototypes and, at logit -10 (after
+    the temperature), every absent cluster; the mean over the present clusters. absent_logit=None drops
+    the absent clusters instead."""
     def proto(z, c):
         rows = [F.normalize(z[i], dim=0) for i in range(len(z)) if labels[i] == c]
         return F.normalize(sum(rows), dim=0) if rows else None
@@ -62,29 +69,61 @@ def test_psa_matches_slow_reference_and_analytic_values():
         psa_loss(p, k[:3])
 
 
-def test_psl_matches_slow_reference_with_absent_clusters():
+def test_psl_matches_the_official_reference_with_absent_clusters():
     g = torch.Generator().manual_seed(1)
     q, k = torch.randn(12, 6, generator=g), torch.randn(12, 6, generator=g)
     labels = torch.tensor([0, 0, 1, 1, 1, 3, 3, 4, 4, 4, 4, 0])   # clusters 2 and 5 absent
     for t in (0.1, 0.5, 1.0):
-        expected = slow_psl(q, k, labels, 6, t)
-        assert psl_loss(q, k, labels, 6, t).item() == pytest.approx(expected, rel=1e-5)
-    # the reference code's -10 logits for absent columns differ only by terms of order exp(-10)
-    assert psl_loss(q, k, labels, 6, 0.5).item() == pytest.approx(slow_psl(q, k, labels, 6, 0.5, -10.0), abs=1e-3)
+        assert psl_loss(q, k, labels, 6, t).item() == pytest.approx(slow_psl(q, k, labels, 6, t), rel=1e-5)
+
+
+def test_psl_with_several_clusters_absent_keeps_them_at_logit_minus_10():
+    # 20 clusters, 3 in the batch: 17 absent columns at -10 in every row's softmax.
+    g = torch.Generator().manual_seed(11)
+    q, k = torch.randn(9, 4, generator=g), torch.randn(9, 4, generator=g)
+    labels = torch.tensor([3, 3, 7, 7, 7, 12, 12, 3, 12])
+    got = psl_loss(q, k, labels, 20, 1.0).item()
+    assert got == pytest.approx(slow_psl(q, k, labels, 20, 1.0), rel=1e-6)
+    dropped = slow_psl(q, k, labels, 20, 1.0, absent_logit=None)
+    assert got - dropped > 1e-5   # the absent clusters add weight to every denominator
+    # one cluster present: no prototype negatives, but the absent ones keep the loss above zero
+    one = torch.zeros(9, dtype=torch.long)
+    expected = slow_psl(q, k, one, 20, 1.0)
+    assert psl_loss(q, k, one, 20, 1.0).item() == pytest.approx(expected, abs=1e-6) and expected > 1e-4
+    assert psl_loss(q, k, one, 1, 1.0).item() == pytest.approx(0.0, abs=1e-6)   # nothing to contrast
 
 
 def test_psl_edge_cases_and_gradients():
     q = torch.randn(4, 3, requires_grad=True)
     k = torch.randn(4, 3, requires_grad=True)
-    one_cluster = torch.zeros(4, dtype=torch.long)
-    assert psl_loss(q, k, one_cluster, 3).item() == pytest.approx(0.0, abs=1e-6)   # no negatives
     psl_loss(q, k, torch.tensor([0, 1, 2, 1]), 3).backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
     assert k.grad is None   # the target side gets no gradient
+    one_cluster = torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError):
         psl_loss(q, k, one_cluster, 3, temperature=0.0)
     with pytest.raises(ValueError):
         psl_loss(q, k, one_cluster[:3], 3)
+
+
+def test_the_method_averages_the_two_directions_and_inits_its_predictor(tmp_path):
+    cfg = tiny_config("propos", tmp_path, psl_warmup_epochs=0)
+    model = ProPos(cfg, in_channels=1, num_clusters=4)
+    for layer in (model.predictor[0], model.predictor[3]):   # official: every Linear N(0, 0.01), bias 0
+        assert abs(layer.weight.std().item() - 0.01) < 0.001 and not layer.bias.any()
+    g = torch.Generator().manual_seed(2)
+    d = cfg.feature_dim
+    outputs = {name: torch.randn(8, d, generator=g) for name in ("p1", "p2", "t1", "t2", "q1", "q2")}
+    outputs["labels"] = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0])   # cluster 3 absent
+    step = StepContext(epoch=0, epochs=2, step=0, steps_per_epoch=1, generator=g, indices=torch.arange(8))
+    t = cfg.psl_temperature
+    expected = 0.5 * (slow_psl(outputs["q1"], outputs["t2"], outputs["labels"], 4, t)
+                      + slow_psl(outputs["q2"], outputs["t1"], outputs["labels"], 4, t))
+    got = model.loss(outputs, step)
+    assert got["psl"].item() == pytest.approx(expected, rel=1e-5)
+    pooled = slow_psl(torch.cat([outputs["q1"], outputs["q2"]]), torch.cat([outputs["t2"], outputs["t1"]]),
+                      outputs["labels"].repeat(2), 4, t)
+    assert got["psl"].item() != pytest.approx(pooled, rel=1e-3)   # one PSL over both views is not the official
 
 
 def test_ema_update_by_hand():
@@ -124,6 +163,7 @@ def test_training_step_with_psl_on_cpu(tmp_path):
     g = torch.Generator().manual_seed(0)
     model.pseudo_labels = torch.randint(10, (100,), generator=g)
     x1, x2 = torch.rand(8, 1, 16, 16, generator=g), torch.rand(8, 1, 16, 16, generator=g)
+    assert model.sample_weights() is None   # resampling is off
     step = StepContext(epoch=1, epochs=2, step=3, steps_per_epoch=4, generator=g, indices=torch.arange(8) * 3)
     losses = step_losses(model, model, x1, x2, step)
     assert losses["psl"].item() > 0 and torch.isfinite(losses["loss"])
@@ -138,6 +178,40 @@ def test_training_step_with_psl_on_cpu(tmp_path):
     m = cfg.ema_momentum
     for b, t, o in zip(before, model.backbone.parameters(), model.online_backbone.parameters(), strict=True):
         torch.testing.assert_close(t, m * b + (1 - m) * o)
+
+
+def test_resampling_after_kmeans_draws_the_clusters_evenly(tmp_path):
+    cfg = tiny_config("propos", tmp_path, resample=True, kmeans_restarts=1, batch_size=100)
+    model = ProPos(cfg, in_channels=1, num_clusters=10).eval()
+    images = load_dataset("digits", None, 16).images
+    ctx = EpochContext(0, 2, images, torch.Generator().manual_seed(0),
+                       lambda fn: map_batches(model, fn, images, 512, contextlib.nullcontext, 16), tmp_path)
+    model.on_epoch_start(ctx)   # the first k-means: pseudo-labels and the next epoch's weights
+    labels = model.pseudo_labels
+    sizes = torch.bincount(labels, minlength=10).float()
+    weights = model.sample_weights()
+    torch.testing.assert_close(weights, len(labels) / sizes[labels])   # N / |cluster| (basic_template.py)
+    draws = epoch_order(images, cfg, torch.Generator().manual_seed(1), weights)
+    assert draws.shape == (1700,)   # 17 full batches, drawn with replacement
+    drawn = torch.bincount(labels[draws], minlength=10).float() / len(draws)
+    plain = sizes / sizes.sum()
+    assert (drawn - 0.1).abs().max() < 0.035 < (plain - 0.1).abs().max()   # balanced; k-means' sizes are not
+    unweighted = epoch_order(images, cfg, torch.Generator().manual_seed(1), None)
+    assert torch.equal(unweighted.sort().values, torch.arange(len(images)))   # a plain permutation
+
+
+def test_the_trainer_resamples_every_epoch_after_kmeans(tmp_path, monkeypatch):
+    seen = []
+    real = trainer.epoch_order
+
+    def spy(images, cfg, generator, weights):
+        seen.append(weights)
+        return real(images, cfg, generator, weights)
+
+    monkeypatch.setattr(trainer, "epoch_order", spy)
+    trainer.train(tiny_config("propos", tmp_path, resample=True, epochs=2, kmeans_restarts=1, batch_size=256))
+    assert len(seen) == 2 and all(w is not None and w.shape == (1797,) for w in seen)
+    assert not torch.equal(seen[0], seen[1])   # the second epoch draws by the k-means after the first
 
 
 def test_tiny_run_saves_centroids_and_reloads_identically(tiny_run):

@@ -1,9 +1,12 @@
-"""The shared trainer: resume after a kill, run-directory artefacts, folders of PNGs, clear errors."""
+"""The shared trainer: resume after a kill, run-directory artefacts, folders of PNGs, clear errors; images at
+their stored side cropped to the model side, 224 px ImageNet-stem steps, splits and STL-10's two-phase epoch."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -147,3 +150,148 @@ def test_a_foreign_checkpoint_is_refused(tmp_path):
         load_run(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="last.pt"):
         load_run(tmp_path)
+
+
+# --- stored side, splits, the instance pass, schedules (issue 12) -------------------------------------------
+
+
+def test_a_224_px_imagenet_stem_step_on_a_cifar_shaped_batch(tmp_path):
+    """CC's paper preset on CIFAR-10: 32 px images stay 32 px in memory, the crop takes them to 224 px,
+    ResNet-34 with the ImageNet stem trains on them; evaluation resizes 32 -> 224 on the device."""
+    from train.data.augment import AugmentParams, BatchAugment
+    from train.methods import get_method, make_config
+    from train.methods.base import StepContext
+
+    cfg = make_config("cc", dataset="cifar10", preset="paper", batch_size=2)
+    assert (cfg.image_size, cfg.stored_side(), cfg.stem, cfg.backbone) == (224, 32, "imagenet", "resnet34")
+    torch.manual_seed(0)
+    model = get_method("cc")(cfg, in_channels=3, num_clusters=10)
+    conv1, maxpool = model.backbone.trunk.net.conv1, model.backbone.trunk.net.maxpool
+    assert conv1.kernel_size == (7, 7) and conv1.stride == (2, 2) and isinstance(maxpool, torch.nn.MaxPool2d)
+    g = torch.Generator().manual_seed(1)
+    stored = torch.randint(0, 256, (2, 3, 32, 32), generator=g, dtype=torch.uint8)
+    augment = BatchAugment(AugmentParams.from_config(cfg))
+    x1, x2 = augment(stored, g), augment(stored, g)
+    assert x1.shape == (2, 3, 224, 224)
+    losses = trainer.step_losses(model, model, x1, x2, StepContext(0, 1, 0, 1, g, torch.arange(2)))
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"]) and conv1.weight.grad.abs().sum() > 0
+    out = trainer.predict_dataset(model, stored, 2, contextlib.nullcontext, cfg.image_size)
+    assert out["embedding"].shape == (2, 128) and out["cluster"].shape == (2,)
+
+
+def test_images_stay_at_the_stored_side_and_the_parity_sample_is_at_the_model_side(tmp_path):
+    """CIFAR files at 32 px, model input 24 px: crops and evaluation resize on the device; export checks
+    its graphs on 24 px images (what the gateway gives the model)."""
+    import numpy as np
+
+    from export.pipeline import export_run
+    from tests.train.formats import write_cifar10
+
+    write_cifar10(tmp_path / "data", np.random.default_rng(0), per_file=20)
+    seen = []
+    real = trainer.train_one_epoch
+
+    def spy(*args, **kwargs):
+        seen.append(tuple(args[5].shape))
+        return real(*args, **kwargs)
+
+    cfg = tiny_config("cc", tmp_path / "run", dataset="cifar10", data_dir=str(tmp_path / "data"), backbone="smallcnn",
+                      image_size=24, batch_size=40, epochs=1)
+    assert cfg.stored_side() == 32
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer, "train_one_epoch", spy)
+        trainer.train(cfg)
+    assert seen == [(120, 3, 32, 32)]  # trained from the 32 px images
+    with np.load(tmp_path / "run" / "parity_sample.npz") as sample:
+        assert sample["images"].shape == (64, 3, 24, 24) and sample["images"].dtype == np.uint8
+    result = export_run(tmp_path / "run", tmp_path / "repo", None, log=lambda message: None)
+    assert result.parity["passed"] and result.models.metadata.input.height == 24
+
+
+def test_stl10_two_phase_epoch_on_files_in_the_real_format(tmp_path, monkeypatch):
+    """CC's train_STL10.py: every epoch an instance-loss-only pass over the unlabelled split, then both
+    losses on train+test; evaluation on train+test."""
+    import numpy as np
+
+    from tests.train.formats import write_stl10
+    from train.methods.cc import CC
+
+    rng = np.random.default_rng(1)
+    images = {split: rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8)
+              for split, n in (("train", 8), ("test", 8), ("unlabeled", 24))}
+    write_stl10(tmp_path / "stl10_binary", images, {"train": list(range(8)), "test": list(range(8))})
+    calls = []
+    real_loss = CC.loss
+
+    def loss(self, outputs, step):
+        values = real_loss(self, outputs, step)
+        calls.append((step.phase, step.step, step.steps_per_epoch, values["loss"].item(), values["instance"].item()))
+        return values
+
+    monkeypatch.setattr(CC, "loss", loss)
+    cfg = tiny_config("cc", tmp_path / "run", dataset="stl10", data_dir=str(tmp_path), preset="paper",
+                      backbone="smallcnn", stem="cifar", image_size=16, batch_size=8, epochs=2)
+    assert (cfg.train_splits, cfg.instance_splits) == ("train,test", "unlabelled")
+    results = trainer.train(cfg)
+    # per epoch 3 instance steps (24 unlabelled images), then 2 steps on the 16 labelled ones; steps numbered on
+    phases = [(phase, step, per_epoch) for phase, step, per_epoch, _, _ in calls]
+    assert phases == [("instance", 0, 5), ("instance", 1, 5), ("instance", 2, 5), ("train", 3, 5), ("train", 4, 5),
+                      ("instance", 5, 5), ("instance", 6, 5), ("instance", 7, 5), ("train", 8, 5), ("train", 9, 5)]
+    for phase, _, _, total, instance in calls:  # the instance pass minimises the instance loss alone
+        assert (total == pytest.approx(instance)) == (phase == "instance")
+    assert results["num_images"] == 16 and {"nmi", "acc", "ari"} <= set(results["metrics"])
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert {"instance_pass_loss", "loss", "cluster"} <= set(records[0])
+    state = read_checkpoint(tmp_path / "run")
+    assert state["scheduler"]["last_epoch"] == 10  # the schedule counts both passes
+
+
+def test_cohiclust_trains_on_the_unlabelled_split_and_scores_the_test_split(tmp_path):
+    import numpy as np
+
+    from tests.train.formats import write_stl10
+
+    rng = np.random.default_rng(2)
+    images = {split: rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8)
+              for split, n in (("train", 4), ("test", 12), ("unlabeled", 32))}
+    write_stl10(tmp_path / "stl10_binary", images, {"train": [0, 1, 2, 3], "test": [k % 10 for k in range(12)]})
+    cfg = tiny_config("cohiclust", tmp_path / "run", dataset="stl10", data_dir=str(tmp_path), preset="paper",
+                      backbone="smallcnn", stem="cifar", image_size=16, batch_size=16, epochs=2, simclr_epochs=0,
+                      prune_start_epoch=1)
+    assert (cfg.train_splits, cfg.eval_splits) == ("unlabelled", "test")
+    results = trainer.train(cfg)
+    assert results["num_images"] == 12 and "nmi" in results["metrics"]
+    rows = list(csv.DictReader(open(tmp_path / "run" / "assignments.csv")))
+    assert len(rows) == 12 and all("test_X.bin" in row["source"] for row in rows)
+
+
+def test_the_official_propos_learning_rate_schedule():
+    """models/basic_template.py cosine_annealing_LR: linear warm-up over 50 epochs, then
+    eta_min + 0.5 (lr - eta_min)(1 + cos(pi (epoch - warmup) / epochs)): the cosine spans `epochs`."""
+    from train.methods import make_config
+
+    cfg = make_config("propos", dataset="cifar10", preset="paper")
+    steps = 10
+    for step in (0, 100, 499, 500, 3000, 9999):
+        epoch = (step + 1) / steps  # the official n_iter counts from 1
+        official = epoch / 50 if epoch < 50 else 0.5 * (1 + math.cos((epoch - 50) * math.pi / 1000))
+        assert trainer.lr_factor(cfg, step, steps) == pytest.approx(official, abs=1e-3)
+    last = trainer.lr_factor(cfg, 1000 * steps - 1, steps)
+    assert last == pytest.approx(0.0062, abs=1e-4)  # the official run ends at 0.6% of lr, short of eta_min 0
+    native = make_config("propos", dataset="cifar10", preset="native")
+    assert trainer.lr_factor(native, 1000 * steps - 1, steps) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_instance_splits_need_a_method_with_an_instance_loss(tmp_path, capsys):
+    code = main(["--method", "drc", "--dataset", "digits", "--instance-splits", "all",
+                 "--run-dir", str(tmp_path / "r")])
+    assert code == 2 and "drc has no instance loss" in capsys.readouterr().err
+
+
+def test_channel_stats_in_chunks_equal_the_whole_at_once():
+    images = torch.randint(0, 256, (300, 3, 8, 8), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    mean, std = trainer.channel_stats(images, chunk=64)
+    whole = images.double().div(255).transpose(0, 1).reshape(3, -1)
+    assert mean == pytest.approx(whole.mean(1).tolist(), abs=1e-12)
+    assert std == pytest.approx(whole.std(1).tolist(), abs=1e-9)

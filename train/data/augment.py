@@ -1,9 +1,13 @@
 """Per-sample random augmentation of whole uint8 batches, on whatever device the batch lives.
 
 Each image of a batch draws its own parameters (crop box, flip, affine, elastic field, jitter
-factors, grayscale, blur): one parameter set shared by a batch is wrong for contrastive learning.
-Everything is batched tensor maths (one grid_sample, a few element-wise ops, one grouped
+factors and order, grayscale, blur): one parameter set shared by a batch is wrong for contrastive
+learning. Everything is batched tensor maths (one grid_sample, a few element-wise ops, one grouped
 convolution), so on a GPU the data set stays resident as uint8 and augmentation costs little.
+
+The data set is stored at its own side (CIFAR 32 px, ImageNet subsets 256 px) and the random resized
+crop outputs the model's input side (`out_size`, e.g. 224), as torchvision's RandomResizedCrop does
+on the stored image in the official code; `resize_images` is the evaluation path's resize to it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+_GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+BLUR_KERNEL_AT_224 = 23
+BLUR_SIGMA_AT_224 = (0.1, 2.0)
+"""The official Gaussian blur at 224 px (CC modules/transform.py, ProPos models/basic_template.py):
+a 23 px kernel, sigma 0.1-2 px; at other sides both scale with the side."""
+SUPERSAMPLE_ABOVE = 1.25
+"""A crop that shrinks the stored image by more than this is rendered at k x the output side and
+box-filtered (k = ceil(stored / out)), so downscaling does not alias."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class AugmentParams:
     shear_degrees: float = 0.0
     translate: float = 0.0
     elastic_alpha: float = 0.0
+    jitter_order: str = "random"
 
     @classmethod
     def from_config(cls, cfg) -> AugmentParams:
@@ -45,6 +57,29 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.
 
 def _bernoulli(n: int, p: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) < p
+
+
+def blur_kernel_size(side: int) -> int:
+    """Odd Gaussian kernel side for images of `side` px: 23 at 224, scaled with the side, at least 3."""
+    return max(3, 2 * round((BLUR_KERNEL_AT_224 * side / 224 - 1) / 2) + 1)
+
+
+def supersampling(stored_side: int, out_size: int) -> int:
+    """Render factor k of the random resized crop: 1, or ceil(stored / out) when it shrinks by > 1.25x."""
+    return 1 if stored_side <= SUPERSAMPLE_ABOVE * out_size else math.ceil(stored_side / out_size)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The evaluation resize: uint8 (B, C, H, W) -> uint8 (B, C, size, size), on the images' device.
+
+    Bilinear (antialiased when shrinking, as PIL's resize that `contract.preprocess` uses), rounded
+    to uint8 so the model sees what the gateway gives it: a uint8 image at the model's input size.
+    A no-op at size x size.
+    """
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def to_gray(x: torch.Tensor) -> torch.Tensor:
@@ -87,12 +122,66 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return table.gather(2, index).squeeze(2)
 
 
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """x (B, C, H, W) in [0, 1], factor (B, 1, 1, 1): x * factor, clamped (torchvision's adjust_brightness)."""
+    return (x * factor).clamp_(0, 1)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the mean grey level of each image (torchvision's adjust_contrast)."""
+    mean = (to_gray(x) if x.shape[1] == 3 else x).mean((1, 2, 3), keepdim=True)
+    return (factor * x + (1 - factor) * mean).clamp_(0, 1)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the image's grey version (torchvision's adjust_saturation); RGB only."""
+    return (factor * x + (1 - factor) * to_gray(x)).clamp_(0, 1)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by `shift` (B, 1, 1, 1) turns (torchvision's adjust_hue); RGB only."""
+    hsv = rgb_to_hsv(x)
+    return hsv_to_rgb(torch.cat([torch.remainder(hsv[:, :1] + shift, 1.0), hsv[:, 1:]], 1))
+
+
+JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+"""ColorJitter's four adjustments; a JitterDraw's order indexes them."""
+
+
+@dataclass
+class JitterDraw:
+    """One batch's colour jitter parameters."""
+
+    applied: torch.Tensor  # (B,) bool: jittered at all (probability jitter_p)
+    factors: list[torch.Tensor]  # per op of JITTER_OPS (grey: the first 2): (B, 1, 1, 1), 1 (hue 0) if not applied
+    order: torch.Tensor | None  # (B, 4) int64: row i is image i's order of JITTER_OPS; None: the fixed order
+
+
+def apply_jitter(x: torch.Tensor, draw: JitterDraw) -> torch.Tensor:
+    """x (B, C, H, W) in [0, 1] -> jittered. Fixed order: every op on the whole batch (identity factors
+    where not applied); random order: at each position each op on the images that have it there."""
+    ops = JITTER_OPS[:len(draw.factors)]
+    if draw.order is None:
+        for op, factor in zip(ops, draw.factors, strict=True):
+            x = op(x, factor)
+        return x
+    x = x.clone()
+    for position in range(draw.order.shape[1]):
+        for index, (op, factor) in enumerate(zip(ops, draw.factors, strict=True)):
+            chosen = ((draw.order[:, position] == index) & draw.applied).nonzero().squeeze(1)
+            if chosen.numel():
+                x[chosen] = op(x[chosen], factor[chosen])
+    return x
+
+
 class BatchAugment:
     """uint8 (B, C, H, W) -> float (B, C, S, S) in [0, 1], every image with its own parameters."""
 
     def __init__(self, params: AugmentParams) -> None:
         if not 0 < params.crop_min_scale <= 1:
             raise ValueError(f"crop_min_scale must be in (0, 1], got {params.crop_min_scale}")
+        if params.jitter_order not in ("random", "fixed"):
+            raise ValueError(f"jitter_order must be random or fixed, got {params.jitter_order!r}")
         self.p = params
 
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -107,7 +196,11 @@ class BatchAugment:
         return x
 
     def geometric(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Random resized crop, flip, rotation, shear, translation and elastic field in one resample."""
+        """Random resized crop, flip, rotation, shear, translation and elastic field in one resample.
+
+        x: (B, C, H, W) at the stored side -> (B, C, out_size, out_size); the crop box is a fraction of
+        the stored image (area crop_min_scale..1, aspect 3/4..4/3), whatever its side.
+        """
         p, n, dev = self.p, x.shape[0], x.device
         area = _uniform(n, p.crop_min_scale, 1.0, g, dev)
         log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), g, dev)
@@ -128,40 +221,45 @@ class BatchAugment:
             torch.stack([w * a11 * flip, w * a12, cx], 1),
             torch.stack([h * a21 * flip, h * a22, cy], 1),
         ], 1)
-        size = (n, x.shape[1], p.out_size, p.out_size)
+        k = supersampling(max(x.shape[2:]), p.out_size)
+        size = (n, x.shape[1], k * p.out_size, k * p.out_size)
         grid = F.affine_grid(theta, size, align_corners=False)
         if p.elastic_alpha > 0:
             noise = torch.randn(n, 2, 4, 4, generator=g, device=dev) * p.elastic_alpha
             field = F.interpolate(noise, size=size[2:], mode="bicubic", align_corners=False)
             grid = grid + field.permute(0, 2, 3, 1)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return F.avg_pool2d(out, k) if k > 1 else out
 
     def _factors(self, n: int, spread: float, applied: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         f = _uniform(n, max(0.0, 1 - spread), 1 + spread, g, applied.device)
         return torch.where(applied, f, torch.ones_like(f)).view(n, 1, 1, 1)
 
     def jitter(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Colour jitter with probability jitter_p: brightness, contrast, then (RGB) saturation and hue."""
-        n, s, dev = x.shape[0], self.p.jitter_strength, x.device
-        applied = _bernoulli(n, self.p.jitter_p, g, dev)
-        x = (x * self._factors(n, 0.8 * s, applied, g)).clamp_(0, 1)
-        mean = (to_gray(x) if x.shape[1] == 3 else x).mean((1, 2, 3), keepdim=True)
-        c = self._factors(n, 0.8 * s, applied, g)
-        x = (c * x + (1 - c) * mean).clamp_(0, 1)
-        if x.shape[1] != 3:
-            return x
-        sat = self._factors(n, 0.8 * s, applied, g)
-        x = (sat * x + (1 - sat) * to_gray(x)).clamp_(0, 1)
-        hue = torch.where(applied, _uniform(n, -0.2 * s, 0.2 * s, g, dev), torch.zeros(n, device=dev))
-        hsv = rgb_to_hsv(x)
-        hsv = torch.cat([torch.remainder(hsv[:, :1] + hue.view(n, 1, 1, 1), 1.0), hsv[:, 1:]], 1)
-        return hsv_to_rgb(hsv)
+        """Colour jitter with probability jitter_p (see `draw_jitter`, `apply_jitter`)."""
+        return apply_jitter(x, self.draw_jitter(x.shape[0], x.shape[1], g, x.device))
+
+    def draw_jitter(self, n: int, channels: int, g: torch.Generator, device: torch.device) -> JitterDraw:
+        """Per image: applied with probability jitter_p, factors as torchvision's ColorJitter(0.8s, 0.8s,
+        0.8s, 0.2s) (saturation and hue for RGB only), and with jitter_order "random" its own order."""
+        s = self.p.jitter_strength
+        applied = _bernoulli(n, self.p.jitter_p, g, device)
+        factors = [self._factors(n, 0.8 * s, applied, g) for _ in range(3 if channels == 3 else 2)]
+        if channels == 3:
+            hue = torch.where(applied, _uniform(n, -0.2 * s, 0.2 * s, g, device), torch.zeros(n, device=device))
+            factors.append(hue.view(n, 1, 1, 1))
+        order = None
+        if self.p.jitter_order == "random":
+            order = torch.rand(n, len(JITTER_OPS), generator=g, device=device).argsort(1)
+        return JitterDraw(applied, factors, order)
 
     def blur(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Gaussian blur with probability blur_p, sigma in [0.1, 2] px, kernel about a tenth of the side."""
+        """Gaussian blur with probability blur_p; at 224 px the official kernel 23 and sigma 0.1-2 px, both
+        scaled with the side elsewhere."""
         n, c, hgt, wid = x.shape
-        k = max(3, int(0.1 * hgt) // 2 * 2 + 1)
-        sigma = _uniform(n, 0.1, 2.0, g, x.device)
+        k = blur_kernel_size(hgt)
+        low, high = (bound * hgt / 224 for bound in BLUR_SIGMA_AT_224)
+        sigma = _uniform(n, low, high, g, x.device)
         sigma = torch.where(_bernoulli(n, self.p.blur_p, g, x.device), sigma, torch.full_like(sigma, 1e-3))
         offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
         kernel = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))

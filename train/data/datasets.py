@@ -1,10 +1,16 @@
 """Clustering data sets read from their distributed on-disk formats, loaded whole as uint8 tensors.
 
-Every image goes through `preprocess.prepare`, the function the serving gateway uses, so a model sees
-the same pixels in training and in serving. Binary formats already at the requested size skip PIL
-(a plain reshape, bit-identical to `prepare` there).
+Images are kept at a stored side (the run's `stored_size`: CIFAR's own 32 px, 256 px for ImageNet
+subsets), not at the model's input size: the training augmentation crops them to the model size on
+the device, and evaluation resizes them there (train/data/augment.py), so CIFAR at 224 px keeps 60k x
+3 x 32 x 32 bytes in memory, not 9 GB. Every image goes through `preprocess.prepare`, the function the
+serving gateway uses; binary formats already at the stored size skip PIL (a plain reshape,
+bit-identical to `prepare` there).
 
-    data = load_dataset("cifar10", "~/data", image_size=32)   # data.images: (60000, 3, 32, 32) uint8
+Each format has named splits (DatasetInfo.splits); `splits` picks which are loaded, in that order:
+
+    data = load_dataset("cifar10", "~/data", 32)                  # train+test: (60000, 3, 32, 32) uint8
+    unlabelled = load_dataset("stl10", "~/data", 96, ["unlabelled"])   # (100000, 3, 96, 96), no labels
 """
 
 from __future__ import annotations
@@ -35,12 +41,13 @@ class DataError(ValueError):
 class ImageData:
     """A whole data set in memory."""
 
-    images: torch.Tensor  # (N, C, S, S) uint8, S = the requested image_size
+    images: torch.Tensor  # (N, C, S, S) uint8, S = the requested (stored) side
     labels: torch.Tensor | None  # (N,) int64 in 0..K-1, or None when the data has no labels
     class_names: list[str] | None  # K names in label order
     sources: list[str]  # per image: file path (folders) or "<file>:<index>" (binary formats)
     name: str  # data set name
     skipped: list[str]  # "path: reason" for unreadable images that were left out (folders)
+    splits: tuple[str, ...] = ()  # the splits loaded, in order
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,8 @@ class DatasetInfo:
     native_size: int | None  # side of the stored images; None when they vary
     description: str
     expected: str  # the on-disk layout load_dataset looks for
+    splits: tuple[str, ...] = ("all",)  # the format's splits
+    default_splits: tuple[str, ...] = ()  # loaded when none are named; empty: every split
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -58,41 +67,51 @@ DATASETS: dict[str, DatasetInfo] = {
         "cifar10", 3, 10, 32, "CIFAR-10 train+test: 60k 32x32 RGB images, 10 classes",
         "cifar-10-batches-py/ with data_batch_1 .. data_batch_5 and test_batch (python pickles), "
         "batches.meta optional; data_dir is that folder or its parent",
+        ("train", "test"),
     ),
     "cifar100": DatasetInfo(
         "cifar100", 3, 20, 32, "CIFAR-100 train+test: 60k 32x32 RGB images, the 20 superclasses",
         "cifar-100-python/ with train and test (python pickles), meta optional; "
         "data_dir is that folder or its parent",
+        ("train", "test"),
     ),
     "stl10": DatasetInfo(
-        "stl10", 3, 10, 96, "STL-10 labelled train+test: 13k 96x96 RGB images, 10 classes",
-        "stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin, class_names.txt "
-        "optional; data_dir is that folder or its parent",
+        "stl10", 3, 10, 96, "STL-10 labelled train+test: 13k 96x96 RGB images, 10 classes "
+        "(split unlabelled: 100k more, no labels)",
+        "stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin (unlabeled_X.bin for the "
+        "unlabelled split), class_names.txt optional; data_dir is that folder or its parent",
+        ("train", "test", "unlabelled"), ("train", "test"),
     ),
     "mnist": DatasetInfo(
         "mnist", 1, 10, 28, "MNIST train+test: 70k 28x28 grey digits, 10 classes",
         "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte (each optionally .gz) in data_dir, data_dir/raw or data_dir/MNIST/raw",
+        ("train", "test"),
     ),
     "fashion-mnist": DatasetInfo(
         "fashion-mnist", 1, 10, 28, "Fashion-MNIST train+test: 70k 28x28 grey clothes, 10 classes",
         "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte (each optionally .gz) in data_dir, data_dir/raw or "
         "data_dir/FashionMNIST/raw",
+        ("train", "test"),
     ),
     "imagenet10": DatasetInfo(
         "imagenet10", 3, 10, None, "ImageNet-10: 13k ImageNet images of 10 classes",
         "10 class folders <data_dir>/<class>/*.JPEG (or <data_dir>/train/<class>/...)",
+        ("train",),
     ),
     "imagenet-dogs": DatasetInfo(
         "imagenet-dogs", 3, 15, None, "ImageNet-Dogs: 19.5k ImageNet images of 15 dog breeds",
         "15 class folders <data_dir>/<class>/*.JPEG (or <data_dir>/train/<class>/...)",
+        ("train",),
     ),
     "tiny-imagenet": DatasetInfo(
-        "tiny-imagenet", 3, 200, 64, "Tiny-ImageNet train+val: 110k 64x64 RGB images, 200 classes",
-        "tiny-imagenet-200/ with train/<wnid>/images/*.JPEG for 200 wnids, val/images/*.JPEG and "
-        "val/val_annotations.txt (file<TAB>wnid<TAB>bbox), words.txt optional; "
+        "tiny-imagenet", 3, 200, 64, "Tiny-ImageNet train split: 100k 64x64 RGB images, 200 classes "
+        "(split val: 10k more)",
+        "tiny-imagenet-200/ with train/<wnid>/images/*.JPEG for 200 wnids (and, for the val split, "
+        "val/images/*.JPEG and val/val_annotations.txt: file<TAB>wnid<TAB>bbox), words.txt optional; "
         "data_dir is that folder or its parent",
+        ("train", "val"), ("train",),
     ),
     "folder": DatasetInfo(
         "folder", 3, None, None, "any directory of images; one class per subdirectory if it has them",
@@ -187,14 +206,15 @@ def _check_labels(info: DatasetInfo, labels: np.ndarray, class_names: list[str],
 
 
 def _from_arrays(
-    info: DatasetInfo, images: np.ndarray, labels: np.ndarray, class_names: list[str],
+    info: DatasetInfo, images: np.ndarray, labels: np.ndarray | None, class_names: list[str],
     sources: list[str], image_size: int, where: Path | str,
 ) -> ImageData:
-    """images: (N, C, h, w) uint8 at native size, labels: (N,) in 0..K-1."""
-    _check_labels(info, labels, class_names, where)
+    """images: (N, C, h, w) uint8 at native size, labels: (N,) in 0..K-1 or None (unlabelled)."""
+    if labels is not None:
+        _check_labels(info, labels, class_names, where)
     return ImageData(
         images=torch.from_numpy(_to_size(images, image_size)),
-        labels=torch.from_numpy(labels.astype(np.int64)),
+        labels=None if labels is None else torch.from_numpy(labels.astype(np.int64)),
         class_names=list(class_names),
         sources=sources,
         name=info.name,
@@ -279,9 +299,11 @@ def _unpickle(info: DatasetInfo, path: Path) -> dict:
 
 
 def _load_cifar(
-    info: DatasetInfo, data_dir: str | Path | None, image_size: int, *, folder: str,
-    files: Sequence[str], meta: str, label_key: bytes, names_key: bytes, default_names: list[str],
+    info: DatasetInfo, data_dir: str | Path | None, image_size: int, splits: Sequence[str], *, folder: str,
+    split_files: dict[str, Sequence[str]], meta: str, label_key: bytes, names_key: bytes,
+    default_names: list[str],
 ) -> ImageData:
+    files = [file for split in splits for file in split_files[split]]
     base = _locate(info, data_dir, [folder, "."], files)
     images, labels, sources = [], [], []
     for file in files:
@@ -306,26 +328,37 @@ def _load_cifar(
                         image_size, base)
 
 
-def _load_stl10(info: DatasetInfo, data_dir: str | Path | None, image_size: int) -> ImageData:
-    splits = [("train_X.bin", "train_y.bin"), ("test_X.bin", "test_y.bin")]
-    base = _locate(info, data_dir, ["stl10_binary", "."], [f for pair in splits for f in pair])
+_STL10_FILES = {"train": ("train_X.bin", "train_y.bin"), "test": ("test_X.bin", "test_y.bin"),
+                 "unlabelled": ("unlabeled_X.bin", None)}
+
+
+def _load_stl10(info: DatasetInfo, data_dir: str | Path | None, image_size: int, splits: Sequence[str]) -> ImageData:
+    pairs = [_STL10_FILES[split] for split in splits]
+    base = _locate(info, data_dir, ["stl10_binary", "."], [f for pair in pairs for f in pair if f])
     side = 96
+    per_image = 3 * side * side
     images, labels, sources = [], [], []
-    for x_file, y_file in splits:
-        raw = np.fromfile(base / x_file, dtype=np.uint8)
-        label = np.fromfile(base / y_file, dtype=np.uint8).astype(np.int64) - 1  # files hold 1..10
-        if raw.size % (3 * side * side) or raw.size // (3 * side * side) != len(label):
-            raise _fail(info, f"{base / x_file} has {raw.size} bytes for {len(label)} labels in "
-                              f"{y_file}, expected {3 * side * side} bytes per image")
-        # each image is stored channel by channel, column-major: (C, W, H) -> (C, H, W)
-        images.append(raw.reshape(-1, 3, side, side).transpose(0, 1, 3, 2))
-        labels.append(label)
-        sources += [f"{base / x_file}:{i}" for i in range(len(label))]
+    for x_file, y_file in pairs:
+        size = (base / x_file).stat().st_size
+        if size == 0 or size % per_image:
+            raise _fail(info, f"{base / x_file} has {size} bytes, not a positive multiple of {per_image} "
+                              "(one 3x96x96 image)")
+        count = size // per_image
+        if y_file is not None:
+            label = np.fromfile(base / y_file, dtype=np.uint8).astype(np.int64) - 1  # files hold 1..10
+            if len(label) != count:
+                raise _fail(info, f"{base / x_file} holds {count} images but {y_file} {len(label)} labels")
+            labels.append(label)
+        # mapped, not read: the 2.8 GB unlabelled split is copied once, into the result.
+        # Each image is stored channel by channel, column-major: (C, W, H) -> (C, H, W).
+        raw = np.memmap(base / x_file, dtype=np.uint8, mode="r")
+        images.append(raw.reshape(count, 3, side, side).transpose(0, 1, 3, 2))
+        sources += [f"{base / x_file}:{i}" for i in range(count)]
     names = STL10_CLASSES
     if (base / "class_names.txt").exists():
         names = [line.strip() for line in (base / "class_names.txt").read_text().splitlines() if line.strip()]
-    return _from_arrays(info, np.concatenate(images), np.concatenate(labels), names, sources,
-                        image_size, base)
+    all_labels = np.concatenate(labels) if len(labels) == len(pairs) else None  # any unlabelled split: none
+    return _from_arrays(info, np.concatenate(images), all_labels, names, sources, image_size, base)
 
 
 def _read_idx(info: DatasetInfo, path: Path, magic: int, ndim: int) -> np.ndarray:
@@ -346,16 +379,19 @@ def _read_idx(info: DatasetInfo, path: Path, magic: int, ndim: int) -> np.ndarra
     return data.reshape(dims)
 
 
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
 def _load_idx(
-    info: DatasetInfo, data_dir: str | Path | None, image_size: int, *, folder: str,
+    info: DatasetInfo, data_dir: str | Path | None, image_size: int, splits: Sequence[str], *, folder: str,
     class_names: list[str],
 ) -> ImageData:
-    splits = [("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-              ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
-    files = [f for pair in splits for f in pair]
+    pairs = [_IDX_FILES[split] for split in splits]
+    files = [f for pair in pairs for f in pair]
     base = _locate(info, data_dir, [".", "raw", f"{folder}/raw"], files, gz=True)
     images, labels, sources = [], [], []
-    for x_file, y_file in splits:
+    for x_file, y_file in pairs:
         x_path, y_path = _find(base, x_file, True), _find(base, y_file, True)
         assert x_path is not None and y_path is not None  # _locate checked
         x = _read_idx(info, x_path, 2051, 3)
@@ -400,19 +436,41 @@ def _load_class_folders(info: DatasetInfo, data_dir: str | Path | None, image_si
 
 
 def _load_tiny_imagenet(info: DatasetInfo, data_dir: str | Path | None, image_size: int,
-                        decoder: FolderDecoder) -> ImageData:
-    base = _locate(info, data_dir, ["tiny-imagenet-200", "."],
-                   ["train", "val/images", "val/val_annotations.txt"])
+                        splits: Sequence[str], decoder: FolderDecoder) -> ImageData:
+    needed = ["train"] + (["val/images", "val/val_annotations.txt"] if "val" in splits else [])
+    base = _locate(info, data_dir, ["tiny-imagenet-200", "."], needed)  # the class list is train/'s folders
     wnids = [d.name for d in _class_dirs(base / "train")]
     _check_class_count(info, len(wnids), base / "train")
     index = {wnid: i for i, wnid in enumerate(wnids)}
     paths, labels = [], []
-    for wnid in wnids:
+    for split in splits:
+        split_paths, split_labels = (_tiny_train(info, base, wnids) if split == "train"
+                                     else _tiny_val(info, base, index))
+        paths += split_paths
+        labels += split_labels
+    words = {}
+    if (base / "words.txt").exists():
+        for line in (base / "words.txt").read_text().splitlines():
+            wnid, _, names = line.partition("\t")
+            words[wnid.strip()] = names.strip()
+    class_names = [words.get(wnid) or wnid for wnid in wnids]
+    return _decode_files(info, paths, labels, class_names, image_size, decoder)
+
+
+def _tiny_train(info: DatasetInfo, base: Path, wnids: list[str]) -> tuple[list[Path], list[int]]:
+    """train/<wnid>/images/*: paths and labels in wnid order."""
+    paths, labels = [], []
+    for label, wnid in enumerate(wnids):
         files = _list_images(base / "train" / wnid)
         if not files:
             raise _fail(info, f"class folder {base / 'train' / wnid} has no images")
         paths += files
-        labels += [index[wnid]] * len(files)
+        labels += [label] * len(files)
+    return paths, labels
+
+
+def _tiny_val(info: DatasetInfo, base: Path, index: dict[str, int]) -> tuple[list[Path], list[int]]:
+    """val/images/* labelled by val/val_annotations.txt, in file-name order."""
     annotations = base / "val" / "val_annotations.txt"
     val: dict[str, str] = {}
     for number, line in enumerate(annotations.read_text().splitlines(), 1):
@@ -426,16 +484,8 @@ def _load_tiny_imagenet(info: DatasetInfo, data_dir: str | Path | None, image_si
         odd = sorted(set(val) ^ set(val_files))
         raise _fail(info, f"{annotations} and {base / 'val' / 'images'} disagree on {len(odd)} "
                           f"file(s), e.g. {odd[0]}")
-    for name in sorted(val):
-        paths.append(val_files[name])
-        labels.append(index[val[name]])
-    words = {}
-    if (base / "words.txt").exists():
-        for line in (base / "words.txt").read_text().splitlines():
-            wnid, _, names = line.partition("\t")
-            words[wnid.strip()] = names.strip()
-    class_names = [words.get(wnid) or wnid for wnid in wnids]
-    return _decode_files(info, paths, labels, class_names, image_size, decoder)
+    names = sorted(val)
+    return [val_files[name] for name in names], [index[val[name]] for name in names]
 
 
 def _load_folder(info: DatasetInfo, data_dir: str | Path | None, image_size: int,
@@ -460,41 +510,67 @@ def _load_folder(info: DatasetInfo, data_dir: str | Path | None, image_size: int
 FOLDER_DATASETS = frozenset({"imagenet10", "imagenet-dogs", "tiny-imagenet", "folder"})
 """Data sets of image files: decoded by a cache.FolderDecoder."""
 
-_LOADERS: dict[str, Callable[..., ImageData]] = {
+Loader = Callable[..., ImageData]
+"""(info, data_dir, size, splits) -> ImageData; the loaders of FOLDER_DATASETS also take decoder=."""
+
+
+def _one_split(load: Callable[..., ImageData]) -> Loader:
+    """A loader of a format with a single split (load_dataset has checked that it is the one asked for)."""
+    return lambda info, data_dir, size, splits, **decoder: load(info, data_dir, size, **decoder)
+
+
+_LOADERS: dict[str, Loader] = {
     "cifar10": partial(
         _load_cifar, folder="cifar-10-batches-py",
-        files=[f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"], meta="batches.meta",
-        label_key=b"labels", names_key=b"label_names", default_names=CIFAR10_CLASSES,
+        split_files={"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]},
+        meta="batches.meta", label_key=b"labels", names_key=b"label_names", default_names=CIFAR10_CLASSES,
     ),
     "cifar100": partial(
-        _load_cifar, folder="cifar-100-python", files=["train", "test"], meta="meta",
+        _load_cifar, folder="cifar-100-python", split_files={"train": ["train"], "test": ["test"]}, meta="meta",
         label_key=b"coarse_labels", names_key=b"coarse_label_names", default_names=CIFAR100_SUPERCLASSES,
     ),
     "stl10": _load_stl10,
     "mnist": partial(_load_idx, folder="MNIST", class_names=MNIST_CLASSES),
     "fashion-mnist": partial(_load_idx, folder="FashionMNIST", class_names=FASHION_MNIST_CLASSES),
-    "imagenet10": _load_class_folders,
-    "imagenet-dogs": _load_class_folders,
+    "imagenet10": _one_split(_load_class_folders),
+    "imagenet-dogs": _one_split(_load_class_folders),
     "tiny-imagenet": _load_tiny_imagenet,
-    "folder": _load_folder,
-    "digits": _load_digits,
+    "folder": _one_split(_load_folder),
+    "digits": _one_split(_load_digits),
 }
 
 
-def load_dataset(name: str, data_dir: str | Path | None, image_size: int,
-                 decoder: FolderDecoder | None = None) -> ImageData:
-    """Load a whole data set as uint8 (N, C, image_size, image_size) plus labels (see DATASETS).
-
-    Folders of image files are decoded by `decoder` (default: every core, no cache, no sample).
-    Raises DataError, before any decoding, when the data set is unknown or its files are missing.
-    """
+def resolve_splits(name: str, splits: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The splits of data set `name` to load, in order: `splits` (checked), or the data set's default."""
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
-    if image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    info = DATASETS[name]
+    if not splits:
+        return info.default_splits or info.splits
+    unknown = [s for s in splits if s not in info.splits]
+    if unknown:
+        raise DataError(f"{name} has no split {unknown[0]!r}; its splits: {', '.join(info.splits)}")
+    return tuple(dict.fromkeys(splits))
+
+
+def load_dataset(name: str, data_dir: str | Path | None, size: int, splits: Sequence[str] | None = None,
+                 decoder: FolderDecoder | None = None) -> ImageData:
+    """Load the `splits` of a data set (default: its default splits) as uint8 (N, C, size, size) plus labels.
+
+    size: the side the images are stored at (resized and centre-cropped by `preprocess.prepare`).
+    labels is None when any split loaded has none (STL-10's unlabelled split, folders without classes).
+    Folders of image files are decoded by `decoder` (default: every core, no cache, no sample).
+    Raises DataError, before any decoding, when the data set or a split is unknown or files are missing.
+    """
+    chosen = resolve_splits(name, splits)
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
     if name in FOLDER_DATASETS:
-        return _LOADERS[name](DATASETS[name], data_dir, image_size, decoder=decoder or FolderDecoder())
-    if decoder is not None and decoder.max_images:
+        data = _LOADERS[name](DATASETS[name], data_dir, size, chosen, decoder=decoder or FolderDecoder())
+    elif decoder is not None and decoder.max_images:
         raise DataError(f"--max-images samples folders of image files ({', '.join(sorted(FOLDER_DATASETS))}), "
                         f"not {name}")
-    return _LOADERS[name](DATASETS[name], data_dir, image_size)
+    else:
+        data = _LOADERS[name](DATASETS[name], data_dir, size, chosen)
+    data.splits = chosen
+    return data

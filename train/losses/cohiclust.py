@@ -47,10 +47,21 @@ def node_probabilities(s: torch.Tensor) -> torch.Tensor:
     return torch.cat(levels, dim=1)
 
 
-def node_mask_from_leaves(leaf_mask: torch.Tensor) -> torch.Tensor:
-    """(2^L,) bool surviving leaves -> (2^(L+1) - 1,) bool surviving nodes (heap order).
+def leaf_level_mask(leaf_mask: torch.Tensor) -> torch.Tensor:
+    """(2^L,) bool surviving leaves -> (2^(L+1) - 1,) bool node mask of the losses (heap order).
 
-    A node survives while at least one leaf below it does.
+    Only the leaf level is masked, as the official code (masks_for_level: pruning writes the leaf
+    level only): internal nodes keep mask 1 even when both their leaves are pruned.
+    """
+    internal = torch.ones(leaf_mask.numel() - 1, dtype=torch.bool, device=leaf_mask.device)
+    return torch.cat([internal, leaf_mask.bool()])
+
+
+def node_mask_from_leaves(leaf_mask: torch.Tensor) -> torch.Tensor:
+    """(2^L,) bool surviving leaves -> (2^(L+1) - 1,) bool nodes of the pruned tree (heap order).
+
+    A node survives while at least one leaf below it does: the tree the model describes (tree.json);
+    the losses mask the leaves only (leaf_level_mask).
     """
     levels = [leaf_mask.bool()]
     while levels[0].numel() > 1:

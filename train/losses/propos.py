@@ -29,18 +29,22 @@ def prototypes(z: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torc
     return F.normalize(sums, dim=1)
 
 
-def psl_loss(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, num_clusters: int,
-             temperature: float = 0.5) -> torch.Tensor:
-    """Prototype scattering loss.
+ABSENT_LOGIT = -10.0
+"""The logit the official code gives a cluster absent from the batch (byol_wrapper.py compute_cluster_loss)."""
 
-    q: (N, D) online projections, k: (N, D) target projections (no gradient flows into them),
-    labels: (N,) int64 pseudo-labels in [0, num_clusters). Prototypes: per cluster, the normalised
-    mean of the normalised q (online) and of the normalised k (target). For each cluster j present
-    in the batch: cross entropy whose positive logit is online_j . target_j and whose negatives are
-    online_j . online_i for the other clusters i present, all / temperature. Clusters absent from
-    the batch give no row and their columns are left out (the reference sets those logits to -10,
-    which differs by terms of order exp(-10)). Returns the mean over the present clusters
-    (0 when only one cluster is present: it has no negatives).
+
+def psl_loss(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, num_clusters: int,
+             temperature: float = 0.5, absent_logit: float = ABSENT_LOGIT) -> torch.Tensor:
+    """Prototype scattering loss of one direction, as the official code (byol_wrapper.py compute_cluster_loss).
+
+    q: (N, D) online projections of one view, k: (N, D) target projections of the other view (no
+    gradient flows into them), labels: (N,) int64 pseudo-labels in [0, num_clusters). Prototypes: per
+    cluster, the normalised mean of the normalised q (online) and of the normalised k (target). For
+    each cluster j present in the batch: a cross entropy over all num_clusters logits, the positive
+    online_j . target_j / temperature, the negatives online_j . online_i / temperature for the other
+    present clusters i, and `absent_logit` (after the temperature) for each absent cluster, which so
+    stays in the softmax with a small weight. Returns the mean over the present clusters. ProPos
+    averages the two directions: 0.5 * (PSL(q1, k2) + PSL(q2, k1)).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
@@ -49,12 +53,13 @@ def psl_loss(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, num_cluster
     if q.shape != k.shape or q.dim() != 2 or labels.shape != q.shape[:1]:
         raise ValueError(f"expected q, k (N, D) and labels (N,), got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(labels.shape)}")
-    present = torch.bincount(labels, minlength=num_clusters) > 0
-    online = prototypes(q, labels, num_clusters)[present]             # (P, D)
-    target = prototypes(k.detach(), labels, num_clusters)[present]    # (P, D)
+    present = torch.bincount(labels, minlength=num_clusters) > 0          # (K,)
+    online = prototypes(q, labels, num_clusters)                           # (K, D), zero rows when absent
+    target = prototypes(k.detach(), labels, num_clusters)
     logits = online @ online.T / temperature
     positive = (online * target).sum(1) / temperature
-    eye = torch.eye(online.shape[0], dtype=torch.bool, device=q.device)
+    eye = torch.eye(num_clusters, dtype=torch.bool, device=q.device)
     logits = torch.where(eye, positive[:, None].expand_as(logits), logits)  # diagonal := positive logit
-    targets = torch.arange(online.shape[0], device=q.device)
-    return F.cross_entropy(logits, targets)
+    logits = logits.masked_fill(~present[None, :], absent_logit)          # absent clusters' columns
+    per_cluster = F.cross_entropy(logits, torch.arange(num_clusters, device=q.device), reduction="none")
+    return per_cluster[present].mean()

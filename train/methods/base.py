@@ -12,7 +12,10 @@ for adding one):
   "cluster": (B,) int64, ...method extras}. Pure tensor operations, so it traces to ONNX.
 - State needed at inference (pruning masks, centroids) lives in buffers.
 - Hooks: `on_epoch_start` / `on_epoch_end` (whole-data-set work: k-means, pruning), `on_step_end`
-  (EMA). `EpochContext.map_images` runs the model in eval mode.
+  (EMA). `EpochContext.map_images` runs the model in eval mode. `sample_weights` may ask the
+  trainer for a weighted draw of the next epoch's batches (ProPos's class-balanced resampling).
+- A method whose loss has an instance part that can train alone sets `instance_pass`: with
+  `--instance-splits` its `loss` then sees steps with `step.phase == "instance"` (CC on STL-10).
 - A method that fine-tunes another method's trained model names it in `parent` (C3: "cc"); the
   trainer finds and loads that run (train/parents.py) before the first epoch.
 """
@@ -41,6 +44,7 @@ class StepContext:
     steps_per_epoch: int
     generator: torch.Generator
     indices: torch.Tensor  # (B,) data-set indices of this process's batch (ProPos looks up pseudo-labels)
+    phase: str = "train"  # "instance": the instance-loss-only pass over the instance splits
 
 
 @dataclass
@@ -49,11 +53,11 @@ class EpochContext:
 
     epoch: int
     epochs: int
-    images: torch.Tensor  # (N, C, H, W) uint8
+    images: torch.Tensor  # (N, C, H, W) uint8 training images at the stored side
     generator: torch.Generator
     map_images: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
-    """map_images(fn) runs fn on float [0, 1] batches of the whole data set, model in eval mode, no grad,
-    and concatenates the results (float32)."""
+    """map_images(fn) runs fn on float [0, 1] batches of the whole training data, resized to the model's
+    input size, model in eval mode, no grad, and concatenates the results (float32)."""
     run_dir: Path
 
 
@@ -64,6 +68,8 @@ class ClusteringMethod(nn.Module):
     PRESETS: ClassVar[Presets] = {}
     parent: ClassVar[str | None] = None
     """Registry name of the method whose finished run this one starts from (None: trains from scratch)."""
+    instance_pass: ClassVar[bool] = False
+    """Whether `loss` handles steps of phase "instance" (the instance loss alone), so --instance-splits works."""
 
     def __init__(self, cfg: Config, in_channels: int, num_clusters: int,
                  mean: list[float] | None = None, std: list[float] | None = None) -> None:
@@ -102,6 +108,11 @@ class ClusteringMethod(nn.Module):
 
     def on_step_end(self, step: StepContext) -> None:
         """Called after every optimiser step."""
+
+    def sample_weights(self) -> torch.Tensor | None:
+        """Per-image weights (N,) of the training data for drawing the next epoch's batches with
+        replacement, or None for a plain permutation. Asked before every epoch's training pass."""
+        return None
 
     def write_artifacts(self, run_dir: Path, outputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
                         images: torch.Tensor) -> dict[str, Any]:

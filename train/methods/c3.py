@@ -6,6 +6,10 @@ zeta-threshold loss: with S = Z Z^T / temperature over the 2N L2-normalised embe
 of a sample are itself, its other view and every sample whose cosine similarity exceeds zeta
 (train/losses/c3.py). Adam lr 1e-5, batch 128, 20 epochs. The run's results.json reports the metrics
 of the CC model before fine-tuning (measured on the initialised model) next to those after.
+
+The `paper` preset is the official code (Armanfard-Lab/C3, config/config.yaml): CC's 224 px input
+through ResNet-34 with the ImageNet stem; `native` fine-tunes a `native` CC run at the data set's own
+resolution.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from train.config import Presets
 from train.losses.c3 import zeta_instance_loss
 from train.methods.base import StepContext
-from train.methods.cc import CC, STRONG_JITTER, WEAK_JITTER, CCConfig
+from train.methods.cc import CC, JITTER, OFFICIAL_INPUT, CCConfig
 
 
 @dataclass
@@ -28,17 +32,15 @@ class C3Config(CCConfig):
     )
 
 
+_SCHEDULE = dict(backbone="resnet34", optimizer="adam", lr=1e-5, weight_decay=0.0, batch_size=128, epochs=20,
+                 normalize=False, eval_every=5)
+
 PRESETS: Presets = {
-    "paper": {
-        "*": dict(backbone="resnet34", optimizer="adam", lr=1e-5, weight_decay=0.0, batch_size=128, epochs=20,
-                  normalize=False, eval_every=5),
-        **{d: dict(jitter_strength=0.5) for d in WEAK_JITTER},
-        **{d: dict(jitter_strength=1.0) for d in STRONG_JITTER},
-    },
+    "paper": {"*": _SCHEDULE, **{d: dict(OFFICIAL_INPUT, **jitter) for d, jitter in JITTER.items()}},
+    "native": {"*": _SCHEDULE, **JITTER},
     "fast": {
         "*": dict(backbone="resnet18", optimizer="adam", lr=1e-5, batch_size=128, epochs=5, eval_every=0),
-        **{d: dict(jitter_strength=0.5) for d in WEAK_JITTER},
-        **{d: dict(jitter_strength=1.0) for d in STRONG_JITTER},
+        **JITTER,
     },
 }
 

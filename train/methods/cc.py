@@ -2,7 +2,13 @@
 
 Instance head 512 -> 512 -> ReLU -> 128 (NT-Xent over the 2N embeddings, temperature 0.5) and
 cluster head 512 -> 512 -> ReLU -> M -> softmax (NT-Xent over the 2M cluster columns,
-temperature 1.0, plus log M - H per view). Loss = instance + cluster.
+temperature 1.0, plus log M - H per view). Loss = instance + cluster; in an instance pass (STL-10's
+unlabelled split, `--instance-splits`) the instance loss alone.
+
+Presets: `paper` is the official code (Yunfan-Li/Contrastive-Clustering): every data set at 224 px
+through ResNet-34 with the ImageNet stem, and STL-10's two-phase epoch; `native` the project's faster
+recipe at the data set's own resolution with the CIFAR stem; `fast` a short schedule. Each official
+value and its source line: tests/train/test_presets.py.
 """
 
 from __future__ import annotations
@@ -29,19 +35,27 @@ class CCConfig(Config):
 
 WEAK_JITTER = ("cifar10", "cifar100", "tiny-imagenet")
 STRONG_JITTER = ("stl10", "imagenet10", "imagenet-dogs")
+JITTER = {**{d: dict(jitter_strength=0.5) for d in WEAK_JITTER},
+          **{d: dict(jitter_strength=1.0) for d in STRONG_JITTER}}
+"""Colour jitter s per data set (official train.py: s=0.5 for CIFAR and Tiny-ImageNet, the default 1.0 else)."""
+OFFICIAL_INPUT = dict(backbone="resnet34", stem="imagenet", image_size=224)
+"""CC's official code trains every data set at 224 px, ResNet-34 with the ImageNet stem (7x7/2 + max-pool)."""
+OFFICIAL_DATA = {
+    **{d: dict(OFFICIAL_INPUT, **JITTER[d]) for d in WEAK_JITTER},
+    "stl10": dict(OFFICIAL_INPUT, **JITTER["stl10"], train_splits="train,test", instance_splits="unlabelled"),
+    **{d: dict(OFFICIAL_INPUT, **JITTER[d], blur_p=0.5) for d in ("imagenet10", "imagenet-dogs")},
+}
+"""The per-data-set part of CC's paper preset (C3 and DRC train at CC's resolution too)."""
+_SCHEDULE = dict(backbone="resnet34", optimizer="adam", lr=3e-4, weight_decay=0.0, batch_size=256, epochs=1000,
+                 normalize=False)
+_DIGITS = dict(epochs=300, eval_every=50)
 
 PRESETS: Presets = {
-    "paper": {
-        "*": dict(backbone="resnet34", optimizer="adam", lr=3e-4, weight_decay=0.0, batch_size=256,
-                  epochs=1000, normalize=False),
-        **{d: dict(jitter_strength=0.5) for d in WEAK_JITTER},
-        **{d: dict(jitter_strength=1.0) for d in STRONG_JITTER},
-        "digits": dict(epochs=300, eval_every=50),
-    },
+    "paper": {"*": _SCHEDULE, **OFFICIAL_DATA, "digits": _DIGITS},
+    "native": {"*": _SCHEDULE, **JITTER, "digits": _DIGITS},
     "fast": {
         "*": dict(backbone="resnet18", optimizer="adam", lr=3e-4, batch_size=256, epochs=20, eval_every=5),
-        **{d: dict(jitter_strength=0.5) for d in WEAK_JITTER},
-        **{d: dict(jitter_strength=1.0) for d in STRONG_JITTER},
+        **JITTER,
         "digits": dict(epochs=60, eval_every=20),
     },
 }
@@ -50,6 +64,7 @@ PRESETS: Presets = {
 class CC(ClusteringMethod):
     Config = CCConfig
     PRESETS = PRESETS
+    instance_pass = True
 
     def __init__(self, cfg: CCConfig, in_channels: int, num_clusters: int,
                  mean: list[float] | None = None, std: list[float] | None = None) -> None:
@@ -67,7 +82,9 @@ class CC(ClusteringMethod):
     def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
         instance = nt_xent(outputs["z1"], outputs["z2"], self.cfg.instance_temperature)
         cluster = cluster_contrastive_loss(outputs["p1"], outputs["p2"], self.cfg.cluster_temperature)
-        return {"loss": instance + cluster, "instance": instance, "cluster": cluster}
+        # the instance pass weights the cluster loss 0 rather than skip it: DDP wants a gradient for every parameter
+        cluster_weight = 0.0 if step.phase == "instance" else 1.0
+        return {"loss": instance + cluster_weight * cluster, "instance": instance, "cluster": cluster}
 
     def head_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = self.cluster_head(features)

@@ -3,12 +3,20 @@
 Projection head 512 (BN, ReLU) -> 128 trained with SimCLR's NT-Xent (temperature 0.5), and a tree
 head Linear(d -> 2^L - 1) + sigmoid: a soft binary tree of depth L whose node probabilities are
 products along the paths (train/losses/cohiclust.py). Loss = SimCLR for the first `simclr_epochs`,
-then SimCLR + tree loss + 2^-L x balance regulariser. From `prune_start_epoch` on, the start of each
-epoch removes the surviving leaf with the smallest mass, until 2^L - prune = num_clusters leaves
-are left. The mass of a leaf is the sum of its probability over the whole (un-augmented) data set,
-measured with the model in eval mode at the start of the pruning epoch. A run shorter than the
-schedule prunes what is left at the start of its last epoch, so a finished model always has
-num_clusters leaves. The surviving leaves are the `leaf_mask` buffer (saved and exported).
+then SimCLR + tree loss + 2^-L x balance regulariser. From epoch `prune_start_epoch` (counted from 1)
+on, the end of each epoch removes the surviving leaf with the smallest mass, until 2^L - prune =
+num_clusters leaves are left. As in the official code (tree_losses.py, main.py), the mass of a leaf is
+the epoch's mean of its masked probability over the training batches (both augmented views, train
+mode), and pruning masks the leaves only: internal nodes keep their probabilities in the losses even
+when every leaf below them is gone. A run shorter than the schedule prunes what is left at the end
+of its last epoch, so a finished model always has num_clusters leaves. The surviving leaves are the
+`leaf_mask` buffer (saved and exported).
+
+The `paper` preset is the official code per data set (cfg/<data set>.yaml, main.py, utils.py; each
+value with its source line in tests/train/test_presets.py): CIFAR on its train split with ResNet-50
+and the CIFAR stem at 32 px, evaluated on the test split; STL-10 trained on its unlabelled split,
+ResNet-34 with the ImageNet stem at 96 px; ImageNet-10 ResNet-50 and Dogs ResNet-34, ImageNet stem,
+224 px. `native` is the project's earlier recipe; `fast` a short schedule.
 """
 
 from __future__ import annotations
@@ -28,7 +36,14 @@ from contract.names import TREE_FILE
 from train import report
 from train.config import ARCHITECTURE, Config, Presets
 from train.heads import mlp
-from train.losses.cohiclust import level_slice, node_mask_from_leaves, node_probabilities, tree_loss, tree_regularizer
+from train.losses.cohiclust import (
+    leaf_level_mask,
+    level_slice,
+    node_mask_from_leaves,
+    node_probabilities,
+    tree_loss,
+    tree_regularizer,
+)
 from train.losses.contrastive import nt_xent
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.metrics import clustering_metrics
@@ -45,31 +60,46 @@ class CoHiClustConfig(Config):
     )
     simclr_epochs: int = field(default=1000, metadata={"help": "first epochs trained with the SimCLR loss only"})
     prune_start_epoch: int = field(
-        default=1051, metadata={"help": "epoch (counted from 1) whose start prunes the first leaf"}
+        default=1051, metadata={"help": "epoch (counted from 1) at whose end the first leaf is pruned, one more at "
+                                "the end of each epoch after it"}
     )
     self_pairs_negative: bool = field(
         default=True, metadata={"help": "tree loss counts the pairs (i, i) as negatives, as the reference code"}
     )
 
 
+_SCHEDULE = dict(optimizer="adam", lr=1e-3, weight_decay=1e-6, batch_size=512, epochs=1500, simclr_epochs=1000,
+                 prune_start_epoch=1051, depth=4, prune=6)
+_AUGMENT = dict(jitter_strength=0.5, jitter_p=0.8, gray_p=0.2, blur_p=0.0, normalize=True)
+_CIFAR = dict(_AUGMENT, backbone="resnet50", stem="cifar", image_size=32, train_splits="train", eval_splits="test")
+OFFICIAL_DATA = {
+    "cifar10": _CIFAR,
+    "cifar100": dict(_CIFAR, depth=5, prune=12),
+    "stl10": dict(_AUGMENT, backbone="resnet34", stem="imagenet", image_size=96, train_splits="unlabelled",
+                  eval_splits="test"),
+    "imagenet10": dict(_AUGMENT, backbone="resnet50", stem="imagenet", image_size=224, batch_size=128),
+    "imagenet-dogs": dict(_AUGMENT, backbone="resnet34", stem="imagenet", image_size=224, batch_size=128, prune=1),
+}
+"""The official cfg/<data set>.yaml and utils.py, per data set."""
+# Tuned (no figure in the paper): the tree loss from the start, 60 epochs on all 16 leaves.
+_DIGITS = dict(backbone="smallcnn", batch_size=256, epochs=90, simclr_epochs=0, prune_start_epoch=60, eval_every=30)
+
 PRESETS: Presets = {
-    "paper": {
-        "*": dict(backbone="resnet50", optimizer="adam", lr=1e-3, weight_decay=1e-6, batch_size=512, epochs=1500,
-                  simclr_epochs=1000, prune_start_epoch=1051, depth=4, prune=6),
+    "paper": {"*": dict(backbone="resnet50", **_SCHEDULE), **OFFICIAL_DATA, "digits": _DIGITS},
+    "native": {
+        "*": dict(backbone="resnet50", **_SCHEDULE),
         "cifar100": dict(depth=5, prune=12),
         "stl10": dict(backbone="resnet34"),
         "imagenet10": dict(backbone="resnet34", batch_size=128),
         "imagenet-dogs": dict(backbone="resnet34", batch_size=128, image_size=224, stem="imagenet", prune=1),
-        # Tuned (no figure in the paper): the tree loss from the start, 60 epochs on all 16 leaves.
-        "digits": dict(backbone="smallcnn", batch_size=256, epochs=90, simclr_epochs=0, prune_start_epoch=61,
-                       eval_every=30),
+        "digits": _DIGITS,
     },
     "fast": {
         "*": dict(backbone="resnet18", optimizer="adam", lr=1e-3, weight_decay=1e-6, batch_size=256, epochs=45,
-                  simclr_epochs=30, prune_start_epoch=32, depth=4, prune=6, eval_every=15),
+                  simclr_epochs=30, prune_start_epoch=31, depth=4, prune=6, eval_every=15),
         "cifar100": dict(depth=5, prune=12),
         "imagenet-dogs": dict(prune=1),
-        "digits": dict(backbone="smallcnn", epochs=45, simclr_epochs=0, prune_start_epoch=31, eval_every=15),
+        "digits": dict(backbone="smallcnn", epochs=45, simclr_epochs=0, prune_start_epoch=30, eval_every=15),
     },
 }
 
@@ -89,6 +119,8 @@ def _check_tree(cfg: CoHiClustConfig, num_clusters: int) -> None:
     if cfg.prune_start_epoch <= cfg.simclr_epochs:
         raise ValueError(f"prune_start_epoch ({cfg.prune_start_epoch}) must come after the "
                          f"{cfg.simclr_epochs} SimCLR-only epochs: the tree is untrained before")
+    if cfg.prune_start_epoch < 1:
+        raise ValueError(f"prune_start_epoch counts from 1, got {cfg.prune_start_epoch}")
 
 
 class CoHiClust(ClusteringMethod):
@@ -104,6 +136,10 @@ class CoHiClust(ClusteringMethod):
         self.projection_head = mlp(dim, cfg.hidden_dim, cfg.feature_dim, batch_norm=True)
         self.tree_head = nn.Sequential(nn.Linear(dim, 2**cfg.depth - 1), nn.Sigmoid())
         self.register_buffer("leaf_mask", torch.ones(2**cfg.depth, dtype=torch.bool))
+        # this epoch's sum over training batches of the batch-mean masked leaf probabilities, and the batch count:
+        # the pruning statistic, reset at every epoch's start (a resumed run repeats its unfinished epoch)
+        self.epoch_leaf_mass = torch.zeros(2**cfg.depth)
+        self.epoch_batches = 0
 
     def node_probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F) -> (B, 2^(L+1) - 1) unmasked node probabilities, heap order."""
@@ -117,10 +153,12 @@ class CoHiClust(ClusteringMethod):
 
     def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
         z1, z2, p1, p2 = outputs["z1"], outputs["z2"], outputs["p1"], outputs["p2"]
-        node_mask = node_mask_from_leaves(self.leaf_mask)
+        node_mask = leaf_level_mask(self.leaf_mask)
         simclr = nt_xent(z1, z2, self.cfg.temperature)
         tree = tree_loss(p1, p2, node_mask, self.cfg.self_pairs_negative)
         balance = tree_regularizer(torch.cat([p1, p2]), node_mask)
+        if self.training:
+            self.record_leaf_mass(torch.cat([p1, p2]))
         # Weight 0 rather than skipping the tree terms: DDP wants a gradient for every parameter.
         tree_weight = 0.0 if step.epoch < self.cfg.simclr_epochs else 1.0
         loss = simclr + tree_weight * (tree + 2.0**-self.depth * balance)
@@ -145,8 +183,19 @@ class CoHiClust(ClusteringMethod):
             "path": path,
         }
 
-    def pruned_by(self, epoch: int, epochs: int) -> int:
-        """How many leaves are gone once the start of (0-based) `epoch` has pruned."""
+    @torch.no_grad()
+    def record_leaf_mass(self, p: torch.Tensor) -> None:
+        """Add a training batch's mean masked leaf probabilities to the epoch's pruning statistic.
+
+        p: (2B, 2^(L+1) - 1) node probabilities of both views (official: tree_losses.py accumulates
+        the mean of the masked leaf level of every batch)."""
+        leaves = p[:, level_slice(self.depth)].float() * self.leaf_mask
+        self.epoch_leaf_mass = self.epoch_leaf_mass.to(leaves.device) + leaves.mean(0)
+        self.epoch_batches += 1
+
+    def pruned_after(self, epoch: int, epochs: int) -> int:
+        """How many leaves are gone once the end of (0-based) `epoch` has pruned: one per epoch from
+        prune_start_epoch (counted from 1) on, and all of them at the end of the run's last epoch."""
         if epoch == epochs - 1:
             return self.cfg.prune
         return min(self.cfg.prune, max(0, epoch + 2 - self.cfg.prune_start_epoch))
@@ -158,11 +207,16 @@ class CoHiClust(ClusteringMethod):
         self.leaf_mask[mass.topk(count, largest=False).indices] = False
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
-        missing = self.pruned_by(ctx.epoch, ctx.epochs) - int((~self.leaf_mask).sum())
+        self.epoch_leaf_mass = torch.zeros_like(self.epoch_leaf_mass)
+        self.epoch_batches = 0
+
+    def on_epoch_end(self, ctx: EpochContext) -> None:
+        missing = self.pruned_after(ctx.epoch, ctx.epochs) - int((~self.leaf_mask).sum())
         if missing <= 0:
             return
-        s = ctx.map_images(lambda x: self.tree_head(self.backbone(x)))
-        self.prune_smallest(node_probabilities(s)[:, level_slice(self.depth)].sum(0), missing)
+        if self.epoch_batches == 0:
+            raise RuntimeError("CoHiClust prunes by the epoch's training batches, and this epoch had none")
+        self.prune_smallest(self.epoch_leaf_mass / self.epoch_batches, missing)
 
     def write_artifacts(self, run_dir: Path, outputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
                         images: torch.Tensor) -> dict[str, Any]:
