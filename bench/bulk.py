@@ -63,7 +63,7 @@ def plain_loop(paths: list[Path], repository: Path, name: str, threads: int, bat
     from contract.preprocess import prepare_source
     from serve.backends.embedded import EmbeddedBackend
 
-    backend = EmbeddedBackend(repository, threads)
+    backend = EmbeddedBackend(repository, threads, instances=1)
     loop = asyncio.new_event_loop()
     loop.run_until_complete(backend.start())
     spec = backend.models()[name]

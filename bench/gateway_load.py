@@ -1,9 +1,9 @@
 """Gateway load test: POST /cluster throughput and latency, against raw onnxruntime on the same model.
 
 What it measures, in one run on one machine:
-- raw: onnxruntime alone (the session the embedded backend runs: encoder and head fused into one
-  graph, contract.sessions' settings and providers) on already-prepared uint8 batches of `--images`
-  images: the ceiling;
+- raw: onnxruntime alone (the sessions the embedded backend runs: encoder and head fused into one
+  graph, contract.sessions' settings, providers and instances, one batch per instance at a time) on
+  already-prepared uint8 batches of `--images` images: the ceiling;
 - gateway: `python -m serve` (embedded backend) started as a subprocess on 127.0.0.1, driven by
   `--concurrency` concurrent calls of the project's AsyncClient (serve/client.py), each request
   carrying `--images` PNG files (multipart), so the gateway's figure includes HTTP, multipart parsing,
@@ -16,6 +16,7 @@ Default model: CC with a ResNet-18 CIFAR-stem backbone at 32 px (random weights)
 export package into a temporary repository. `--repository` and `--model` use an existing export.
 
     python bench/gateway_load.py                        # defaults: 64 images/request, concurrency 4
+    python bench/gateway_load.py --instances 1          # one onnxruntime session with every thread
     python bench/gateway_load.py --rounds 3 --requests 12 --keep build/bench   # then:
     scripts/perf_analyzer.sh -r build/bench/model_repository_cpu -b 64 -c 1:2
 """
@@ -105,23 +106,22 @@ def multipart(images: list[bytes]) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def raw_onnxruntime(repository: Path, name: str, batch: np.ndarray, batches: int, threads: int = 0) -> float:
-    """images/s of the session the embedded backend runs (contract.sessions: encoder and head fused, the
-    same settings; threads 0: from the affinity mask) on `batch`, `batches` times (after one warm-up run)."""
-    from contract.sessions import fused_model, open_session
+def raw_onnxruntime(repository: Path, name: str, batch: np.ndarray, batches: int, threads: int = 0,
+                    instances: int = 0) -> float:
+    """images/s of the sessions the embedded backend runs (contract.sessions.SessionPool: encoder and head
+    fused, the same settings and instances; threads 0: from the affinity mask), one thread per instance
+    running `batch` until `batches` runs are done (after one warm-up run per instance)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from contract.sessions import SessionPool, fused_model
 
     version = resolve(repository, name)  # the latest, as the gateway serves it
-    session = open_session(fused_model(version.encoder_onnx, version.head_onnx), threads)
-    outputs = [o.name for o in session.get_outputs()]
-
-    def run() -> None:
-        session.run(outputs, {IMAGES: batch})
-
-    run()
-    began = time.perf_counter()
-    for _ in range(batches):
-        run()
-    return batches * len(batch) / (time.perf_counter() - began)
+    pool = SessionPool(fused_model(version.encoder_onnx, version.head_onnx), instances, threads)
+    with ThreadPoolExecutor(pool.instances) as runners:
+        list(runners.map(lambda _: pool.run({IMAGES: batch}), range(pool.instances)))
+        began = time.perf_counter()
+        list(runners.map(lambda _: pool.run({IMAGES: batch}), range(batches)))
+        return batches * len(batch) / (time.perf_counter() - began)
 
 
 def free_port() -> int:
@@ -136,6 +136,8 @@ def start_gateway(repository: Path, port: int, args: argparse.Namespace, source:
     cmd = [sys.executable, "-m", "serve", "--backend", "embedded", "--model-repository", str(repository),
            "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
            "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning"]
+    if getattr(args, "instances", 0):  # bench/gateway_soak.py runs older checkouts without the option
+        cmd += ["--ort-instances", str(args.instances)]
     return subprocess.Popen(cmd, env=env, cwd=source)
 
 
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw/gateway rounds")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--instances", type=int, default=0,
+                        help="onnxruntime sessions per model, raw and gateway (0: the gateway's default)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="gateway-load-") as tmp:
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             raw, gateway, latencies = [], [], []
             batches = args.requests  # the same number of images in both phases
             for r in range(args.rounds):
-                raw.append(raw_onnxruntime(repository, name, batch, batches))
+                raw.append(raw_onnxruntime(repository, name, batch, batches, instances=args.instances))
                 ips, lat = asyncio.run(drive(url, pngs, args.requests, args.concurrency))
                 gateway.append(ips)
                 latencies += lat

@@ -3,6 +3,7 @@
     session = open_session(fused_model(encoder_path, head_path))   # one graph: uint8 images -> head outputs
     outputs = session.run(None, {IMAGES: images})
     settings_of(session)   # threads, spinning, optimisation level, execution mode, arena, providers really used
+    pool = SessionPool(fused_model(encoder_path, head_path))      # what the gateway runs: 2 batches at once on CPU
 
 Why these settings (measured with bench/export_speed.py on a shared 2-core machine, README "Benchmarks"):
 - intra-op threads: the CPUs this process may run on (os.sched_getaffinity), not onnxruntime's count of
@@ -18,6 +19,12 @@ Why these settings (measured with bench/export_speed.py on a shared 2-core machi
 - one fused graph (encoder and head joined with onnx.compose): one run per batch instead of two, the
   features never leave onnxruntime. The exported files stay two (Triton runs them as an ensemble).
 - the CPU memory arena on (onnxruntime's default): buffers are reused across runs of any batch size.
+- two sessions ("instances", as Triton's instance groups) with half the threads each on a CPU with two
+  or more cores, each running its own batch: a batch on two threads stalls at every op's barrier
+  whenever the gateway's HTTP or decode work takes one of the cores, two single-thread batches do not
+  (measured with bench/gateway_load.py on 2 cores: the gateway at 1.2x its throughput with one
+  two-thread session). A single batch then runs on half the threads: `instances=1` for the lowest
+  latency of one request at a time.
 - CUDA when this onnxruntime build has it (CPU as the fallback), with TF32 off so GPU results stay
   within the fp32 parity tolerance.
 
@@ -27,6 +34,7 @@ onnxruntime and onnx are imported on use: importing this module costs nothing.
 from __future__ import annotations
 
 import os
+import queue
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -92,6 +100,46 @@ def fused_model(encoder: str | Path, head: str | Path) -> bytes:
     parts = [compose.add_prefix(onnx.load(str(path)), prefix, rename_inputs=False, rename_outputs=False)
              for path, prefix in ((encoder, "encoder/"), (head, "head/"))]
     return compose.merge_models(*parts, io_map=[(FEATURES, FEATURES)]).SerializeToString()
+
+
+def default_instances(providers: Sequence[str], threads: int = 0) -> int:
+    """Sessions per model that run batches at once: 2 on a CPU with two or more threads, 1 on CUDA."""
+    return 1 if CUDA in providers or (threads or default_threads()) < 2 else 2
+
+
+class SessionPool:
+    """`instances` sessions of one model, each with threads // instances intra-op threads; `run` takes a
+    free one, so up to `instances` threads can run batches at once (more wait for a free session).
+
+    instances 0: default_instances(providers, threads); providers None: choose_providers(available)."""
+
+    def __init__(self, model: str | Path | bytes, instances: int = 0, threads: int = 0,
+                 providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        if instances < 0:
+            raise ValueError(f"instances must be >= 0 (0: {default_instances.__doc__}), got {instances}")
+        providers = list(providers or choose_providers(ort.get_available_providers()))
+        threads = threads or default_threads()
+        self.instances = instances or default_instances(providers, threads)
+        per_session = max(1, threads // self.instances)
+        self.sessions = [open_session(model, per_session, providers) for _ in range(self.instances)]
+        self.outputs = [o.name for o in self.sessions[0].get_outputs()]
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for session in self.sessions:
+            self._free.put(session)
+
+    def run(self, feeds: dict[str, Any]) -> list[Any]:
+        """The model's outputs (self.outputs order) on `feeds`, on the first free session."""
+        session = self._free.get()
+        try:
+            return session.run(self.outputs, feeds)
+        finally:
+            self._free.put(session)
+
+    def settings(self) -> dict[str, Any]:
+        """settings_of one session, with the number of instances."""
+        return {"instances": self.instances, **settings_of(self.sessions[0])}
 
 
 def settings_of(session) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class Settings:
     max_wait_ms: float = field(default=5.0, metadata={"help": "longest wait to fill a batch, milliseconds"})
     queue_size: int = field(default=1024, metadata={"help": "most images waiting per model before 429"})
     batch_concurrency: int = field(default=0, metadata={
-        "help": "batches in flight per model (0: 1 for embedded, 2 for triton)"})
+        "help": "batches in flight per model (0: 2, one per onnxruntime instance of the embedded backend)"})
     max_image_bytes: int = field(default=10 * 2**20, metadata={"help": "largest encoded image, bytes"})
     max_image_pixels: int = field(default=40_000_000, metadata={"help": "largest decoded image, width * height"})
     max_images_per_request: int = field(default=256, metadata={"help": "most images in one request"})
@@ -66,7 +66,13 @@ class Settings:
                 "connections are closed first when the connection limit is reached"})
     max_header_bytes: int = field(default=16384, metadata={
         "help": "largest request line + headers (nginx large_client_header_buffers: 4 x 8 KiB; h11: 16 KiB)"})
-    ort_threads: int = field(default=0, metadata={"help": "onnxruntime intra-op threads (0: its default)"})
+    ort_threads: int = field(default=0, metadata={
+        "help": "embedded backend: onnxruntime intra-op threads of a model's sessions together (0: the CPUs this "
+                "process may use)"})
+    ort_instances: int = field(default=0, metadata={
+        "help": "embedded backend: onnxruntime sessions per model that run batches at once, each with "
+                "ort_threads / ort_instances threads (0: 2 on a CPU with 2 or more cores, 1 on CUDA; 1: the "
+                "lowest latency of one request at a time)"})
     retry_after_s: int = field(default=1, metadata={"help": "Retry-After seconds sent with 429"})
     log_level: str = field(default="info", metadata={
         "help": "log level of uvicorn and the gateway (critical, error, warning, info, debug, trace)"})
@@ -88,7 +94,7 @@ class Settings:
                      "max_connections", "max_header_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "batch_concurrency", "decode_threads", "ort_threads"):
+        for name in ("max_wait_ms", "batch_concurrency", "decode_threads", "ort_threads", "ort_instances"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.log_format not in ("text", "json"):
@@ -112,7 +118,7 @@ class Settings:
 
     @property
     def concurrency(self) -> int:
-        return self.batch_concurrency or (2 if self.backend == "triton" else 1)
+        return self.batch_concurrency or (self.ort_instances or 2 if self.backend == "embedded" else 2)
 
     @property
     def threads(self) -> int:

@@ -12,7 +12,7 @@ def make_backend(settings: Settings) -> Backend:
     if settings.backend == "embedded":
         from serve.backends.embedded import EmbeddedBackend
 
-        return EmbeddedBackend(settings.model_repository, settings.ort_threads)
+        return EmbeddedBackend(settings.model_repository, settings.ort_threads, settings.ort_instances)
     if settings.backend == "triton":
         from serve.backends.triton import TritonBackend
 

@@ -1,5 +1,6 @@
-"""In-process inference with onnxruntime: encoder and head fused into one graph (contract/sessions.py), on one
-dedicated thread per model version.
+"""In-process inference with onnxruntime: encoder and head fused into one graph (contract/sessions.py), run by
+a pool of sessions per model version (two batches at once on a CPU: contract.sessions.SessionPool), each
+on a dedicated thread.
 
 Versions (the repository's NAME/<v>/): the latest version of every model is loaded at start;
 `refresh` (called every few seconds by the gateway) loads a new latest version, warms it up, and only
@@ -22,7 +23,7 @@ import numpy as np
 from contract.metadata import ModelMetadata
 from contract.names import IMAGES
 from contract.repository import model_names
-from contract.sessions import choose_providers, fused_model, open_session, settings_of
+from contract.sessions import SessionPool, choose_providers, fused_model
 from serve.backends.base import Backend
 from serve.backends.repository import ModelVersion, RepositoryError, check_root, resolve, versions
 from serve.errors import GatewayError, not_found
@@ -33,15 +34,15 @@ IDLE_UNLOAD_S = 60.0
 
 
 class _Model:
-    def __init__(self, spec: ModelMetadata, session: Any, requested: list[str]) -> None:
+    def __init__(self, spec: ModelMetadata, pool: SessionPool, requested: list[str]) -> None:
         self.spec = spec
-        self.session = session  # encoder + head, one graph (contract.sessions.fused_model)
+        self.pool = pool  # encoder + head, one graph (contract.sessions.fused_model), pool.instances sessions
         self.requested = requested
-        self.outputs = [o.name for o in session.get_outputs()]
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{spec.name}-v{spec.version}")
+        self.executor = ThreadPoolExecutor(max_workers=pool.instances,
+                                           thread_name_prefix=f"ort-{spec.name}-v{spec.version}")
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(self.outputs, self.session.run(self.outputs, {IMAGES: images}), strict=True))
+        return dict(zip(self.pool.outputs, self.pool.run({IMAGES: images}), strict=True))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -52,9 +53,10 @@ class EmbeddedBackend(Backend):
 
     name = "embedded"
 
-    def __init__(self, repository: str | Path, threads: int = 0) -> None:
+    def __init__(self, repository: str | Path, threads: int = 0, instances: int = 0) -> None:
         self.repository = Path(repository)
-        self.threads = threads
+        self.threads = threads  # intra-op threads of all instances together (0: the CPUs this process may use)
+        self.instances = instances  # sessions per version (0: contract.sessions.default_instances)
         self._loaded: dict[tuple[str, int], _Model] = {}
         self._latest: dict[str, int] = {}  # model -> the version unpinned requests get
         self._used: dict[tuple[str, int], float] = {}  # monotonic time of the last request per loaded version
@@ -71,15 +73,17 @@ class EmbeddedBackend(Backend):
             raise RepositoryError(f"no model of {self.repository} could be loaded: {'; '.join(self.problems)}")
 
     def _load(self, version: ModelVersion) -> _Model:
-        """Sessions for one version, warmed up with one zero image (runs on a worker thread)."""
+        """Sessions for one version, each warmed up with one zero image (runs on a worker thread)."""
         import onnxruntime as ort
 
         providers = choose_providers(ort.get_available_providers())
-        session = open_session(fused_model(version.encoder_onnx, version.head_onnx), self.threads, providers)
-        model = _Model(version.metadata, session, providers)
+        pool = SessionPool(fused_model(version.encoder_onnx, version.head_onnx), self.instances, self.threads,
+                           providers)
+        model = _Model(version.metadata, pool, providers)
         spec = version.metadata.input
-        model.run(np.zeros((1, spec.channels, spec.size, spec.size), np.uint8))
-        log.info("model %s version %d: onnxruntime %s", version.name, version.version, settings_of(session))
+        for session in pool.sessions:
+            session.run(pool.outputs, {IMAGES: np.zeros((1, spec.channels, spec.size, spec.size), np.uint8)})
+        log.info("model %s version %d: onnxruntime %s", version.name, version.version, pool.settings())
         return model
 
     async def _ensure(self, name: str, version: int) -> _Model:
@@ -154,8 +158,8 @@ class EmbeddedBackend(Backend):
             "loaded_versions": sorted(v for n, v in self._loaded if n == model),
             "requested_providers": m.requested,
             # what onnxruntime really runs with (CPU only if CUDA failed to initialise), threads, ...
-            "providers": m.session.get_providers(),
-            "session": settings_of(m.session),
+            "providers": m.pool.sessions[0].get_providers(),
+            "session": m.pool.settings(),
         }
 
     async def close(self) -> None:

@@ -136,7 +136,8 @@ class BlockWorker:
 
         self.spec = spec
         settings = Settings(backend=spec.backend, model_repository=spec.model_repository,
-                            triton_url=spec.triton_url, ort_threads=spec.threads)
+                            triton_url=spec.triton_url, ort_threads=spec.threads,
+                            ort_instances=1)  # an actor infers one batch at a time: all its threads on it
         self.loop = asyncio.new_event_loop()  # the backends are asyncio; this actor drives one loop
         self.backend = make_backend(settings)
         self.loop.run_until_complete(self.backend.start())

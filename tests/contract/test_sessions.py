@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -11,7 +12,16 @@ import pytest
 import torch
 
 from contract.names import FEATURES, IMAGES
-from contract.sessions import CPU, CUDA, choose_providers, fused_model, open_session, settings_of
+from contract.sessions import (
+    CPU,
+    CUDA,
+    SessionPool,
+    choose_providers,
+    default_instances,
+    fused_model,
+    open_session,
+    settings_of,
+)
 from export.onnx_export import export_onnx
 from train.methods import get_method, make_config
 
@@ -73,3 +83,42 @@ def test_default_threads_follow_the_affinity_mask_not_the_machine():
 def test_providers_cuda_first_when_built_in_cpu_always():
     assert choose_providers([CPU, "AzureExecutionProvider"]) == [CPU]
     assert choose_providers(["TensorrtExecutionProvider", CUDA, CPU]) == [CUDA, CPU]
+
+
+def test_instances_two_on_a_multicore_cpu_one_on_cuda_or_one_thread():
+    assert default_instances([CPU], threads=2) == 2
+    assert default_instances([CPU], threads=1) == 1
+    assert default_instances([CUDA, CPU], threads=16) == 1
+
+
+def test_pool_runs_batches_at_once_on_separate_sessions_with_the_threads_shared(graphs):
+    fused = fused_model(*graphs)
+    pool = SessionPool(fused, instances=2, threads=4, providers=[CPU])
+    assert pool.instances == 2 and len({id(s) for s in pool.sessions}) == 2
+    assert pool.settings()["instances"] == 2 and pool.settings()["intra_op_threads"] == 2  # 4 threads / 2
+    assert SessionPool(fused, instances=3, threads=2, providers=[CPU]).settings()["intra_op_threads"] == 1
+    images = np.random.default_rng(1).integers(0, 256, (9, 1, 16, 16), dtype=np.uint8)
+    expected = open_session(fused, providers=[CPU]).run(pool.outputs, {IMAGES: images})
+
+    # two callers inside run() at the same moment hold different sessions (a barrier in each session's run)
+    barrier, used, results = threading.Barrier(2, timeout=10), [], []
+    for session in pool.sessions:
+        original = session.run
+
+        def run(names, feeds, original=original, session=session):
+            used.append(session)
+            barrier.wait()  # both callers must be inside a session at once, or this times out
+            return original(names, feeds)
+
+        session.run = run
+    callers = [threading.Thread(target=lambda: results.append(pool.run({IMAGES: images}))) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(results) == 2 and {id(s) for s in used} == {id(s) for s in pool.sessions}
+    for got in results:
+        for value, want in zip(got, expected, strict=True):
+            np.testing.assert_allclose(value, want, atol=1e-6)
+    with pytest.raises(ValueError, match="instances"):
+        SessionPool(fused, instances=-1)

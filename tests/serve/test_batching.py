@@ -152,7 +152,7 @@ def test_queue_full_is_429_with_retry_after_through_the_api_and_others_still_ans
     gate = asyncio.Event()
     backend = FakeBackend(gate=gate)
     app = create_app(load_settings({}, queue_size=4, max_images_per_request=4, max_batch_size=4, max_wait_ms=0,
-                                   retry_after_s=2), backend)
+                                   retry_after_s=2, batch_concurrency=1), backend)  # one batch in flight
 
     async def body(client):
         four = files([(f"{i}.png", grey_png(10 * i)) for i in range(4)])
