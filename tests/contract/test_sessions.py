@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-import threading
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
