@@ -8,14 +8,15 @@
 Why these settings (measured with bench/export_speed.py on a shared 2-core machine, README "Benchmarks"):
 - intra-op threads: the CPUs this process may run on (os.sched_getaffinity), not onnxruntime's count of
   the machine's physical cores, which oversubscribes a container or a `taskset` limited to fewer CPUs.
-- no spinning: onnxruntime's pool threads otherwise busy-wait after each run, taking the cores the
-  gateway's HTTP and image-decoding threads need; on a loaded machine a spinning thread that loses
-  its core stalls every parallel op (measured: slower at every batch size once other work runs).
+- no spinning: onnxruntime's pool threads otherwise busy-wait between and after ops, taking the cores
+  the gateway's HTTP and image-decoding threads need; a spinning thread that loses its core stalls
+  every parallel op (measured: batch 1 about 2x slower under load, against 5-20% faster at batch 8
+  and 64 when the process has the cores to itself).
 - one inter-op thread, sequential execution: the graphs are chains (a ResNet, then an MLP), there are
   no parallel branches for a second pool to run.
 - ORT_ENABLE_ALL: constant folding, Conv+BatchNorm+ReLU(+Add) fusion and the NCHWc layout of the CPU
   provider, which is where onnxruntime gains over PyTorch eager (batch norm, ReLU and the residual
-  add are separate passes over memory there).
+  add are separate passes over memory there); BASIC or EXTENDED run slower than eager.
 - one fused graph (encoder and head joined with onnx.compose): one run per batch instead of two, the
   features never leave onnxruntime. The exported files stay two (Triton runs them as an ensemble).
 - the CPU memory arena on (onnxruntime's default): buffers are reused across runs of any batch size.
