@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -209,6 +210,23 @@ def test_a_json_body_of_3_3_million_unknown_keys_is_refused_at_once(server):
     assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
     assert max(latencies) < 0.1, f"/healthz took up to {max(latencies) * 1000:.0f} ms"
     assert growth[0] < 200 * MB, f"peak RSS grew by {growth[0] / MB:.0f} MB"
+
+
+def test_memory_returns_after_large_decodes(server):
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    coarse.resize((4000, 3000), Image.Resampling.BILINEAR).save(buf, "PNG")
+    photo = buf.getvalue()  # 12 megapixels, decoded in full (PNG has no reduced-scale decode): 48 MB each
+    assert len(photo) < 10 * MB
+    before = server.status("VmRSS")
+    for _ in range(3):
+        r = httpx.post(f"{server.url}/cluster", files=[("files", (f"{i}.png", photo)) for i in range(4)], timeout=120)
+        assert r.status_code == 200 and all("cluster" in x for x in r.json()["results"]), r.text[:300]
+    time.sleep(0.5)
+    after = server.status("VmRSS")
+    print(f"\n3 requests of 4 PNGs of 4000x3000: RSS {before / MB:.0f} -> {after / MB:.0f} MB")
+    assert after - before < 50 * MB, f"RSS stayed {(after - before) / MB:.0f} MB above where it was"
 
 
 def _send_and_close(port: int, data: bytes) -> None:
