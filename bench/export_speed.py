@@ -2,9 +2,10 @@
 
 What it measures: the whole inference path from uint8 images (B, C, S, S) to the head's outputs
 (embedding, probabilities, cluster). PyTorch eager runs model.predict(images / 255) under
-inference_mode; onnxruntime runs the session the gateway runs (contract.sessions: encoder and head
-fused into one graph, the shared session settings, printed with the providers really used from
-session.get_providers()). `--variants` adds onnxruntime with one setting changed at a time
+inference_mode; onnxruntime runs one session with every thread (contract.sessions: encoder and head
+fused into one graph, the shared session settings: what export's parity check and the gateway with
+--ort-instances 1 run; its default pool of two sessions is measured by bench/gateway_load.py),
+printed with the providers really used from session.get_providers()). `--variants` adds onnxruntime with one setting changed at a time
 (onnxruntime's own defaults with two sessions, as before; spinning on; two sessions; optimisation
 level basic / extended; no memory arena) and times the uint8 -> float preprocessing inside the
 graph on its own: that is how the settings were chosen. With a GPU (`--device cuda`): eager on the
