@@ -5,7 +5,8 @@ What it measures: the whole inference path from uint8 images (B, C, S, S) to the
 inference_mode; onnxruntime runs one session with every thread (contract.sessions: encoder and head
 fused into one graph, the shared session settings: what export's parity check and the gateway with
 --ort-instances 1 run; its default pool of two sessions is measured by bench/gateway_load.py),
-printed with the providers really used from session.get_providers()). `--variants` adds onnxruntime with one setting changed at a time
+printed with the providers really used from session.get_providers()). `--variants` adds onnxruntime
+with one setting changed at a time
 (onnxruntime's own defaults with two sessions, as before; spinning on; two sessions; optimisation
 level basic / extended; no memory arena) and times the uint8 -> float preprocessing inside the
 graph on its own: that is how the settings were chosen. With a GPU (`--device cuda`): eager on the
