@@ -110,15 +110,15 @@ def raw_onnxruntime(repository: Path, name: str, batch: np.ndarray, batches: int
                     instances: int = 0) -> float:
     """images/s of the sessions the embedded backend runs (contract.sessions.SessionPool: encoder and head
     fused, the same settings and instances; threads 0: from the affinity mask), one thread per instance
-    running `batch` until `batches` runs are done (after one warm-up run per instance)."""
+    running `batch` until `batches` runs are done (after one warm-up run of every session)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from contract.sessions import SessionPool, fused_model
 
     version = resolve(repository, name)  # the latest, as the gateway serves it
     pool = SessionPool(fused_model(version.encoder_onnx, version.head_onnx), instances, threads)
+    pool.warm_up({IMAGES: batch})
     with ThreadPoolExecutor(pool.instances) as runners:
-        list(runners.map(lambda _: pool.run({IMAGES: batch}), range(pool.instances)))
         began = time.perf_counter()
         list(runners.map(lambda _: pool.run({IMAGES: batch}), range(batches)))
         return batches * len(batch) / (time.perf_counter() - began)

@@ -138,6 +138,11 @@ class SessionPool:
         finally:
             self._free.put(session)
 
+    def warm_up(self, feeds: dict[str, Any]) -> None:
+        """Run `feeds` once on every session: onnxruntime plans and allocates on a session's first run."""
+        for session in self.sessions:
+            session.run(self.outputs, feeds)
+
     def settings(self) -> dict[str, Any]:
         """settings_of one session, with the number of instances."""
         return {"instances": self.instances, **settings_of(self.sessions[0])}

@@ -118,7 +118,9 @@ class Settings:
 
     @property
     def concurrency(self) -> int:
-        return self.batch_concurrency or (self.ort_instances or 2 if self.backend == "embedded" else 2)
+        if self.batch_concurrency:
+            return self.batch_concurrency
+        return self.ort_instances if self.backend == "embedded" and self.ort_instances else 2
 
     @property
     def threads(self) -> int:

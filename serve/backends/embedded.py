@@ -81,8 +81,7 @@ class EmbeddedBackend(Backend):
                            providers)
         model = _Model(version.metadata, pool, providers)
         spec = version.metadata.input
-        for session in pool.sessions:
-            session.run(pool.outputs, {IMAGES: np.zeros((1, spec.channels, spec.size, spec.size), np.uint8)})
+        pool.warm_up({IMAGES: np.zeros((1, spec.channels, spec.size, spec.size), np.uint8)})
         log.info("model %s version %d: onnxruntime %s", version.name, version.version, pool.settings())
         return model
 

@@ -100,6 +100,14 @@ def test_pool_runs_batches_at_once_on_separate_sessions_with_the_threads_shared(
     images = np.random.default_rng(1).integers(0, 256, (9, 1, 16, 16), dtype=np.uint8)
     expected = open_session(fused, providers=[CPU]).run(pool.outputs, {IMAGES: images})
 
+    warmed = []  # warm_up runs every session once (onnxruntime plans on a session's first run)
+    for session in pool.sessions:
+        original = session.run
+        session.run = lambda names, feeds, original=original, session=session: (warmed.append(session),
+                                                                                original(names, feeds))[1]
+    pool.warm_up({IMAGES: images[:1]})
+    assert sorted(map(id, warmed)) == sorted(map(id, pool.sessions))
+
     # two callers inside run() at the same moment hold different sessions (a barrier in each session's run)
     barrier, used, results = threading.Barrier(2, timeout=10), [], []
     for session in pool.sessions:

@@ -174,3 +174,11 @@ def test_the_connection_limit_stays_under_the_file_descriptor_limit(monkeypatch)
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 1024))
     calls.clear()
     assert limits.fit_to_fd_limit(1000) == 1024 - reserve and calls == []  # cannot raise: the limit shrinks
+
+
+def test_batches_in_flight_follow_the_onnxruntime_instances_unless_set():
+    assert Settings().concurrency == 2  # embedded: one batch per default instance
+    assert Settings(ort_instances=1).concurrency == 1  # one session: one batch at a time
+    assert Settings(ort_instances=3).concurrency == 3
+    assert Settings(ort_instances=3, batch_concurrency=5).concurrency == 5
+    assert Settings(backend="triton", ort_instances=1).concurrency == 2  # instances are the embedded backend's
