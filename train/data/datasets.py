@@ -516,7 +516,7 @@ Loader = Callable[..., ImageData]
 
 def _one_split(load: Callable[..., ImageData]) -> Loader:
     """A loader of a format with a single split (load_dataset has checked that it is the one asked for)."""
-    return lambda info, data_dir, size, splits, **decoder: load(info, data_dir, size, **decoder)
+    return lambda info, data_dir, size, splits, **decoding: load(info, data_dir, size, **decoding)
 
 
 _LOADERS: dict[str, Loader] = {
