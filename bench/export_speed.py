@@ -43,14 +43,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import interleaved, median_speedup  # noqa: E402
 from contract.names import FEATURES, IMAGES  # noqa: E402
 from contract.sessions import CPU, CUDA, default_threads, fused_model, open_session, session_options, settings_of  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 
-MIN_CALL_S = 0.02
-PAUSE_S = 0.2
-"""Pause before each runtime's turn: the thread pools of the one before (onnxruntime's spinning workers,
-OpenMP's) must have gone to sleep, or they take the cores from the next (measured: up to 2x slower)."""
+GEMM_SIDE = 2048
+TARGET = 1.3
+"""The issue's goal for onnxruntime against eager, which the ceiling line below prices in GFLOP/s."""
 PREPROCESSING = "(the graph's uint8 -> float nodes alone)"
 Runner = Callable[[np.ndarray], object]
 
@@ -65,28 +65,36 @@ def random_model(backbone: str, stem: str, size: int, channels: int) -> tuple[to
         f"CC {backbone} ({stem} stem) {size} px, {channels} channel(s), random weights")
 
 
-def interleaved(runners: dict[str, Callable[[], object]], warmup: int, rounds: int,
-                sync: Callable[[], None]) -> dict[str, list[float]]:
-    """Seconds per call of each runner, one list entry per round; runners alternate within a round."""
-    repeats = {}
-    for name, fn in runners.items():
-        for _ in range(warmup):
-            fn()
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        repeats[name] = max(1, round(MIN_CALL_S / max(time.perf_counter() - start, 1e-6)))
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            time.sleep(PAUSE_S)
-            start = time.perf_counter()
-            for _ in range(repeats[name]):
-                fn()
-            sync()
-            times[name].append((time.perf_counter() - start) / repeats[name])
-    return times
+def gflop_per_image(model: torch.nn.Module, channels: int, size: int) -> float:
+    """The model's floating-point operations per image, GFLOP (torch's FlopCounterMode: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model.predict(torch.zeros(1, channels, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def gemm_gflops(threads: int) -> dict[str, float]:
+    """GFLOP/s of one square fp32 matrix product (GEMM_SIDE^3, median of 5 interleaved rounds) in torch (its
+    BLAS) and in an onnxruntime MatMul session with the shared settings: what each runtime's best kernel
+    does here, the rate no network of smaller convolutions reaches."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((GEMM_SIDE, GEMM_SIDE), dtype=np.float32) for _ in range(2))
+    spec = [GEMM_SIDE, GEMM_SIDE]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, spec)],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, spec)],
+                              [numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    session = open_session(model.SerializeToString(), threads, [CPU])
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    times = interleaved({"torch": lambda: ta @ tb, "onnxruntime": lambda: session.run(None, {"a": a})},
+                        warmup=1, rounds=5)
+    return {name: 2 * GEMM_SIDE**3 / statistics.median(seconds) / 1e9 for name, seconds in times.items()}
 
 
 def session_runner(session) -> Runner:
@@ -228,12 +236,22 @@ def main(argv: list[str] | None = None) -> None:
             times = interleaved(runners, args.warmup, args.rounds, sync)
             base = times[f"pytorch eager ({device})"]
             for label, seconds in times.items():
-                ratio = statistics.median(b / s for b, s in zip(base, seconds, strict=True))
+                ratio = median_speedup(base, seconds)
                 rows.append((batch, label, statistics.median(seconds), ratio))
-    print(f"\n{'batch':>5}  {'runtime':<50} {'ms/batch':>9} {'images/s':>10} {'vs eager':>8}")
+    gflop = gflop_per_image(model.cpu(), channels, size)
+    print(f"\n{'batch':>5}  {'runtime':<50} {'ms/batch':>9} {'images/s':>10} {'GFLOP/s':>8} {'vs eager':>8}")
     for batch, label, seconds, ratio in rows:
-        versus = "" if label == PREPROCESSING else f"{ratio:>7.2f}x"
-        print(f"{batch:>5}  {label:<50} {seconds * 1e3:>9.2f} {batch / seconds:>10.1f} {versus}")
+        versus, rate = ("", "") if label == PREPROCESSING else (f"{ratio:>7.2f}x", f"{batch / seconds * gflop:8.1f}")
+        print(f"{batch:>5}  {label:<50} {seconds * 1e3:>9.2f} {batch / seconds:>10.1f} {rate:>8} {versus}")
+    if device.type == "cpu":
+        # what the goal asks of the CPU, against the best one kernel of each runtime does on these threads
+        gemm = gemm_gflops(threads)
+        needed = {batch: TARGET * batch / seconds * gflop for batch, label, seconds, _ in rows
+                  if label.startswith("pytorch eager")}
+        print(f"\nceiling: {gflop:.3f} GFLOP per image; {TARGET}x eager needs "
+              + " / ".join(f"{rate:.0f}" for rate in needed.values())
+              + f" GFLOP/s at batch {' / '.join(map(str, needed))}; one fp32 {GEMM_SIDE}^3 matrix product on "
+              f"{threads} threads: torch {gemm['torch']:.0f}, onnxruntime {gemm['onnxruntime']:.0f} GFLOP/s")
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end ({os.cpu_count()} CPUs); ratios are medians of "
           f"per-round ratios over {args.rounds} interleaved rounds")
 

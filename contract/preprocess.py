@@ -211,7 +211,7 @@ def _check_pixels(name: str, img: Image.Image, max_pixels: int) -> None:
                             f"more than the limit of {limit}")
 
 
-def _decode(img: Image.Image, size: int) -> Image.Image:
+def decode_for_size(img: Image.Image, size: int) -> Image.Image:
     """Decode the open file, at reduced scale where the format allows (JPEG), upright per its EXIF tag."""
     needed = math.ceil(REDUCING_GAP * size)
     img.draft(img.mode, (needed, needed))  # JPEG: libjpeg decodes at 1/2..1/8 scale when that is enough; others: no-op
@@ -242,7 +242,7 @@ def prepare_source(
         with Image.open(_TimedReader(_read(source), deadline)) as img:
             _check_pixels(name, img, max_pixels)
             shape = " {}x{} image".format(*img.size)
-            return prepare(_decode(img, size), size, channels)
+            return prepare(decode_for_size(img, size), size, channels)
     except ImageError as err:
         if str(err).startswith(name):
             raise
