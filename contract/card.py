@@ -2,14 +2,16 @@
 
     stats = ClusterStats.read(run_dir / CLUSTER_STATS_FILE)      # written by the trainer when it finishes
     card = ModelCard.read(repository / name / str(version) / CARD_FILE)
-    d = nearest_centroid_distance(embedding, card.stats.centroids())   # (B,) cosine distances
-    card.stats.ood.score(d), d > card.stats.ood.threshold            # novelty vs the training distribution
+    d = nearest_centroid_distance(embedding, card.stats.ood_reference())   # (B,) cosine distances
+    card.stats.ood.score(d), d > card.stats.ood.threshold                # novelty vs the training distribution
 
 The trainer measures (train/cluster_stats.py), export renders the card (JSON + Markdown), the gateway
 scores each answer with the same functions: a low-confidence flag (probability of the assigned cluster
 below the `confidence` calibration's threshold, by default the training data's 5th percentile) and an
-out-of-distribution score (cosine distance to the nearest cluster centroid, as the fraction of
-training images that are closer; flagged above the 99th percentile). numpy only.
+out-of-distribution score (cosine distance to the nearest of the training embeddings' prototypes, as
+the fraction of training images that are farther from theirs; flagged above the 99th percentile).
+The prototypes are a k-means of the embeddings with many more centres than clusters, so they follow
+the data's shape where a cluster is not one ball around its centroid. numpy only.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ import numpy as np
 
 from contract import files
 
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2
+"""2: the OOD calibration is of the distance to `ood_prototypes` (1: to the cluster centroids), so a
+reader of version 1 must not take it for its own."""
 QUANTILES = 101
 """Calibration distributions are kept as the 0, 1, ..., 100th percentiles."""
 LOW_CONFIDENCE_QUANTILE = 0.05
 OOD_QUANTILE = 0.99
+PROTOTYPE_DECIMALS = 5
+"""Prototype coordinates in JSON: 1e-5 moves a cosine distance by less than 1e-4 of its 0.1-0.3 threshold."""
 
 
 @dataclass(frozen=True)
@@ -113,18 +119,30 @@ class ClusterStats:
     num_images: int
     clusters: tuple[ClusterInfo, ...]  # one per column of `probabilities`, id = position
     confidence: Calibration  # probability of the assigned cluster
-    ood: Calibration  # cosine distance to the nearest centroid
+    ood: Calibration  # cosine distance to the nearest of `ood_prototypes`
     class_names: tuple[str, ...] | None = None
     contingency: tuple[tuple[int, ...], ...] | None = None  # (K, classes) image counts, when labels exist
+    ood_prototypes: tuple[tuple[float, ...], ...] | None = None  # (P, D) L2-normalised; None: the centroids
 
     def __post_init__(self) -> None:
         if [c.id for c in self.clusters] != list(range(len(self.clusters))):
             raise ValueError("cluster ids must be 0..K-1 in order")
+        if self.ood_prototypes is not None:
+            dims = {len(row) for row in self.ood_prototypes} | {len(c.centroid) for c in self.clusters if c.centroid}
+            if not self.ood_prototypes or len(dims) != 1:
+                raise ValueError("ood_prototypes must be a non-empty (P, D) table with the centroids' D")
 
     def centroids(self) -> np.ndarray:
         """(K, D) float32; rows of empty clusters are NaN (never the nearest)."""
         dim = next(len(c.centroid) for c in self.clusters if c.centroid is not None)
         return np.array([c.centroid if c.centroid is not None else [np.nan] * dim for c in self.clusters], np.float32)
+
+    def ood_reference(self) -> np.ndarray:
+        """(P, D) float32: the points the OOD distance is measured to. Statistics written before there
+        were prototypes calibrated the distance to the cluster centroids, so for them it is the centroids."""
+        if self.ood_prototypes is None:
+            return self.centroids()
+        return np.array(self.ood_prototypes, np.float32)
 
     def default_names(self) -> list[str]:
         """The mapped class where there is one (with a suffix when two clusters share it), else "cluster <id>"."""
@@ -137,19 +155,22 @@ class ClusterStats:
             "clusters": [c.to_json(self.num_images) for c in self.clusters],
             "confidence": {**self.confidence.to_json(), "what": "probability of the assigned cluster; below the "
                            "threshold an answer is flagged low_confidence"},
-            "ood": {**self.ood.to_json(), "what": "cosine distance to the nearest cluster centroid; above the "
-                    "threshold an answer is flagged ood"},
+            "ood": {**self.ood.to_json(), "what": "cosine distance to the nearest of ood_prototypes (a k-means "
+                    "of the training embeddings); above the threshold an answer is flagged ood"},
+            "ood_prototypes": None if self.ood_prototypes is None else
+            [[round(v, PROTOTYPE_DECIMALS) for v in row] for row in self.ood_prototypes],
             "contingency": self.contingency})
 
     @classmethod
     def from_json(cls, data: Any, source: str = "cluster statistics") -> ClusterStats:
         try:
-            contingency = data.get("contingency")
+            contingency, prototypes = data.get("contingency"), data.get("ood_prototypes")
             return cls(int(data["num_images"]), tuple(ClusterInfo.from_json(c) for c in data["clusters"]),
                        Calibration.from_json(data["confidence"], higher_is_unusual=False),
                        Calibration.from_json(data["ood"], higher_is_unusual=True),
                        None if data.get("class_names") is None else tuple(data["class_names"]),
-                       None if contingency is None else tuple(tuple(int(v) for v in row) for row in contingency))
+                       None if contingency is None else tuple(tuple(int(v) for v in row) for row in contingency),
+                       None if prototypes is None else tuple(tuple(float(v) for v in row) for row in prototypes))
         except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as err:
             raise ValueError(f"{source}: not valid cluster statistics: {err!r}") from err
 

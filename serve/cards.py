@@ -6,8 +6,9 @@
 
 The calibration comes from the training data (contract/card.py, measured by the trainer): an answer
 is low-confidence when its probability is below the training data's 5th percentile, and out of
-distribution when its cosine distance to the nearest cluster centroid is above the 99th percentile;
-`ood_score` is the fraction of training images closer to a centroid than this image.
+distribution when its cosine distance to the nearest OOD prototype (a k-means of the training
+embeddings, contract/card.py) is above the 99th percentile; `ood_score` is the fraction of training
+images closer to their nearest prototype than this image is to its.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class VersionCard:
         if stats is None:
             return out
         chosen = outputs[PROBABILITIES][np.arange(len(cluster)), cluster]
-        distance = nearest_centroid_distance(outputs[EMBEDDING], stats.centroids())
+        distance = nearest_centroid_distance(outputs[EMBEDDING], stats.ood_reference())
         out["low_confidence"] = stats.confidence.flag(chosen)
         out["ood_score"] = stats.ood.score(distance)
         out["ood"] = stats.ood.flag(distance)

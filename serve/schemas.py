@@ -40,10 +40,10 @@ class ClusterResult(BaseModel):
     probability: float | None = Field(default=None, description="probability of the assigned cluster")
     low_confidence: bool | None = Field(default=None, description="probability below the training data's 5th "
                                         "percentile (absent when the model has no card statistics)")
-    ood_score: float | None = Field(default=None, description="share of training images closer to a cluster "
-                                    "centroid (cosine distance) than this one, 0..1")
-    ood: bool | None = Field(default=None, description="out of distribution: farther from every centroid than "
-                             "99% of the training images")
+    ood_score: float | None = Field(default=None, description="share of training images closer to their nearest "
+                                    "OOD prototype (cosine distance) than this one is to its, 0..1")
+    ood: bool | None = Field(default=None, description="out of distribution: farther from every OOD prototype "
+                             "than 99% of the training images from theirs")
     top_k: list[TopK] | None = Field(default=None, description="most probable clusters, best first")
     path: list[int] | None = Field(default=None, description="CoHiClust: tree node ids (heap order) level 1..L")
     error: str | None = Field(default=None, description="why this image was not clustered")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contract.card import Calibration, ClusterInfo, ClusterStats, ModelCard, cluster_names, nearest_centroid_distance
+from contract.card import (
+    CARD_SCHEMA_VERSION,
+    Calibration,
+    ClusterInfo,
+    ClusterStats,
+    ModelCard,
+    cluster_names,
+    nearest_centroid_distance,
+)
 
 
 def test_calibration_flags_the_unusual_side_and_scores_by_rank():
@@ -32,7 +40,8 @@ def stats() -> ClusterStats:
     ood = Calibration.measure(np.linspace(0, 1, 50), 0.99, True)
     clusters = (ClusterInfo(0, 3, (1.0, 0.0), (4, 2), "cat", "cat", 1.0, 1.0),
                 ClusterInfo(1, 0, None), ClusterInfo(2, 2, (0.0, 1.0), (1,), "cat", "dog", 0.5, 0.5))
-    return ClusterStats(5, clusters, cal, ood, ("cat", "dog"), ((3, 0), (0, 0), (1, 1)))
+    prototypes = ((1.0, 0.0), (0.6, 0.8), (0.0, 1.0))
+    return ClusterStats(5, clusters, cal, ood, ("cat", "dog"), ((3, 0), (0, 0), (1, 1)), prototypes)
 
 
 def test_records_round_trip_through_json(tmp_path):
@@ -45,6 +54,26 @@ def test_records_round_trip_through_json(tmp_path):
     with pytest.raises(ValueError, match="card.json"):
         (tmp_path / "card.json").write_text('{"name": 1, "stats": {"clusters": 3}}')
         ModelCard.read(tmp_path / "card.json")
+
+
+def test_ood_reference_is_the_prototypes_and_the_centroids_for_statistics_written_before_them(tmp_path):
+    with_prototypes = stats()
+    np.testing.assert_array_equal(with_prototypes.ood_reference(), np.array(with_prototypes.ood_prototypes, np.float32))
+    record = with_prototypes.to_json()
+    del record["ood_prototypes"]  # cluster_stats.json or a card of schema 1: calibrated to the centroids
+    older = ClusterStats.from_json(record)
+    assert older.ood_prototypes is None
+    np.testing.assert_array_equal(older.ood_reference(), older.centroids())
+    v1 = ModelCard("m", 1, None, None, None, None, None, None, stats=older, schema_version=1)
+    v1.write(tmp_path / "card.json")
+    assert ModelCard.read(tmp_path / "card.json") == v1
+    with pytest.raises(ValueError, match="ood_prototypes"):
+        ClusterStats(**{**with_prototypes.__dict__, "ood_prototypes": ((1.0, 0.0, 0.0),)})
+
+
+def test_a_card_newer_than_this_code_is_refused():
+    with pytest.raises(ValueError, match="upgrade"):
+        ModelCard("m", 1, None, None, None, None, None, None, schema_version=CARD_SCHEMA_VERSION + 1)
 
 
 def test_default_names_are_mapped_classes_made_unique():

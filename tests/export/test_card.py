@@ -57,7 +57,27 @@ def test_card_calibration_is_the_training_distribution(cc_model, assignments):
     used = [c.id for c in stats.clusters if c.size]
     np.testing.assert_allclose(np.linalg.norm(centroids[used], axis=1), 1, atol=1e-5)
     assert nearest_centroid_distance(centroids[used], centroids).max() < 1e-5  # a centroid is its own nearest
-    assert 0.5 < stats.ood.threshold / stats.ood.quantiles[100] <= 1  # 99th percentile below the maximum
+
+
+def test_card_ood_flag_fires_on_about_one_percent_of_the_training_images(cc_model):
+    # the whole training set through the trained model: half of it fitted the prototypes (closer than
+    # usual), the other half calibrated the 99th percentile, so between none and 1% are flagged
+    from contract.sessions import CPU, fused_model, open_session
+    from train.checkpoint import load_run
+    from train.data.datasets import load_dataset
+
+    stats = ModelCard.read(cc_model.repository / cc_model.name / "1" / "card.json").stats
+    reference = stats.ood_reference()
+    assert reference.shape[0] > len(stats.clusters)  # prototypes, not the centroids
+    np.testing.assert_allclose(np.linalg.norm(reference, axis=1), 1, atol=1e-4)
+    images = load_dataset("digits", None, load_run(cc_model.run).meta["image_size"]).images.numpy()
+    version = cc_model.repository / cc_model.name
+    session = open_session(fused_model(*(version.parent / f"{cc_model.name}_{part}" / "1" / "model.onnx"
+                                         for part in ("encoder", "head"))), providers=[CPU])
+    embedding = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": images}),
+                         strict=True))["embedding"]
+    flagged = stats.ood.flag(nearest_centroid_distance(embedding, reference)).mean()
+    assert 0 < flagged <= 0.015, flagged
 
 
 def test_sample_images_per_cluster_are_its_most_confident(cc_model, assignments):
