@@ -34,7 +34,8 @@ INIT_FILE = "init.json"
 """Which checkpoint a run started from (methods that fine-tune another run) and how it scored."""
 CLUSTER_STATS_FILE = "cluster_stats.json"
 """What the final model does on the whole training set (contract.card.ClusterStats): cluster sizes and
-centroids, the confidence and nearest-centroid distance distributions, the cluster -> class mapping.
+centroids, the OOD prototypes, the confidence and nearest-prototype distance distributions, the
+cluster -> class mapping.
 Written by the trainer when it finishes; export turns it into the model card."""
 CLUSTER_SAMPLES_FILE = "cluster_samples.npz"
 """A few training images per cluster (the most confident ones): images uint8 (n, C, S, S), cluster (n,),
@@ -57,7 +58,7 @@ METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"
 CARD_FILE = "card.json"
 """The model card (contract.card.ModelCard): provenance, training metrics, clusters with sizes, centroids,
-class mapping and purity, the low-confidence and out-of-distribution calibration."""
+class mapping and purity, the OOD prototypes, the low-confidence and out-of-distribution calibration."""
 CARD_MARKDOWN_FILE = "card.md"
 NAMES_FILE = "cluster_names.json"
 """Editable cluster names of one model version: {"0": "zero", ...}; the gateway re-reads it when it changes."""
