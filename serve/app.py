@@ -41,7 +41,6 @@ from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from serve import __version__
 from serve.access import AccessLogMiddleware
 from serve.backends import Backend, make_backend
-from serve.backends.repository import RepositoryError, resolve
 from serve.batching import Batcher
 from serve.cards import VersionCard
 from serve.errors import (
@@ -218,14 +217,12 @@ class Gateway:
 
     def card(self, spec: ModelMetadata) -> VersionCard | None:
         """The card and names of a model version, when the repository holds them (None otherwise)."""
-        if spec.version is None:
-            return None
         key = (spec.name, spec.version)
         if key not in self.cards:
-            try:
-                self.cards[key] = VersionCard.load(resolve(self.settings.repository_path, spec.name, spec.version))
-            except (RepositoryError, OSError):
+            card = VersionCard.find(self.settings.repository_path, spec)
+            if card is None:
                 return None
+            self.cards[key] = card
         return self.cards[key]
 
     async def run(self, request: Request, endpoint: str, model: str | None, version: int | None = None

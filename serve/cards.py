@@ -22,8 +22,9 @@ import numpy as np
 
 from contract import files
 from contract.card import ModelCard, cluster_names, nearest_centroid_distance
+from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
-from serve.backends.repository import ModelVersion
+from serve.backends.repository import ModelVersion, RepositoryError, resolve
 
 log = logging.getLogger("serve")
 
@@ -63,6 +64,17 @@ class VersionCard:
         made = cls(card, version.names_file, width)
         made._names = made.default_names()
         return made
+
+    @classmethod
+    def find(cls, root: str | Path, spec: ModelMetadata) -> VersionCard | None:
+        """The card and names of `spec`'s version in the repository at `root`; None when the repository does
+        not hold that version (a Triton-only model, an unknown version)."""
+        if spec.version is None:
+            return None
+        try:
+            return cls.load(resolve(root, spec.name, spec.version))
+        except (RepositoryError, OSError):
+            return None
 
     def default_names(self) -> list[str]:
         return cluster_names(self.card, self.num_clusters)

@@ -1,4 +1,5 @@
-"""What a person looks at after a bulk job: summary.json (counts per cluster, errors) and one gallery per cluster.
+"""What a person looks at after a bulk job: summary.json (counts per cluster, errors, flagged images) and one
+gallery per cluster.
 
 Both are computed from the shards alone, one shard at a time (bounded memory), so a resumed job's
 summary covers every block whichever run wrote it. The scan also checks that each block's shard holds
@@ -20,7 +21,7 @@ from contract import files
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER
 from serve.bulk.source import PATH, Manifest
-from serve.bulk.worker import ERROR, INDEX, PROBABILITY, read_image, shard_path
+from serve.bulk.worker import ERROR, INDEX, LOW_CONFIDENCE, OOD, PROBABILITY, read_image, shard_path
 
 ERROR_EXAMPLES = 20
 THUMBNAIL = 96
@@ -54,14 +55,20 @@ class Candidates:
 
 
 def scan_shards(shards: Path, manifest: Manifest, block_size: int, num_clusters: int,
-                gallery_size: int) -> tuple[np.ndarray, list[str], int, Candidates]:
-    """(count per cluster (K,), first error messages, error count, gallery candidates) over every shard."""
+                gallery_size: int) -> tuple[np.ndarray, list[str], int, Candidates, dict[str, int]]:
+    """(count per cluster (K,), first error messages, error count, gallery candidates, flagged images per
+    flag column the shards have) over every shard."""
     counts = np.zeros(num_clusters, np.int64)
     examples: list[str] = []
     errors = 0
     candidates = Candidates(gallery_size)
+    flagged: dict[str, int] = {}
     for block, length in enumerate(manifest.block_lengths()):
-        table = pq.read_table(shard_path(shards, block), columns=[INDEX, PATH, CLUSTER, PROBABILITY, ERROR])
+        path = shard_path(shards, block)
+        flags = [name for name in (LOW_CONFIDENCE, OOD) if name in pq.read_schema(path).names]
+        table = pq.read_table(path, columns=[INDEX, PATH, CLUSTER, PROBABILITY, ERROR, *flags])
+        for name in flags:
+            flagged[name] = flagged.get(name, 0) + int(pc.sum(table[name].cast("int64")).as_py() or 0)
         index = table[INDEX].to_numpy()
         expected = np.arange(block * block_size, block * block_size + length)
         if len(index) != length or not np.array_equal(index, expected):
@@ -78,7 +85,7 @@ def scan_shards(shards: Path, manifest: Manifest, block_size: int, num_clusters:
             probability = table[PROBABILITY].to_numpy(zero_copy_only=False)[ok].astype(np.float32)
             paths = np.array(table[PATH].to_pylist(), dtype=object)[ok]
             candidates.add(cluster, probability, index[ok], paths)
-    return counts, examples, errors, candidates
+    return counts, examples, errors, candidates, flagged
 
 
 def gallery_png(cluster: int, count: int, paths: list[str], columns: int) -> bytes:
@@ -98,8 +105,8 @@ def gallery_png(cluster: int, count: int, paths: list[str], columns: int) -> byt
 def summarize(shards: Path, manifest: Manifest, block_size: int, spec: ModelMetadata, gallery_size: int,
               gallery_dir: Path) -> dict[str, Any]:
     """summary.json's counts (every shard) and the gallery PNGs, one per cluster."""
-    counts, examples, errors, candidates = scan_shards(shards, manifest, block_size, spec.num_clusters,
-                                                       gallery_size)
+    counts, examples, errors, candidates, flagged = scan_shards(shards, manifest, block_size, spec.num_clusters,
+                                                                gallery_size)
     galleries = []
     if gallery_size:
         gallery_dir.mkdir(parents=True, exist_ok=True)
@@ -108,5 +115,5 @@ def summarize(shards: Path, manifest: Manifest, block_size: int, spec: ModelMeta
             files.write_bytes(path, gallery_png(cluster, int(counts[cluster]), candidates.of(cluster), gallery_size))
             galleries.append(str(path))
     return {"images": manifest.num_images, "rows": int(counts.sum()) + errors, "clustered": int(counts.sum()),
-            "errors": errors, "error_examples": examples,
+            "errors": errors, "error_examples": examples, **flagged,
             "clusters": {str(k): int(n) for k, n in enumerate(counts)}, "galleries": galleries}

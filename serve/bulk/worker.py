@@ -11,6 +11,8 @@ Shard columns (one row per image, in listing order):
     index int64, path string, cluster int64, probability float32 (of that cluster),
     top_k list<int64> and top_k_probability list<float32> (most probable clusters, best first),
     [embedding list<float32> (D) with embeddings on], [tree_path list<int64>: CoHiClust],
+    [name string, low_confidence bool, ood_score float32, ood bool: from the model version's card, as the
+    gateway answers them (serve/cards.py); name alone when the card has no statistics, none without one],
     error string (null, or "path: reason" with every model column null)
 """
 
@@ -32,9 +34,11 @@ from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from contract.preprocess import prepare_source
 from serve.bulk.source import PATH, Manifest, is_uri
+from serve.cards import VersionCard
 
 INDEX, PROBABILITY, TOP_K, TOP_K_PROBABILITY, TREE_PATH, ERROR = (
     "index", "probability", "top_k", "top_k_probability", "tree_path", "error")
+NAME, LOW_CONFIDENCE, OOD_SCORE, OOD = "name", "low_confidence", "ood_score", "ood"  # VersionCard.annotate's keys
 TREE_OUTPUT = "path"  # CoHiClust's head output: tree node ids per level (written as tree_path)
 
 
@@ -105,8 +109,10 @@ def no_outputs(model: ModelMetadata) -> dict[str, np.ndarray]:
 
 
 def shard_table(first_index: int, paths: list[str], decoded: list[np.ndarray | str],
-                outputs: dict[str, np.ndarray], top_k: int, embeddings: bool) -> pa.Table:
-    """The rows of one block; outputs are the model's answers for the decoded images, in order."""
+                outputs: dict[str, np.ndarray], top_k: int, embeddings: bool,
+                notes: dict[str, Any] | None = None) -> pa.Table:
+    """The rows of one block; outputs are the model's answers for the decoded images, in order, and notes
+    the card's names and flags for them (VersionCard.annotate; None: the version has no card)."""
     n = len(paths)
     ok = np.array([not isinstance(d, str) for d in decoded], dtype=bool)
     columns: dict[str, pa.Array] = {
@@ -123,6 +129,13 @@ def shard_table(first_index: int, paths: list[str], decoded: list[np.ndarray | s
         columns[EMBEDDING] = _masked(outputs[EMBEDDING].astype(np.float32), ok, pa.float32())
     if TREE_OUTPUT in outputs:
         columns[TREE_PATH] = _masked(outputs[TREE_OUTPUT].astype(np.int64), ok, pa.int64())
+    if notes is not None:
+        names = iter(notes[NAME])
+        columns[NAME] = pa.array([next(names) if good else None for good in ok], pa.string())
+        if OOD in notes:
+            columns[LOW_CONFIDENCE] = _masked(notes[LOW_CONFIDENCE], ok, pa.bool_())
+            columns[OOD_SCORE] = _masked(notes[OOD_SCORE].astype(np.float32), ok, pa.float32())
+            columns[OOD] = _masked(notes[OOD], ok, pa.bool_())
     columns[ERROR] = pa.array([d if isinstance(d, str) else None for d in decoded], pa.string())
     return pa.table(columns)
 
@@ -142,6 +155,7 @@ class BlockWorker:
         self.backend = make_backend(settings)
         self.loop.run_until_complete(self.backend.start())
         self.model = self.backend.models()[spec.model]
+        self.card = VersionCard.find(spec.model_repository, self.model)
         self.manifest = Manifest(spec.manifest)
         self.pool = ThreadPoolExecutor(spec.threads, thread_name_prefix="decode") if spec.threads > 1 else None
 
@@ -168,8 +182,9 @@ class BlockWorker:
         decoded = self.decode(paths)
         images = [d for d in decoded if not isinstance(d, str)]
         outputs = self.infer(np.stack(images)) if images else no_outputs(self.model)
+        notes = None if self.card is None else self.card.annotate(outputs)
         table = shard_table(block * self.spec.block_size, paths, decoded, outputs, self.spec.top_k,
-                            self.spec.embeddings)
+                            self.spec.embeddings, notes)
         with files.atomic_open(shard_path(self.spec.shards, block), "wb") as f:
             pq.write_table(table, f)
         return {"block": block, "images": len(paths), "errors": len(paths) - len(images),

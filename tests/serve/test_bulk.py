@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +23,7 @@ from contract.names import IMAGE_EXTENSIONS
 from serve.bulk.job import BulkError, BulkOptions, pool_size, prepare_output
 from serve.bulk.source import Manifest, SourceError, list_source, write_manifest
 from serve.bulk.worker import no_outputs, read_image, shard_table
+from serve.cards import VersionCard
 from tests.support.serving import digit_pngs, exported, files, gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +101,13 @@ def test_rows_equal_the_gateway_and_corrupt_files_are_error_rows(finished, model
     np.testing.assert_allclose(good["top_k_probability"], [[t["probability"] for t in a["top_k"]] for a in answers],
                                atol=1e-6)
     np.testing.assert_allclose(good["embedding"], [e["embedding"] for e in embedded], atol=1e-6)
+    # the card's names and flags, as the gateway answers them (it rounds ood_score to 4 decimals, and other
+    # batches move the embeddings by ~1e-6, the score a little more where the training distances are dense)
+    assert good["name"] == [a["name"] for a in answers]
+    assert good["low_confidence"] == [a["low_confidence"] for a in answers]
+    assert good["ood"] == [a["ood"] for a in answers]
+    np.testing.assert_allclose(good["ood_score"], [a["ood_score"] for a in answers], atol=2e-4)
+    assert failed["name"].null_count == failed["ood"].null_count == failed.num_rows
 
 
 def test_summary_and_galleries_describe_the_rows(finished, model):
@@ -110,6 +119,8 @@ def test_summary_and_galleries_describe_the_rows(finished, model):
     assert (summary["images"], summary["rows"], summary["clustered"], summary["errors"]) == \
            (IMAGES + len(CORRUPT), IMAGES + len(CORRUPT), IMAGES, len(CORRUPT))
     assert len(summary["error_examples"]) == len(CORRUPT)
+    assert summary["ood"] == pc.sum(table["ood"]).as_py() < IMAGES * 0.05
+    assert summary["low_confidence"] == pc.sum(table["low_confidence"]).as_py() > 0
     assert summary["run"]["images"] == IMAGES + len(CORRUPT) and summary["run"]["images_per_second"] > 0
     assert (summary["run"]["actors"], summary["run"]["threads_per_actor"]) == (2, 1)
     assert len(summary["galleries"]) == spec_clusters
@@ -281,16 +292,19 @@ def test_a_block_where_nothing_decodes_keeps_the_columns(model, tmp_path):
     decoded = [read_image(p, 16, 1) for p in paths]
     assert decoded[0].startswith(f"{paths[0]}: cannot decode image")
     assert decoded[1] == f"{paths[1]}: no such file"
-    failed = shard_table(20, paths, decoded, no_outputs(spec), 3, True)
+    card = VersionCard.find(model.repository, spec)
+    failed = shard_table(20, paths, decoded, no_outputs(spec), 3, True, card.annotate(no_outputs(spec)))
     assert failed.column("index").to_pylist() == [20, 21]
     assert failed.column("error").to_pylist() == decoded
     assert failed.column("cluster").null_count == 2 and failed.column("embedding").null_count == 2
 
     one = {name: np.ones((1, *s.shape[1:]), s.dtype) for name, s in spec.outputs.items()}
     one["cluster"] = np.array([1])
-    mixed = shard_table(0, paths, [decoded[0], np.zeros((1, 16, 16), np.uint8)], one, 3, True)
+    mixed = shard_table(0, paths, [decoded[0], np.zeros((1, 16, 16), np.uint8)], one, 3, True, card.annotate(one))
     assert mixed.schema == failed.schema  # every shard of a job has the same columns and types
+    assert {"name", "low_confidence", "ood_score", "ood"} <= set(mixed.schema.names)
     assert mixed.column("cluster").to_pylist() == [None, 1]
+    assert mixed.column("name").to_pylist() == [None, card.names()[1]]
     assert mixed.column("top_k").to_pylist()[0] is None and len(mixed.column("top_k").to_pylist()[1]) == 3
 
 
