@@ -293,8 +293,10 @@ async function loadBulk() {
   }
   $("tab-bulk").hidden = false;
   const counts = summary.clusters || {};
+  const flagged = summary.ood === undefined ? "" :
+    `, ${summary.ood} flagged out of distribution, ${summary.low_confidence} low-confidence`;
   $("bulk-summary").textContent = `${summary.clustered || 0} of ${summary.images || 0} images clustered offline ` +
-    `with ${summary.model || "?"}, ${summary.errors || 0} error(s).`;
+    `with ${summary.model || "?"}, ${summary.errors || 0} error(s)${flagged}.`;
   $("bulk").replaceChildren(...Object.entries(counts).map(([id, count]) => el("li", { class: "card" },
     el("h3", {}, `${clusterName(Number(id))} (${id}): ${count} images`),
     el("img", { src: `bulk/galleries/${id}.png`, alt: `samples of cluster ${id}`, class: "gallery" }))));

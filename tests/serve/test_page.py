@@ -188,6 +188,7 @@ def test_a_bulk_jobs_output_can_be_browsed(browser, repository, tmp_path, digits
         page.click("#tab-bulk")
         text = page.inner_text("#bulk-summary")
         assert f"{summary['clustered']} of {summary['images']} images" in text and "1 error" in text
+        assert f"{summary['ood']} flagged out of distribution, {summary['low_confidence']} low-confidence" in text
         shown = page.locator("#bulk li")
         assert shown.count() == len(summary["clusters"])
         page.wait_for_function("[...document.querySelectorAll('#bulk img')].every((i) => i.complete)")
