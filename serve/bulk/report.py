@@ -64,9 +64,9 @@ def scan_shards(shards: Path, manifest: Manifest, block_size: int, num_clusters:
     candidates = Candidates(gallery_size)
     flagged: dict[str, int] = {}
     for block, length in enumerate(manifest.block_lengths()):
-        path = shard_path(shards, block)
-        flags = [name for name in (LOW_CONFIDENCE, OOD) if name in pq.read_schema(path).names]
-        table = pq.read_table(path, columns=[INDEX, PATH, CLUSTER, PROBABILITY, ERROR, *flags])
+        with pq.ParquetFile(shard_path(shards, block)) as shard:  # one open: its schema, then the columns
+            flags = [name for name in (LOW_CONFIDENCE, OOD) if name in shard.schema_arrow.names]
+            table = shard.read(columns=[INDEX, PATH, CLUSTER, PROBABILITY, ERROR, *flags])
         for name in flags:
             flagged[name] = flagged.get(name, 0) + int(pc.sum(table[name].cast("int64")).as_py() or 0)
         index = table[INDEX].to_numpy()
