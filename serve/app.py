@@ -42,7 +42,7 @@ from serve import __version__
 from serve.access import AccessLogMiddleware
 from serve.backends import Backend, make_backend
 from serve.batching import Batcher
-from serve.cards import VersionCard
+from serve.cards import LOW_CONFIDENCE, NAME, OOD, OOD_SCORE, VersionCard
 from serve.errors import (
     CLIENT_CLOSED,
     GatewayError,
@@ -271,9 +271,9 @@ class Gateway:
         model, version = spec.name, str(spec.version)
         for cluster, count in zip(*np.unique(outputs[CLUSTER], return_counts=True), strict=True):
             self.metrics.assignments.labels(model, version, str(int(cluster))).inc(int(count))
-        if "ood" in notes:
-            self.metrics.low_confidence.labels(model, version).inc(int(notes["low_confidence"].sum()))
-            self.metrics.ood.labels(model, version).inc(int(notes["ood"].sum()))
+        if OOD in notes:
+            self.metrics.low_confidence.labels(model, version).inc(int(notes[LOW_CONFIDENCE].sum()))
+            self.metrics.ood.labels(model, version).inc(int(notes[OOD].sum()))
         return notes
 
 
@@ -323,10 +323,10 @@ def cluster_results(uploads: list[Upload], ok: list[int], errors: dict[int, str]
         if paths is not None:
             item["path"] = paths[j]
         if notes is not None:
-            item["name"] = notes["name"][j]
-            if "ood" in notes:
-                item.update(low_confidence=bool(notes["low_confidence"][j]),
-                            ood_score=round(float(notes["ood_score"][j]), 4), ood=bool(notes["ood"][j]))
+            item[NAME] = notes[NAME][j]
+            if OOD in notes:
+                item.update({LOW_CONFIDENCE: bool(notes[LOW_CONFIDENCE][j]),
+                             OOD_SCORE: round(float(notes[OOD_SCORE][j]), 4), OOD: bool(notes[OOD][j])})
         results[i] = item
     return results
 

@@ -28,6 +28,9 @@ from serve.backends.repository import ModelVersion, RepositoryError, resolve
 
 log = logging.getLogger("serve")
 
+NAME, LOW_CONFIDENCE, OOD_SCORE, OOD = "name", "low_confidence", "ood_score", "ood"
+"""The keys of `VersionCard.annotate`: the fields of a /cluster answer and the columns of a bulk shard."""
+
 
 def read_names(path: Path, count: int) -> dict[int, str]:
     """cluster_names.json {"<id>": "name"} -> {id: name}; ValueError when it is not such a record."""
@@ -103,13 +106,13 @@ class VersionCard:
         """Head outputs of B images -> {"name": [B], and with a card "low_confidence", "ood_score", "ood": (B,)}."""
         cluster = outputs[CLUSTER].astype(np.int64, copy=False)
         names = self.names()
-        out: dict[str, Any] = {"name": [names[c] for c in cluster.tolist()]}
+        out: dict[str, Any] = {NAME: [names[c] for c in cluster.tolist()]}
         stats = self.card.stats if self.card is not None else None
         if stats is None:
             return out
         chosen = outputs[PROBABILITIES][np.arange(len(cluster)), cluster]
         distance = nearest_centroid_distance(outputs[EMBEDDING], stats.ood_reference())
-        out["low_confidence"] = stats.confidence.flag(chosen)
-        out["ood_score"] = stats.ood.score(distance)
-        out["ood"] = stats.ood.flag(distance)
+        out[LOW_CONFIDENCE] = stats.confidence.flag(chosen)
+        out[OOD_SCORE] = stats.ood.score(distance)
+        out[OOD] = stats.ood.flag(distance)
         return out

@@ -21,7 +21,8 @@ from contract import files
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER
 from serve.bulk.source import PATH, Manifest
-from serve.bulk.worker import ERROR, INDEX, LOW_CONFIDENCE, OOD, PROBABILITY, read_image, shard_path
+from serve.bulk.worker import ERROR, INDEX, PROBABILITY, read_image, shard_path
+from serve.cards import LOW_CONFIDENCE, OOD
 
 ERROR_EXAMPLES = 20
 THUMBNAIL = 96

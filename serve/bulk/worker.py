@@ -34,11 +34,10 @@ from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from contract.preprocess import prepare_source
 from serve.bulk.source import PATH, Manifest, is_uri
-from serve.cards import VersionCard
+from serve.cards import LOW_CONFIDENCE, NAME, OOD, OOD_SCORE, VersionCard
 
 INDEX, PROBABILITY, TOP_K, TOP_K_PROBABILITY, TREE_PATH, ERROR = (
     "index", "probability", "top_k", "top_k_probability", "tree_path", "error")
-NAME, LOW_CONFIDENCE, OOD_SCORE, OOD = "name", "low_confidence", "ood_score", "ood"  # VersionCard.annotate's keys
 TREE_OUTPUT = "path"  # CoHiClust's head output: tree node ids per level (written as tree_path)
 
 
