@@ -54,6 +54,7 @@ class VersionCard:
     num_clusters: int
     _names: list[str] = field(default_factory=list)
     _stamp: tuple[int, int] | None = None
+    _ood_reference: np.ndarray | None = None  # card.stats.ood_reference(), converted once per load
 
     @classmethod
     def load(cls, version: ModelVersion) -> VersionCard:
@@ -66,6 +67,8 @@ class VersionCard:
         width = version.metadata.outputs[PROBABILITIES].shape[1]
         made = cls(card, version.names_file, width)
         made._names = made.default_names()
+        if card is not None and card.stats is not None:
+            made._ood_reference = card.stats.ood_reference()
         return made
 
     @classmethod
@@ -111,7 +114,7 @@ class VersionCard:
         if stats is None:
             return out
         chosen = outputs[PROBABILITIES][np.arange(len(cluster)), cluster]
-        distance = nearest_centroid_distance(outputs[EMBEDDING], stats.ood_reference())
+        distance = nearest_centroid_distance(outputs[EMBEDDING], self._ood_reference)
         out[LOW_CONFIDENCE] = stats.confidence.flag(chosen)
         out[OOD_SCORE] = stats.ood.score(distance)
         out[OOD] = stats.ood.flag(distance)
