@@ -5,7 +5,7 @@
 Computed by the trainer when a run finishes (export no longer has the data set): sizes, centroids
 (L2-normalised mean embedding per cluster), the calibration of the low-confidence flag (probability
 of the assigned cluster) and of the out-of-distribution score (cosine distance to the nearest OOD
-prototype, `ood_reference`), the most confident images per cluster, and with labels the Hungarian
+prototype, `fit_ood_prototypes`), the most confident images per cluster, and with labels the Hungarian
 cluster -> class mapping, each cluster's majority class and purity, and the contingency table.
 """
 
@@ -36,7 +36,8 @@ OOD_SAMPLE = 20_000
 """At most this many images fit the prototypes and as many others calibrate them (a random draw)."""
 
 
-def ood_reference(embedding: np.ndarray, centre: np.ndarray, seed: int = 0) -> tuple[np.ndarray | None, np.ndarray]:
+def fit_ood_prototypes(embedding: np.ndarray, centre: np.ndarray, seed: int = 0
+                       ) -> tuple[np.ndarray | None, np.ndarray]:
     """embedding (N, D) L2-normalised, the cluster centroids (K, D) -> (prototypes (P, D), calibration
     distances (M,)).
 
@@ -96,7 +97,7 @@ def cluster_stats(embedding: np.ndarray, probabilities: np.ndarray, cluster: np.
     cluster = np.asarray(cluster, np.int64)
     num_clusters = probabilities.shape[1]
     centre = centroids(embedding, cluster, num_clusters)
-    prototypes, distance = ood_reference(embedding, centre)
+    prototypes, distance = fit_ood_prototypes(embedding, centre)
     confidence = probabilities[np.arange(len(cluster)), cluster]
     sizes = np.bincount(cluster, minlength=num_clusters)
     samples = most_confident(probabilities, cluster, samples_per_cluster)
