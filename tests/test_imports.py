@@ -3,8 +3,9 @@
 The graph is read from the source with `ast`, every import statement included: those inside functions
 too (a cycle hidden in a function-level import still breaks whoever imports the wrong end first) but
 not those under `if TYPE_CHECKING:`, which never run. An edge goes to the module an import names:
-`from a.b import c` to a.b.c when that is a module, else to a.b. The packages an import passes
-through (a, a.b) are not edges: a package's __init__ importing its own submodules is not a cycle.
+`from a.b import c` to a.b.c when that is a module, else to a.b. A module's own packages are not
+edges: importing a.b.c runs a and a.b first whatever it names, so a package's __init__ importing its
+submodules, or a submodule reading its package's __version__, is not a cycle.
 bench/ and scripts/ are folders of scripts: a bare `import name` there may mean a file beside it (a
 script's folder is on sys.path).
 """
@@ -68,7 +69,7 @@ def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, set[str]]:
                 targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base for alias in node.names]
             for target in targets:
                 found = resolve(target, module)
-                if found is not None and found != module:
+                if found is not None and found != module and not module.startswith(found + "."):
                     graph[module].add(found)
     return graph
 
@@ -107,7 +108,7 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "__init__.py").write_text("from pkg import a\n")  # a package importing its modules: no cycle
-    (package / "a.py").write_text("from pkg.b import run\n")
+    (package / "a.py").write_text("from pkg.b import run\nfrom pkg import __doc__\n")  # its own package: no edge
     (package / "b.py").write_text("import typing\nif typing.TYPE_CHECKING:\n    from pkg import c\n\n"
                                   "def run():\n    from . import c\n    return c\n")
     (package / "c.py").write_text("import os\n\ndef later():\n    from pkg.a import run\n")
