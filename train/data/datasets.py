@@ -488,34 +488,41 @@ def _one_split(load: Callable[..., ImageData]) -> Loader:
 # digits recipes were measured with it.
 _HANDWRITING = dict(flip_p=0.0, gray_p=0.0, crop_min_scale=0.6, rotate_degrees=12.0, shear_degrees=12.0,
                     translate=0.08, elastic_alpha=0.08, jitter_strength=0.4, jitter_p=0.5, jitter_order="fixed")
-# ImageNet subsets: crops are taken from a 256 px copy (shorter side 256, centre square), not from a 96 px pre-resize
-_IMAGENET_SUBSET = dict(image_size=96, stored_size=256, stem="cifar", blur_p=0.5)
-_CLASS_FOLDERS_EXPECTED = "{} class folders <data_dir>/<class>/*.JPEG (or <data_dir>/train/<class>/...)"
+_IDX_EXPECTED = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte "
+                 "(each optionally .gz) in data_dir, data_dir/raw or data_dir/{}/raw")
+
+
+def _cifar(name: str, num_classes: int, description: str, files: str, **layout: Any) -> DatasetInfo:
+    """A CIFAR data set: 32 px RGB python pickles of a train and a test split in one folder; layout: the
+    `_load_cifar` keywords (folder, split_files, meta, label_key, names_key, default_names)."""
+    return DatasetInfo(
+        name=name, channels=3, num_classes=num_classes, native_size=32, description=description,
+        expected=f"{layout['folder']}/ with {files} (python pickles), {layout['meta']} optional; "
+                 "data_dir is that folder or its parent",
+        splits=("train", "test"), load=partial(_load_cifar, **layout),
+        defaults=dict(image_size=32, stored_size=32, stem="cifar"),
+    )
+
+
+def _imagenet_subset(name: str, num_classes: int, description: str) -> DatasetInfo:
+    """ImageNet images of `num_classes` classes, one folder each. Crops are taken from a 256 px copy
+    (shorter side 256, centre square), not from a 96 px pre-resize."""
+    return DatasetInfo(
+        name=name, channels=3, num_classes=num_classes, native_size=None, description=description,
+        expected=f"{num_classes} class folders <data_dir>/<class>/*.JPEG (or <data_dir>/train/<class>/...)",
+        splits=("train",), load=_one_split(_load_class_folders), folder=True,
+        defaults=dict(image_size=96, stored_size=256, stem="cifar", blur_p=0.5),
+    )
+
 
 _FORMATS = [
-    DatasetInfo(
-        name="cifar10", channels=3, num_classes=10, native_size=32,
-        description="CIFAR-10 train+test: 60k 32x32 RGB images, 10 classes",
-        expected="cifar-10-batches-py/ with data_batch_1 .. data_batch_5 and test_batch (python pickles), "
-                 "batches.meta optional; data_dir is that folder or its parent",
-        splits=("train", "test"),
-        load=partial(_load_cifar, folder="cifar-10-batches-py",
-                     split_files={"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]},
-                     meta="batches.meta", label_key=b"labels", names_key=b"label_names",
-                     default_names=CIFAR10_CLASSES),
-        defaults=dict(image_size=32, stored_size=32, stem="cifar"),
-    ),
-    DatasetInfo(
-        name="cifar100", channels=3, num_classes=20, native_size=32,
-        description="CIFAR-100 train+test: 60k 32x32 RGB images, the 20 superclasses",
-        expected="cifar-100-python/ with train and test (python pickles), meta optional; "
-                 "data_dir is that folder or its parent",
-        splits=("train", "test"),
-        load=partial(_load_cifar, folder="cifar-100-python", split_files={"train": ["train"], "test": ["test"]},
-                     meta="meta", label_key=b"coarse_labels", names_key=b"coarse_label_names",
-                     default_names=CIFAR100_SUPERCLASSES),
-        defaults=dict(image_size=32, stored_size=32, stem="cifar"),
-    ),
+    _cifar("cifar10", 10, "CIFAR-10 train+test: 60k 32x32 RGB images, 10 classes",
+           "data_batch_1 .. data_batch_5 and test_batch", folder="cifar-10-batches-py",
+           split_files={"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]},
+           meta="batches.meta", label_key=b"labels", names_key=b"label_names", default_names=CIFAR10_CLASSES),
+    _cifar("cifar100", 20, "CIFAR-100 train+test: 60k 32x32 RGB images, the 20 superclasses", "train and test",
+           folder="cifar-100-python", split_files={"train": ["train"], "test": ["test"]}, meta="meta",
+           label_key=b"coarse_labels", names_key=b"coarse_label_names", default_names=CIFAR100_SUPERCLASSES),
     DatasetInfo(
         name="stl10", channels=3, num_classes=10, native_size=96,
         description="STL-10 labelled train+test: 13k 96x96 RGB images, 10 classes "
@@ -529,36 +536,19 @@ _FORMATS = [
     DatasetInfo(
         name="mnist", channels=1, num_classes=10, native_size=28,
         description="MNIST train+test: 70k 28x28 grey digits, 10 classes",
-        expected="train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                 "t10k-labels-idx1-ubyte (each optionally .gz) in data_dir, data_dir/raw or data_dir/MNIST/raw",
-        splits=("train", "test"),
+        expected=_IDX_EXPECTED.format("MNIST"), splits=("train", "test"),
         load=partial(_load_idx, folder="MNIST", class_names=MNIST_CLASSES),
         defaults=dict(image_size=28, stored_size=28, **_HANDWRITING),
     ),
     DatasetInfo(
         name="fashion-mnist", channels=1, num_classes=10, native_size=28,
         description="Fashion-MNIST train+test: 70k 28x28 grey clothes, 10 classes",
-        expected="train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                 "t10k-labels-idx1-ubyte (each optionally .gz) in data_dir, data_dir/raw or "
-                 "data_dir/FashionMNIST/raw",
-        splits=("train", "test"),
+        expected=_IDX_EXPECTED.format("FashionMNIST"), splits=("train", "test"),
         load=partial(_load_idx, folder="FashionMNIST", class_names=FASHION_MNIST_CLASSES),
         defaults=dict(image_size=28, stored_size=28, gray_p=0.0),
     ),
-    DatasetInfo(
-        name="imagenet10", channels=3, num_classes=10, native_size=None,
-        description="ImageNet-10: 13k ImageNet images of 10 classes",
-        expected=_CLASS_FOLDERS_EXPECTED.format(10), splits=("train",),
-        load=_one_split(_load_class_folders), folder=True,
-        defaults=_IMAGENET_SUBSET,
-    ),
-    DatasetInfo(
-        name="imagenet-dogs", channels=3, num_classes=15, native_size=None,
-        description="ImageNet-Dogs: 19.5k ImageNet images of 15 dog breeds",
-        expected=_CLASS_FOLDERS_EXPECTED.format(15), splits=("train",),
-        load=_one_split(_load_class_folders), folder=True,
-        defaults=_IMAGENET_SUBSET,
-    ),
+    _imagenet_subset("imagenet10", 10, "ImageNet-10: 13k ImageNet images of 10 classes"),
+    _imagenet_subset("imagenet-dogs", 15, "ImageNet-Dogs: 19.5k ImageNet images of 15 dog breeds"),
     DatasetInfo(
         name="tiny-imagenet", channels=3, num_classes=200, native_size=64,
         description="Tiny-ImageNet train split: 100k 64x64 RGB images, 200 classes (split val: 10k more)",
