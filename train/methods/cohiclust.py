@@ -157,8 +157,6 @@ class CoHiClust(ClusteringMethod):
         simclr = nt_xent(z1, z2, self.cfg.temperature)
         tree = tree_loss(p1, p2, node_mask, self.cfg.self_pairs_negative)
         balance = tree_regularizer(torch.cat([p1, p2]), node_mask)
-        if self.training:
-            self.record_leaf_mass(torch.cat([p1, p2]))
         # Weight 0 rather than skipping the tree terms: DDP wants a gradient for every parameter.
         tree_weight = 0.0 if step.epoch < self.cfg.simclr_epochs else 1.0
         loss = simclr + tree_weight * (tree + 2.0**-self.depth * balance)
@@ -184,12 +182,12 @@ class CoHiClust(ClusteringMethod):
         }
 
     @torch.no_grad()
-    def record_leaf_mass(self, p: torch.Tensor) -> None:
-        """Add a training batch's mean masked leaf probabilities to the epoch's pruning statistic.
+    def on_step_end(self, step: StepContext, outputs: dict[str, torch.Tensor]) -> None:
+        """Add the training batch's mean masked leaf probabilities to the epoch's pruning statistic.
 
-        p: (2B, 2^(L+1) - 1) node probabilities of both views (official: tree_losses.py accumulates
-        the mean of the masked leaf level of every batch)."""
-        leaves = p[:, level_slice(self.depth)].float() * self.leaf_mask
+        outputs["p1"], ["p2"]: (B, 2^(L+1) - 1) node probabilities of the two views, gathered (official:
+        tree_losses.py accumulates the mean of the masked leaf level of every batch)."""
+        leaves = torch.cat([outputs["p1"], outputs["p2"]])[:, level_slice(self.depth)].float() * self.leaf_mask
         self.epoch_leaf_mass = self.epoch_leaf_mass.to(leaves.device) + leaves.mean(0)
         self.epoch_batches += 1
 
