@@ -148,6 +148,16 @@ def test_documented_command_is_accepted(where, command, monkeypatch):
     check_command(command, monkeypatch)
 
 
+def test_make_targets_named_in_prose_exist():
+    """`make T` in running text (README, docs, export/README.md, pytest's marker help) names a real target."""
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    named = {(path.relative_to(ROOT).as_posix(), target)
+             for path in (*DOCS, ROOT / "export" / "README.md", ROOT / "pyproject.toml")
+             for target in re.findall(r"[`(]make ([a-z][\w-]*)[`)]", path.read_text())}
+    assert len(named) >= 5
+    assert {(where, t) for where, t in named if t not in targets} == set()
+
+
 @pytest.mark.parametrize("where,code", blocks("python"))
 def test_documented_python_compiles(where, code):
     compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)  # examples may await at top level
