@@ -142,6 +142,16 @@ class Config:
         default=None, metadata={"help": "where decoded folders are kept; default: .cache/ beside the run directory"}
     )
 
+    def __post_init__(self) -> None:
+        """Values no run can use fail here, with the option to change, before any data is read."""
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.num_clusters < 0 or self.num_clusters == 1:
+            raise ValueError(f"--num-clusters must be 0 (the data set's class count) or at least 2, "
+                             f"got {self.num_clusters}")
+
     def stored_side(self) -> int:
         """Side of the images kept in memory: stored_size, or image_size when it is 0."""
         return self.stored_size or self.image_size

@@ -344,14 +344,17 @@ def join_process_group(cfg: Config) -> tuple[torch.device, ProcessGroup]:
 
 
 def check_data(cfg: Config, data: RunData, log: Callable[[str], None]) -> int:
-    """Logs the images skipped as unreadable; ValueError without a cluster count or with too few images for a
-    batch. Returns the number of clusters (--num-clusters, else the data set's class count)."""
+    """Logs the images skipped as unreadable; ValueError without a cluster count, with more clusters than
+    images or with too few images for a batch. Returns the number of clusters (--num-clusters, else the data
+    set's class count)."""
     for part in {id(d): d for d in (data.train, data.eval, data.instance) if d is not None}.values():
         for skipped in part.skipped:
             log(f"skipped unreadable image {skipped}")
     num_clusters = cfg.num_clusters or len(data.eval.class_names or data.train.class_names or [])
     if num_clusters < 2:
         raise ValueError(f"{cfg.dataset} has no class labels: give --num-clusters")
+    if num_clusters > data.train.images.shape[0]:  # a cluster needs an image; the losses' (K, K) terms grow as K^2
+        raise ValueError(f"--num-clusters {num_clusters} is more than the {data.train.images.shape[0]} training images")
     for name, part in (("train", data.train), ("instance", data.instance)):
         if part is not None and part.images.shape[0] < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the {name} splits "
