@@ -267,6 +267,20 @@ def cluster_names(card: ModelCard | None, count: int) -> list[str]:
     return [unnamed(k) for k in range(count)]
 
 
+def read_names(path: str | Path, count: int) -> dict[int, str]:
+    """cluster_names.json {"<id>": "name"} of a model with `count` clusters -> {id: name}; ValueError (naming the
+    file) when it is not such a record."""
+    data = files.read_json(path)
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError(f"{path}: expected a JSON object {{\"<cluster id>\": \"name\", ...}}")
+    names = {}
+    for key, value in data.items():
+        if not (key.isascii() and key.isdigit()) or int(key) >= count:  # "²".isdigit(), and int() refuses it
+            raise ValueError(f"{path}: {key!r} is not a cluster id (0..{count - 1})")
+        names[int(key)] = value
+    return names
+
+
 def nearest_centroid_distance(embedding: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """embedding (B, D) L2-normalised, centroids (K, D) (NaN rows ignored) -> (B,) 1 - max cosine similarity."""
     similarity = np.asarray(embedding, np.float32) @ np.nan_to_num(centroids, nan=0.0).T

@@ -1,7 +1,7 @@
 """Export: trained runs -> ONNX (encoder + head, parity-checked) -> Triton repositories -> TensorRT plans.
 
     python -m export --engine onnx|trt|all [--run RUN] [--output model_repository] [--name NAME]
-                     [--max-batch N] [--fp16] [--cpu-output model_repository_cpu]
+                     [--max-batch N] [--fp16] [--cpu-output OUTPUT_cpu]
     python -m export.tensorrt --repository /models [--fp16] [--max-batch N]   # inside NVIDIA's container
 
 Modules: onnx_export (graphs), parity (PyTorch vs runtime), triton (repository generator, torch-free),

@@ -43,8 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-kind", choices=("gpu", "cpu"), default="gpu",
                         help="instance kind of --output's models: gpu (KIND_GPU) or cpu (KIND_CPU, for CPU hosts "
                              "running NVIDIA's container) (default: gpu)")
-    parser.add_argument("--cpu-output", type=Path, default=Path("model_repository_cpu"),
-                        help="CPU (python backend) Triton repository; 'none' to skip (default: model_repository_cpu)")
+    parser.add_argument("--cpu-output", type=Path,
+                        help="CPU (python backend) Triton repository; 'none' to skip (default: beside --output, "
+                             "its name + _cpu: model_repository_cpu)")
     parser.add_argument("--name", help="model name, [a-z0-9_]+ (default: <method>_<dataset>)")
     parser.add_argument("--max-batch", type=int, default=64,
                         help="Triton max_batch_size and TensorRT profile max (default: 64)")
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}; train one or give --run", file=sys.stderr)
             return 2
         print(f"using the latest finished run: {run}")
-    cpu_output = None if str(args.cpu_output).lower() == "none" else args.cpu_output
+    output = args.output.resolve()
+    cpu_output = (output.with_name(f"{output.name}_cpu") if args.cpu_output is None
+                  else None if str(args.cpu_output).lower() == "none" else args.cpu_output)
 
     from export.pipeline import export_run
     from export.triton import TritonOptions

@@ -30,8 +30,8 @@ from export import parity
 from export.naming import check_name, model_name
 from export.onnx_export import OPSET, export_onnx, graph_specs
 from export.projection import write_projection
-from export.triton import DEFAULT_OPTIONS, FLAVOURS, ModelSet, TritonOptions, write_repository
-from export.versions import check_compatible
+from export.triton import DEFAULT_OPTIONS, FLAVOURS, ModelSet, TritonOptions, default_names, write_repository
+from export.versions import carried_names, check_compatible
 
 
 class ExportRefused(ValueError):
@@ -159,13 +159,18 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
             models.version_files[TREE_FILE] = info.path / TREE_FILE
         if write_projection(info.path / CLUSTER_SAMPLES_FILE, tmp / PROJECTION_FILE, projection, log):
             models.version_files[PROJECTION_FILE] = tmp / PROJECTION_FILE
-        flavour = FLAVOURS["onnxruntime" if output_kind == "gpu" else "onnxruntime_cpu"]
-        repositories = {flavour.name: write_repository(Path(output), models, flavour, options)}
+        flavours = {Path(output): FLAVOURS["onnxruntime" if output_kind == "gpu" else "onnxruntime_cpu"]}
         if cpu_output is not None:
-            repositories["python"] = write_repository(Path(cpu_output), models, FLAVOURS["python"], options)
+            flavours[Path(cpu_output)] = FLAVOURS["python"]
+        repositories = {}
+        for repository, flavour in flavours.items():
+            names, note = carried_names(repository, models.metadata, default_names(models))
+            if note:
+                log(f"{repository.resolve()}: {note}")
+            repositories[flavour.name] = write_repository(repository, models, flavour, options, names)
     for flavour_name, path in repositories.items():
         log(f"wrote {flavour_name} repository: {name} version {path.name} ({name}, {name}_encoder, {name}_head) "
-            f"under {path.parent.parent}")
+            f"under {path.parent.parent.resolve()}")
     return ExportResult(name, repositories, report, models)
 
 

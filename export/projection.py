@@ -26,7 +26,8 @@ def project_umap(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
     import umap  # umap-learn, in the export extra: heavy (numba), imported only here
 
     neighbours = max(2, min(15, len(embedding) - 1))
-    points = umap.UMAP(n_components=2, n_neighbors=neighbours, metric="cosine", random_state=seed,
+    # n_jobs=1: a seeded UMAP runs on one thread anyway (and warns when asked for more)
+    points = umap.UMAP(n_components=2, n_neighbors=neighbours, metric="cosine", random_state=seed, n_jobs=1,
                        init="random" if len(embedding) < 16 else "spectral").fit_transform(embedding)
     points = points - points.min(0)
     return (points / max(float(points.max()), 1e-12)).astype(np.float32)

@@ -257,13 +257,12 @@ def _stage_component(scratch: Path, name: str, version: int, onnx_file: Path, in
     write_config(scratch / name, component_config(name, inputs, outputs, models.max_batch_size, flavour, options))
 
 
-def default_names(models: ModelSet) -> dict[str, str]:
-    """cluster_names.json as written: the card's names (mapped classes), else "cluster <id>"."""
-    names = cluster_names(models.card, models.metadata.outputs[PROBABILITIES].shape[1])
-    return {str(k): n for k, n in enumerate(names)}
+def default_names(models: ModelSet) -> list[str]:
+    """The cluster names of a new model: the card's (mapped classes), else "cluster <id>"."""
+    return cluster_names(models.card, models.metadata.outputs[PROBABILITIES].shape[1])
 
 
-def _stage_ensemble(scratch: Path, version: int, models: ModelSet, flavour: Flavour) -> None:
+def _stage_ensemble(scratch: Path, version: int, models: ModelSet, flavour: Flavour, names: list[str]) -> None:
     directory = scratch / models.name / str(version)
     directory.mkdir(parents=True)
     write_config(scratch / models.name, ensemble_config(models))
@@ -274,7 +273,7 @@ def _stage_ensemble(scratch: Path, version: int, models: ModelSet, flavour: Flav
         card = dataclasses.replace(models.card, version=version)
         card.write(directory / CARD_FILE)
         files.write_text(directory / CARD_MARKDOWN_FILE, card.markdown())
-    files.write_json(directory / NAMES_FILE, default_names(models))
+    files.write_json(directory / NAMES_FILE, {str(k): n for k, n in enumerate(names)})
     models.metadata.replace(flavour=flavour.name, max_batch_size=models.max_batch_size, version=version).write(
         directory / METADATA_FILE)  # last: its presence marks the version complete
 
@@ -290,8 +289,9 @@ def _publish(scratch: Path, repository: Path, model: str, version: int) -> None:
 
 
 def write_repository(repository: Path, models: ModelSet, flavour: Flavour,
-                     options: TritonOptions = DEFAULT_OPTIONS) -> Path:
+                     options: TritonOptions = DEFAULT_OPTIONS, names: list[str] | None = None) -> Path:
     """Add `models` as a new version of its three Triton models in `repository`; returns NAME/<version>.
+    `names`: its cluster_names.json (default: `default_names`).
 
     Under the repository's export lock: checks the new version's interface against the existing ones,
     builds the version in a scratch directory beside the repository, then renames it in (encoder,
@@ -313,7 +313,7 @@ def write_repository(repository: Path, models: ModelSet, flavour: Flavour,
                              models.encoder_outputs, models, flavour, options)
             _stage_component(scratch, models.head_name, version, models.head_onnx, models.head_inputs,
                              models.head_outputs, models, flavour, options)
-            _stage_ensemble(scratch, version, models, flavour)
+            _stage_ensemble(scratch, version, models, flavour, names or default_names(models))
             for model in (models.encoder_name, models.head_name, models.name):  # the ensemble last
                 _publish(scratch, repository, model, version)
             record_version(repository, models.name, version)

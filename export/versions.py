@@ -33,8 +33,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from contract import files
+from contract.card import ModelCard, cluster_names, read_names
 from contract.metadata import ModelMetadata
-from contract.names import EXPORT_LOCK_FILE, LAST_VERSION_FILE, METADATA_FILE, encoder_model, head_model
+from contract.names import (
+    CARD_FILE,
+    EXPORT_LOCK_FILE,
+    LAST_VERSION_FILE,
+    METADATA_FILE,
+    NAMES_FILE,
+    PROBABILITIES,
+    encoder_model,
+    head_model,
+)
 from contract.repository import complete_versions, model_names, numeric_versions, version_dirs
 
 LOCK_TIMEOUT_S = 600.0
@@ -106,6 +116,32 @@ def check_compatible(repository: Path, metadata: ModelMetadata, force: bool) -> 
         "existing versions first")
 
 
+def carried_names(repository: Path, metadata: ModelMetadata, defaults: list[str]) -> tuple[list[str], str | None]:
+    """The cluster names of a new version of metadata.name: `defaults` with the clusters renamed in the latest
+    version carried over when both versions are exported from the same run (the same clusters), and a line
+    saying what was carried or why not (None when no cluster was renamed)."""
+    latest = latest_metadata(repository, metadata.name)
+    if latest is None:
+        return defaults, None
+    directory = repository / metadata.name / str(latest.version)
+    count = latest.outputs[PROBABILITIES].shape[1]
+    try:
+        names = read_names(directory / NAMES_FILE, count) if (directory / NAMES_FILE).is_file() else {}
+        card = ModelCard.read(directory / CARD_FILE) if (directory / CARD_FILE).is_file() else None
+    except ValueError as err:
+        return defaults, f"note: the cluster names of version {latest.version} are not carried over: {err}"
+    before = cluster_names(card, count)
+    renamed = {k: name for k, name in names.items() if name != before[k]}
+    if not renamed:
+        return defaults, None
+    if latest.source_run != metadata.source_run or count != len(defaults):
+        return defaults, (f"note: the {len(renamed)} cluster name(s) given in version {latest.version} are not carried "
+                          f"over: it was exported from {latest.source_run}, this version from {metadata.source_run}, "
+                          "and the cluster ids of two runs are not the same clusters; name them again")
+    return ([renamed.get(k, name) for k, name in enumerate(defaults)],
+            f"the {len(renamed)} cluster name(s) given in version {latest.version} carried over (same run)")
+
+
 def _discard(path: Path) -> None:
     """Make a directory disappear in one rename, then delete it."""
     if not path.exists():
@@ -146,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="one model (default: all)")
     parser.add_argument("--remove", type=int, metavar="VERSION", help="remove this version of --name (rollback)")
     args = parser.parse_args(argv)
+    if not args.repository.is_dir():
+        print(f"error: model repository {args.repository} does not exist", file=sys.stderr)
+        return 2
+    models = model_names(args.repository)
+    if args.name is not None and args.name not in models:
+        print(f"error: no model {args.name!r} in {args.repository} (models: {models})", file=sys.stderr)
+        return 2
     if args.remove is not None:
         if not args.name:
             print("error: --remove needs --name", file=sys.stderr)
@@ -159,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"removed {args.name} version {args.remove}; now served: "
               f"{(complete_versions(args.repository, args.name) or [None])[-1]}")
         return 0
-    for name in [args.name] if args.name else model_names(args.repository):
+    if not models:
+        print(f"{args.repository} holds no model (export one with `python -m export`)")
+    for name in [args.name] if args.name else models:
         versions = complete_versions(args.repository, name)
-        print(f"{name}: versions {versions} (latest {versions[-1] if versions else None})")
+        print(f"{name}: versions {versions} (latest {versions[-1]})")
     return 0
 
 

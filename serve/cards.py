@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from contract import files
-from contract.card import ModelCard, cluster_names, nearest_centroid_distance
+from contract.card import ModelCard, cluster_names, nearest_centroid_distance, read_names
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from serve.backends.repository import ModelVersion, RepositoryError, resolve
@@ -30,19 +29,6 @@ log = logging.getLogger("serve")
 
 NAME, LOW_CONFIDENCE, OOD_SCORE, OOD = "name", "low_confidence", "ood_score", "ood"
 """The keys of `VersionCard.annotate`: the fields of a /cluster answer and the columns of a bulk shard."""
-
-
-def read_names(path: Path, count: int) -> dict[int, str]:
-    """cluster_names.json {"<id>": "name"} -> {id: name}; ValueError when it is not such a record."""
-    data = files.read_json(path)
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ValueError(f"{path}: expected a JSON object {{\"<cluster id>\": \"name\", ...}}")
-    names = {}
-    for key, value in data.items():
-        if not str(key).isdigit() or int(key) >= count:
-            raise ValueError(f"{path}: {key!r} is not a cluster id (0..{count - 1})")
-        names[int(key)] = value
-    return names
 
 
 @dataclass

@@ -13,6 +13,7 @@ from contract.card import (
     ModelCard,
     cluster_names,
     nearest_centroid_distance,
+    read_names,
 )
 
 
@@ -80,3 +81,13 @@ def test_default_names_are_mapped_classes_made_unique():
     card = ModelCard("m", 1, None, None, None, None, None, None, stats=stats())
     assert cluster_names(card, 3) == ["cat (0)", "cluster 1", "cat (2)"]
     assert cluster_names(None, 2) == ["cluster 0", "cluster 1"]
+
+
+def test_a_names_file_with_a_key_that_is_no_cluster_id_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "cluster_names.json"
+    path.write_text('{"0": "zero", "1": "one"}')
+    assert read_names(path, 2) == {0: "zero", 1: "one"}
+    for bad in ('{"²": "two"}', '{"2": "two"}', '["zero"]', '{"0": 7}'):
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=str(path)):
+            read_names(path, 2)

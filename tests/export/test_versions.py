@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from contract.metadata import ImageInput, ModelMetadata
 from contract.repository import complete_versions
 from export.__main__ import main as export_main
+from export.projection import project_umap
 from export.triton import FLAVOURS, TritonOptions, write_repository
 from export.versions import IncompatibleVersion, RepositoryBusy, export_lock
 from export.versions import main as versions_main
@@ -117,3 +121,61 @@ def test_two_concurrent_exporters_both_succeed_with_their_own_versions(cc_model,
     printed = sorted(line.split(" version ")[1].split()[0] for out, _ in outputs for line in out.splitlines()
                      if line.startswith("wrote onnxruntime repository"))
     assert printed == ["1", "2"]  # each exporter got its own version
+
+
+def test_renamed_clusters_survive_a_new_version_of_the_same_run_and_are_said_dropped_for_another(
+        cc_model, tmp_path, capsys):
+    """Issue 24: a new export version started with default names, the user's renames gone."""
+    repo = shutil.copytree(cc_model.repository, tmp_path / "repo")
+    names_file = repo / cc_model.name / "1" / "cluster_names.json"
+    defaults = json.loads(names_file.read_text())
+    renamed = {**defaults, "0": "round ones", "2": "hooks"}
+    names_file.write_text(json.dumps(renamed))  # as the gateway's rename writes it
+    args = ["--output", str(repo), "--cpu-output", "none", "--projection", "none"]
+    assert export_main(["--run", str(cc_model.run), *args]) == 0
+    assert "the 2 cluster name(s) given in version 1 carried over (same run)" in capsys.readouterr().out
+    assert json.loads((repo / cc_model.name / "2" / "cluster_names.json").read_text()) == renamed
+
+    other = shutil.copytree(cc_model.run, tmp_path / "other-run")
+    assert export_main(["--run", str(other), *args]) == 0
+    out = capsys.readouterr().out
+    assert "the 2 cluster name(s) given in version 2 are not carried over" in out and str(other.resolve()) in out
+    assert json.loads((repo / cc_model.name / "3" / "cluster_names.json").read_text()) == defaults
+
+
+def test_listing_a_missing_repository_or_model_is_an_error(cc_model, tmp_path, capsys):
+    """Issue 24: `--repository /nonexistent` printed nothing and exited 0."""
+    assert versions_main(["--repository", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"error: model repository {tmp_path / 'nowhere'} does not exist\n"
+    assert versions_main(["--repository", str(cc_model.repository), "--name", "nope"]) == 2
+    assert capsys.readouterr().err == f"error: no model 'nope' in {cc_model.repository} (models: ['{cc_model.name}'])\n"
+    (tmp_path / "empty").mkdir()
+    assert versions_main(["--repository", str(tmp_path / "empty")]) == 0
+    assert "holds no model" in capsys.readouterr().out
+    assert versions_main(["--repository", str(cc_model.repository)]) == 0
+    assert capsys.readouterr().out == f"{cc_model.name}: versions [1] (latest 1)\n"
+
+
+def test_an_export_writes_only_where_it_is_told_and_says_where_absolutely(cc_model, tmp_path, monkeypatch, capsys):
+    """Issue 24: `--output /elsewhere` still wrote ./model_repository_cpu, and printed it relative."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = export_main(["--run", str(cc_model.run), "--output", "../elsewhere/repo", "--projection", "none"])
+    out = capsys.readouterr().out
+    assert code == 0 and list(work.iterdir()) == []
+    elsewhere = (tmp_path / "elsewhere").resolve()
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["repo", "repo_cpu"]
+    assert f"under {elsewhere / 'repo'}\n" in out and f"under {elsewhere / 'repo_cpu'}\n" in out
+
+
+def test_the_embedding_map_is_made_without_a_warning(tmp_path):
+    """Issue 24: every export printed UMAP's "n_jobs value 1 overridden to 1 by setting random_state"."""
+    embedding = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    embedding /= np.linalg.norm(embedding, axis=1, keepdims=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        points = project_umap(embedding)
+    assert points.shape == (200, 2) and 0 <= points.min() and points.max() <= 1
+    shown = [w for w in caught if not issubclass(w.category, ImportWarning)]  # ImportWarning: hidden by default
+    assert [str(w.message) for w in shown] == []
