@@ -88,4 +88,9 @@ def head_model(name: str) -> str:
 BULK_SUMMARY_FILE = "summary.json"
 """Counts per cluster, errors, images/s of a bulk job; the gateway's page shows it (--bulk-output)."""
 BULK_GALLERY_DIR = "gallery"
-"""One PNG per cluster, cluster_<id:03d>.png, a few samples each."""
+"""One PNG per cluster that has images (bulk_gallery_file), its most confident ones."""
+
+
+def bulk_gallery_file(cluster: int) -> str:
+    """The gallery of one cluster in BULK_GALLERY_DIR: cluster_<id:03d>.png (zero-padded: they list in order)."""
+    return f"cluster_{cluster:03d}.png"

@@ -13,6 +13,7 @@ images closer to their nearest prototype than this image is to its.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,12 @@ class VersionCard:
             return cls.load(resolve(root, spec.name, spec.version))
         except (RepositoryError, OSError):
             return None
+
+    def with_names(self, names: list[str]) -> VersionCard:
+        """This card with fixed names, which edits of the names file do not change (a bulk job's snapshot)."""
+        if len(names) != self.num_clusters:
+            raise ValueError(f"{len(names)} cluster names for {self.num_clusters} clusters")
+        return dataclasses.replace(self, names_file=None, _names=list(names))
 
     def default_names(self) -> list[str]:
         return cluster_names(self.card, self.num_clusters)

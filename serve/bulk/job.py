@@ -4,11 +4,16 @@
     summary = run_job(opts)          # BulkError (exit 2) before any Ray work when something is missing
 
 OUT after a job:
-    job.json          what the rows depend on (source, model and its export, block size, top-k, embeddings)
+    job.json          what the rows depend on (source, the model version and its export, block size, top-k,
+                      embeddings, image limits) and the cluster names when the job started
     manifest.parquet  the listing: row group b = the paths of block b
     shards/part-<b>.parquet   the rows of block b, written atomically by the actor that ran it
-    summary.json, gallery/cluster_<k>.png
+    summary.json, gallery/cluster_<k:03d>.png (clusters with images)
 
+One job, one model version: the job resolves the model to its latest version when it starts and
+records it; every actor, and every later run on the same OUT, uses exactly that version (a version
+exported meanwhile is not used; a recorded version that is gone is refused with one line), with the
+names recorded at the start (a rename meanwhile does not give one cluster two names).
 Resuming: a block is done when its shard exists, so a job started again on the same OUT runs only the
 blocks without one (a stopped job leaves at most temporary files, which are removed); the listing of
 the first run is kept, so blocks never shift. Ray is imported only here, in `run_blocks`.
@@ -21,6 +26,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +35,17 @@ from typing import Any
 from contract import files
 from contract.metadata import ModelMetadata
 from contract.names import BULK_GALLERY_DIR, BULK_SUMMARY_FILE
+from contract.repository import complete_versions as versions
+from contract.repository import model_names
 from serve.bulk import report
 from serve.bulk.source import Manifest, list_source, write_manifest
 from serve.bulk.worker import BlockWorker, WorkerSpec, shard_path
-from serve.settings import BACKENDS
+from serve.cards import VersionCard
+from serve.settings import BACKENDS, Settings
 
 JOB_FILE = "job.json"
+NAMES = "cluster_names"
+"""job.json: the cluster names when the job started, which every row gets (None: the version has no card)."""
 MANIFEST_FILE = "manifest.parquet"
 SHARDS_DIR = "shards"
 
@@ -64,11 +75,15 @@ class BulkOptions:
     top_k: int = field(default=3, metadata={"help": "most probable clusters kept per image"})
     embeddings: bool = field(default=False, metadata={"help": "also write each image's embedding"})
     gallery_size: int = field(default=8, metadata={"help": "images per cluster gallery (the most confident)"})
+    max_image_bytes: int = field(default=Settings.max_image_bytes, metadata={
+        "help": "largest image file, bytes; a larger one is an error row and is not read (the gateway's limit)"})
+    max_image_pixels: int = field(default=Settings.max_image_pixels, metadata={
+        "help": "largest decoded image, width * height (the gateway's limit)"})
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise BulkError(f"unknown backend {self.backend!r}; choose from {list(BACKENDS)}")
-        for name in ("batch_size", "block_size", "top_k"):
+        for name in ("batch_size", "block_size", "top_k", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise BulkError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("num_cpus", "actors", "threads", "gpus_per_actor", "gallery_size"):
@@ -76,33 +91,55 @@ class BulkOptions:
                 raise BulkError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
 
-def resolve_model(opts: BulkOptions) -> ModelMetadata:
-    """The model the job will run, checked without Ray: BulkError names what is missing."""
-    from serve.backends.repository import onnx_file, read_repository
+def started_job(out: Path) -> dict[str, Any] | None:
+    """job.json of the job started in OUT (None: none was)."""
+    return files.read_json(out / JOB_FILE) if (out / JOB_FILE).is_file() else None
 
+
+def resolve_model(opts: BulkOptions, started: dict[str, Any] | None = None) -> ModelMetadata:
+    """The model version the job runs, checked without Ray: the latest version of --model (or of the
+    repository's only model), or for a job `started` before, the model and version it recorded.
+    BulkError names what is missing."""
+    name = opts.model or (started or {}).get("model")
+    pinned = (started or {}).get("model_version")
     if opts.backend == "triton" and not Path(opts.model_repository).is_dir():
-        models = _triton_models(opts.triton_url)
-    else:
-        try:
-            models = read_repository(opts.model_repository)
-        except ValueError as err:
+        models = _triton_models(opts.triton_url)  # Triton's own models: unversioned
+        name = name or _only(list(models), opts.model_repository)
+        if name not in models:
+            raise BulkError(f"no model {name!r} at Triton {opts.triton_url}; models: {sorted(models)}")
+        return models[name]
+    from serve.backends.repository import RepositoryError, check_root, onnx_file, resolve
+
+    try:
+        names = model_names(check_root(opts.model_repository))
+    except RepositoryError as err:
+        raise BulkError(str(err)) from err
+    name = name or _only(names, opts.model_repository)
+    if name not in names:
+        raise BulkError(f"no model {name!r} in {opts.model_repository}; models: {names}")
+    try:
+        spec = resolve(opts.model_repository, name, pinned).metadata
+    except RepositoryError as err:
+        if pinned is None:
             raise BulkError(str(err)) from err
-    name = opts.model
-    if name is None:
-        if len(models) != 1:
-            raise BulkError(f"{len(models)} models in {opts.model_repository}: choose one with --model "
-                            f"from {sorted(models)}")
-        name = next(iter(models))
-    if name not in models:
-        raise BulkError(f"no model {name!r} in {opts.model_repository}; models: {sorted(models)}")
-    spec = models[name]
+        raise BulkError(f"{opts.output} is a job started with model {name!r} version {pinned}, which "
+                        f"{opts.model_repository} no longer holds (versions: {versions(opts.model_repository, name)}): "
+                        "put that version back to finish the job, or start it again in another --output") from err
+    except ValueError as err:  # a metadata.json that does not parse
+        raise BulkError(f"model {name!r}: {err}") from err
     if opts.backend == "embedded":
         for part in (spec.encoder, spec.head):
             try:
-                onnx_file(opts.model_repository, part)
+                onnx_file(opts.model_repository, part, spec.version)
             except FileNotFoundError as err:
-                raise BulkError(f"model {name!r} is incomplete: {err}") from err
+                raise BulkError(f"model {name!r} version {spec.version} is incomplete: {err}") from err
     return spec
+
+
+def _only(models: list[str], where: str) -> str:
+    if len(models) != 1:
+        raise BulkError(f"{len(models)} models in {where}: choose one with --model from {sorted(models)}")
+    return models[0]
 
 
 def _triton_models(url: str) -> dict[str, ModelMetadata]:
@@ -127,13 +164,15 @@ def _triton_models(url: str) -> dict[str, ModelMetadata]:
 
 def job_record(opts: BulkOptions, spec: ModelMetadata) -> dict[str, Any]:
     """What the rows depend on: a job resumed with any of these changed would mix two kinds of rows."""
-    return {"source": opts.source, "model": spec.name, "model_exported_at": spec.exported_at,
-            "model_source_run": spec.source_run, "block_size": opts.block_size, "top_k": opts.top_k,
-            "embeddings": opts.embeddings}
+    return {"source": opts.source, "model": spec.name, "model_version": spec.version,
+            "model_exported_at": spec.exported_at, "model_source_run": spec.source_run,
+            "block_size": opts.block_size, "top_k": opts.top_k, "embeddings": opts.embeddings,
+            "max_image_bytes": opts.max_image_bytes, "max_image_pixels": opts.max_image_pixels}
 
 
 def prepare_output(opts: BulkOptions, spec: ModelMetadata, log: Callable[[str], None]) -> Manifest:
-    """Create or re-open OUT: the job record, the manifest (listed once), no temporary leftovers."""
+    """Create or re-open OUT: the job record (with the cluster names when it starts), the manifest (listed
+    once), no temporary leftovers."""
     out = Path(opts.output)
     if out.exists() and not out.is_dir():
         raise BulkError(f"--output {out} is a file, not a folder")
@@ -148,7 +187,9 @@ def prepare_output(opts: BulkOptions, spec: ModelMetadata, log: Callable[[str], 
     if not manifest.is_file():
         paths = list_source(opts.source)  # SourceError for a missing source before OUT is created
         out.mkdir(parents=True, exist_ok=True)
-        files.write_json(job_file, record)  # first: a manifest always has the record it was listed for
+        card = VersionCard.find(opts.model_repository, spec)
+        # first: a manifest always has the record it was listed for
+        files.write_json(job_file, {**record, NAMES: None if card is None else card.names()})
         log(f"listing {opts.source} ...")
         count = write_manifest(paths, manifest, opts.block_size, opts.source)
         log(f"{count:,} images in {-(-count // opts.block_size):,} blocks of {opts.block_size}")
@@ -162,15 +203,16 @@ def pending_blocks(out: Path, num_blocks: int) -> list[int]:
     return [b for b in range(num_blocks) if not shard_path(out / SHARDS_DIR, b).is_file()]
 
 
-def pool_size(cpus: float, actors: int, threads: int) -> tuple[int, int]:
-    """(actors, threads per actor) so that actors x threads fits the cluster's CPUs (either may be given)."""
-    cpus = max(1, int(cpus))
+def pool_size(cpus: float, actors: int, threads: int, blocks: int) -> tuple[int, int]:
+    """(actors, threads per actor) so that actors x threads fits the cluster's CPUs (either may be given),
+    and no more actors than `blocks` to run (an actor without a block would only cost its start)."""
+    cpus, blocks = max(1, int(cpus)), max(1, blocks)
     if actors and threads:
-        return actors, threads
-    if actors:
-        return actors, max(1, cpus // actors)
-    threads = threads or 1
-    return max(1, cpus // threads), threads
+        return min(actors, blocks), threads
+    if threads:
+        return max(1, min(cpus // threads, blocks)), threads
+    actors = min(actors or cpus, blocks)
+    return actors, max(1, cpus // actors)
 
 
 @dataclass
@@ -216,38 +258,59 @@ class Progress:
 
 
 def init_ray(opts: BulkOptions) -> None:
+    """Join --address, or start a local Ray; Ray Data says only what goes wrong (the job prints its own progress;
+    Ray Data's full log stays in the session's ray-data.log)."""
+    if not opts.address and "ray" not in sys.modules:
+        # Token authentication, Ray's default for a new local cluster, chosen explicitly (Ray warns when it is
+        # left to the default); read when Ray is imported. A RAY_AUTH_MODE the user set is kept.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
+    import ray.data
 
     if opts.address:
         ray.init(address=opts.address, logging_level=logging.WARNING)
     else:
         ray.init(num_cpus=opts.num_cpus or None, include_dashboard=False, logging_level=logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+            handler.addFilter(lambda record: not record.getMessage().startswith("Progress bars disabled"))
 
 
 def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pending: list[int],
                log: Callable[[str], None]) -> dict[str, Any]:
     """Run `pending` blocks on a Ray actor pool (streaming: a few blocks in flight); returns this run's figures."""
-    import ray
-    import ray.data
-
     lengths = manifest.block_lengths()
     began = time.perf_counter()  # end to end includes Ray's start
     init_ray(opts)
+    import ray
+    import ray.data
+
     try:
-        actors, threads = pool_size(ray.cluster_resources().get("CPU", 1), opts.actors, opts.threads)
+        actors, threads = pool_size(ray.cluster_resources().get("CPU", 1), opts.actors, opts.threads, len(pending))
         out = Path(opts.output).resolve()
+        names = started_job(out)[NAMES]
         worker = WorkerSpec(
-            manifest=str(out / MANIFEST_FILE), shards=str(out / SHARDS_DIR), model=spec.name, backend=opts.backend,
+            manifest=str(out / MANIFEST_FILE), shards=str(out / SHARDS_DIR), model=spec.name, version=spec.version,
+            names=None if names is None else tuple(names), backend=opts.backend,
             model_repository=str(Path(opts.model_repository).resolve()), triton_url=opts.triton_url,
             threads=threads, batch_size=opts.batch_size, block_size=opts.block_size, top_k=opts.top_k,
-            embeddings=opts.embeddings)
-        ray.data.DataContext.get_current().enable_progress_bars = False
+            embeddings=opts.embeddings, max_image_bytes=opts.max_image_bytes, max_image_pixels=opts.max_image_pixels)
         log(f"{len(pending):,} blocks to run on {actors} actor(s) x {threads} thread(s)"
             + (f", {opts.gpus_per_actor} GPU each" if opts.gpus_per_actor else ""))
-        results = ray.data.from_items([{"block": b} for b in pending]).map_batches(
-            BlockWorker, fn_constructor_args=(worker,), batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=threads, num_gpus=opts.gpus_per_actor or None)
+        # max_restarts=0: Ray Data passes an actor's constructor arguments through the object store, with which
+        # Ray cannot restart an actor reliably (ray-project/ray#53727; it logs an error line for every actor when
+        # restarts are on). A lost actor stops the job instead, and the same command resumes it. Ray 2.60 (the
+        # version pinned) takes max_restarts only among the remote arguments it calls deprecated.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+            results = ray.data.from_items([{"block": b} for b in pending]).map_batches(
+                BlockWorker, fn_constructor_args=(worker,), batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=threads, num_gpus=opts.gpus_per_actor or None, max_restarts=0)
         progress = Progress(sum(lengths[b] for b in pending), log, began=began)
         for row in results.iter_rows():
             progress.update(row)
@@ -260,9 +323,12 @@ def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pendi
 def run_job(opts: BulkOptions, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Cluster every image of opts.source into opts.output; returns summary.json's contents."""
     log = log or (lambda msg: print(f"bulk: {msg}", file=sys.stderr, flush=True))
-    spec = resolve_model(opts)
-    manifest = prepare_output(opts, spec, log)
     out = Path(opts.output)
+    started = started_job(out)
+    spec = resolve_model(opts, started)
+    log(f"model {spec.name}" + ("" if spec.version is None else f" version {spec.version}")
+        + (" (recorded when the job started)" if started else ""))
+    manifest = prepare_output(opts, spec, log)
     pending = pending_blocks(out, manifest.num_blocks)
     if len(pending) < manifest.num_blocks:
         log(f"resuming: {manifest.num_blocks - len(pending):,} of {manifest.num_blocks:,} blocks already done")
@@ -270,7 +336,7 @@ def run_job(opts: BulkOptions, log: Callable[[str], None] | None = None) -> dict
     run["blocks"] = len(pending)
     summary = report.summarize(out / SHARDS_DIR, manifest, opts.block_size, spec, opts.gallery_size,
                                out / BULK_GALLERY_DIR)
-    summary.update(source=opts.source, model=spec.name, blocks=manifest.num_blocks,
+    summary.update(source=opts.source, model=spec.name, model_version=spec.version, blocks=manifest.num_blocks,
                    options={k: v for k, v in dataclasses.asdict(opts).items() if k not in ("source", "output")},
                    run=run, cpu_count=os.cpu_count())
     files.write_json(out / BULK_SUMMARY_FILE, summary)

@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 
 from contract import files
 from contract.metadata import ModelMetadata
-from contract.names import CLUSTER
-from serve.bulk.source import PATH, Manifest
+from contract.names import CLUSTER, bulk_gallery_file
+from serve.bulk.source import Manifest
 from serve.bulk.worker import ERROR, INDEX, PROBABILITY, read_image, shard_path
 from serve.cards import LOW_CONFIDENCE, OOD
 
@@ -67,7 +67,7 @@ def scan_shards(shards: Path, manifest: Manifest, block_size: int, num_clusters:
     for block, length in enumerate(manifest.block_lengths()):
         with pq.ParquetFile(shard_path(shards, block)) as shard:  # one open: its schema, then the columns
             flags = [name for name in (LOW_CONFIDENCE, OOD) if name in shard.schema_arrow.names]
-            table = shard.read(columns=[INDEX, PATH, CLUSTER, PROBABILITY, ERROR, *flags])
+            table = shard.read(columns=[INDEX, CLUSTER, PROBABILITY, ERROR, *flags])
         for name in flags:
             flagged[name] = flagged.get(name, 0) + int(pc.sum(table[name].cast("int64")).as_py() or 0)
         index = table[INDEX].to_numpy()
@@ -84,7 +84,7 @@ def scan_shards(shards: Path, manifest: Manifest, block_size: int, num_clusters:
         counts += np.bincount(cluster, minlength=num_clusters)[:num_clusters]
         if gallery_size:
             probability = table[PROBABILITY].to_numpy(zero_copy_only=False)[ok].astype(np.float32)
-            paths = np.array(table[PATH].to_pylist(), dtype=object)[ok]
+            paths = np.array(manifest.block(block), dtype=object)[ok]  # the files' own names, not display_path's
             candidates.add(cluster, probability, index[ok], paths)
     return counts, examples, errors, candidates, flagged
 
@@ -105,14 +105,14 @@ def gallery_png(cluster: int, count: int, paths: list[str], columns: int) -> byt
 
 def summarize(shards: Path, manifest: Manifest, block_size: int, spec: ModelMetadata, gallery_size: int,
               gallery_dir: Path) -> dict[str, Any]:
-    """summary.json's counts (every shard) and the gallery PNGs, one per cluster."""
+    """summary.json's counts (every shard) and the gallery PNGs, one per cluster with images."""
     counts, examples, errors, candidates, flagged = scan_shards(shards, manifest, block_size, spec.num_clusters,
                                                                 gallery_size)
     galleries = []
     if gallery_size:
         gallery_dir.mkdir(parents=True, exist_ok=True)
-        for cluster in range(spec.num_clusters):
-            path = gallery_dir / f"cluster_{cluster:03d}.png"
+        for cluster in np.flatnonzero(counts).tolist():
+            path = gallery_dir / bulk_gallery_file(cluster)
             files.write_bytes(path, gallery_png(cluster, int(counts[cluster]), candidates.of(cluster), gallery_size))
             galleries.append(str(path))
     return {"images": manifest.num_images, "rows": int(counts.sum()) + errors, "clustered": int(counts.sum()),

@@ -8,12 +8,19 @@ paths in a list are relative to the list's folder. Paths that pyarrow's filesyst
 The listing is deterministic (sorted per folder) and streams: at most one block of paths is in
 memory, so a listing of 10^8 files takes constant memory. Block b is row group b of the manifest,
 images [b * block_size, (b + 1) * block_size) of the listing, and is the unit of work and of resuming.
+
+Paths are bytes end to end: a file name that is not UTF-8 (Linux allows any bytes) is kept exactly in
+the manifest (a binary column) and opened as it is; where it is written as text (a shard's `path`,
+an error message) its undecodable bytes appear as `\\xNN` (`display_path`). A listed file is read
+only when it is a regular file no larger than the gateway's per-image limit (`read_listed`): a FIFO
+or a device named in a list is that row's error, never a hang, and a 2 GB file is not read at all.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +31,7 @@ from contract import files
 from contract.names import IMAGE_EXTENSIONS
 
 PATH = "path"
-MANIFEST_SCHEMA = pa.schema([(PATH, pa.string())])
+MANIFEST_SCHEMA = pa.schema([(PATH, pa.binary())])  # the paths' bytes (os.fsencode): any file name fits
 
 
 class SourceError(ValueError):
@@ -33,6 +40,41 @@ class SourceError(ValueError):
 
 def is_uri(path: str) -> bool:
     return "://" in path
+
+
+def display_path(text: str) -> str:
+    """A path (or a message naming one) as UTF-8 text: bytes of a file name that are not UTF-8 (which
+    os.fsdecode keeps as lone surrogates) written as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def read_listed(path: str, max_bytes: int) -> bytes:
+    """The bytes of one listed file; ValueError when it is no regular file (a FIFO, a device: never opened
+    for a blocking read) or larger than `max_bytes` (judged from its size, and no more than max_bytes + 1
+    bytes are ever read)."""
+    if is_uri(path):
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        with filesystem.open_input_stream(inner) as stream:
+            data = stream.read(max_bytes + 1)
+    else:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO does not wait for a writer
+        except FileNotFoundError:
+            raise ValueError("no such file") from None
+        except OSError as err:
+            raise ValueError(f"cannot read: {err.strerror or err}") from None
+        with os.fdopen(fd, "rb") as f:
+            status = os.fstat(f.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise ValueError("not a regular file (a FIFO, socket or device is not read)")
+            if status.st_size > max_bytes:
+                raise ValueError(f"{status.st_size:,} bytes, more than the limit of {max_bytes:,} per image")
+            data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"more than the limit of {max_bytes:,} bytes per image")
+    return data
 
 
 def _is_image(name: str) -> bool:
@@ -79,7 +121,7 @@ def _resolve(entry: str, base: Path) -> str:
 
 
 def _text_list(path: Path) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # a line's bytes are a file's name
         for line in f:
             entry = line.strip()
             if entry and not entry.startswith("#"):
@@ -93,7 +135,7 @@ def _parquet_list(path: Path) -> Iterator[str]:
     for batch in table_file.iter_batches(columns=[PATH], batch_size=65536):
         for entry in batch.column(0).to_pylist():
             if entry:
-                yield _resolve(entry, path.parent)
+                yield _resolve(os.fsdecode(entry), path.parent)  # a string or a binary column
 
 
 def list_source(source: str) -> Iterator[str]:
@@ -123,9 +165,9 @@ def write_manifest(paths: Iterator[str], manifest: Path, block_size: int, source
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     count = 0
     with files.atomic_open(manifest, "wb") as f, pq.ParquetWriter(f, MANIFEST_SCHEMA) as writer:
-        block: list[str] = []
+        block: list[bytes] = []
         for entry in paths:
-            block.append(entry)
+            block.append(os.fsencode(entry))
             if len(block) == block_size:
                 writer.write_table(pa.table({PATH: block}, schema=MANIFEST_SCHEMA), row_group_size=block_size)
                 count += len(block)
@@ -153,7 +195,8 @@ class Manifest:
         return self.file.metadata.num_rows
 
     def block(self, index: int) -> list[str]:
-        return self.file.read_row_group(index, columns=[PATH]).column(0).to_pylist()
+        """The paths of block `index`, as os.fsdecode gives them (open() takes them as they are)."""
+        return [os.fsdecode(p) for p in self.file.read_row_group(index, columns=[PATH]).column(0).to_pylist()]
 
     def block_lengths(self) -> list[int]:
         return [self.file.metadata.row_group(i).num_rows for i in range(self.num_blocks)]

@@ -1,9 +1,10 @@
 """One model actor of the bulk job: a block of the manifest in, its Parquet shard out.
 
 Each actor owns a gateway backend (`serve.backends.make_backend`: the embedded onnxruntime sessions or
-a Triton client, exactly as the gateway builds them) and, per block: reads the paths (row group b of
-the manifest), decodes them with the gateway's preprocessing (`contract.preprocess.prepare_source`)
-on `threads` threads, infers in batches of `batch_size`, and writes `shards/part-<b>.parquet`
+a Triton client, exactly as the gateway builds them) running the one model version the job started
+with, and, per block: reads the paths (row group b of the manifest), within the gateway's per-image
+limits, decodes them with the gateway's preprocessing (`contract.preprocess.prepare_source`) on
+`threads` threads, infers in batches of `batch_size`, and writes `shards/part-<b>.parquet`
 atomically. A file that cannot be read or decoded becomes an error row naming it; the block goes on.
 Writing a block twice (a retried task, a resumed job) writes the same file again: never a second copy.
 
@@ -12,7 +13,8 @@ Shard columns (one row per image, in listing order):
     top_k list<int64> and top_k_probability list<float32> (most probable clusters, best first),
     [embedding list<float32> (D) with embeddings on], [tree_path list<int64>: CoHiClust],
     [name string, low_confidence bool, ood_score float32, ood bool: from the model version's card, as the
-    gateway answers them (serve/cards.py); name alone when the card has no statistics, none without one],
+    gateway answers them (serve/cards.py), the names as the job recorded them when it started; name alone
+    when the card has no statistics, none without one],
     error string (null, or "path: reason" with every model column null)
 """
 
@@ -22,6 +24,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +36,9 @@ from contract import files
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from contract.preprocess import prepare_source
-from serve.bulk.source import PATH, Manifest, is_uri
+from serve.bulk.source import PATH, Manifest, display_path, read_listed
 from serve.cards import LOW_CONFIDENCE, NAME, OOD, OOD_SCORE, VersionCard
+from serve.settings import Settings
 
 INDEX, PROBABILITY, TOP_K, TOP_K_PROBABILITY, TREE_PATH, ERROR = (
     "index", "probability", "top_k", "top_k_probability", "tree_path", "error")
@@ -48,6 +52,8 @@ class WorkerSpec:
     manifest: str
     shards: str
     model: str
+    version: int | None  # the model version the job started with (None: Triton's own models, unversioned)
+    names: tuple[str, ...] | None  # the cluster names the job recorded when it started (None: no card)
     backend: str
     model_repository: str
     triton_url: str
@@ -56,6 +62,8 @@ class WorkerSpec:
     block_size: int
     top_k: int
     embeddings: bool
+    max_image_bytes: int
+    max_image_pixels: int
 
 
 def shard_path(shards: str | Path, block: int) -> Path:
@@ -71,24 +79,19 @@ def rank_clusters(probabilities: np.ndarray, cluster: np.ndarray, k: int) -> tup
     return chosen, order, np.take_along_axis(probabilities, order, axis=1)
 
 
-def read_image(path: str, size: int, channels: int) -> np.ndarray | str:
-    """One listed file -> uint8 (C, S, S), or "path: reason" when it cannot be read or decoded."""
+def read_image(path: str, size: int, channels: int, max_bytes: int = Settings.max_image_bytes,
+               max_pixels: int = Settings.max_image_pixels) -> np.ndarray | str:
+    """One listed file -> uint8 (C, S, S), or "path: reason" (as text: display_path) when it cannot be read
+    within the per-image limits or decoded."""
     try:
-        if not is_uri(path):
-            return prepare_source(path, size, channels)
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        with filesystem.open_input_stream(inner) as stream:
-            data = stream.read()
-        return prepare_source(data, size, channels)
+        return prepare_source(read_listed(path, max_bytes), size, channels, max_pixels)
     # Any failure of one file (decoder bugs included) is that file's error row: one bad file out of
     # 10^8 must not stop the job. The message names the file once.
     except Exception as err:
         text = str(err) if isinstance(err, ValueError | OSError) else f"{type(err).__name__}: {err}"
         for prefix in (f"{path}: ", "image bytes: "):
             text = text.removeprefix(prefix)
-        return f"{path}: {text}"
+        return display_path(f"{path}: {text}")
 
 
 def _masked(values: np.ndarray, ok: np.ndarray, dtype: pa.DataType) -> pa.Array:
@@ -116,7 +119,7 @@ def shard_table(first_index: int, paths: list[str], decoded: list[np.ndarray | s
     ok = np.array([not isinstance(d, str) for d in decoded], dtype=bool)
     columns: dict[str, pa.Array] = {
         INDEX: pa.array(np.arange(first_index, first_index + n, dtype=np.int64)),
-        PATH: pa.array(paths, pa.string()),
+        PATH: pa.array([display_path(p) for p in paths], pa.string()),
     }
     cluster = outputs[CLUSTER].astype(np.int64, copy=False).reshape(-1)
     chosen, top_ids, top_p = rank_clusters(outputs[PROBABILITIES], cluster, top_k)
@@ -153,8 +156,9 @@ class BlockWorker:
         self.loop = asyncio.new_event_loop()  # the backends are asyncio; this actor drives one loop
         self.backend = make_backend(settings)
         self.loop.run_until_complete(self.backend.start())
-        self.model = self.backend.models()[spec.model]
-        self.card = VersionCard.find(spec.model_repository, self.model)
+        self.model = self.loop.run_until_complete(self.backend.select(spec.model, spec.version))
+        card = VersionCard.find(spec.model_repository, self.model)
+        self.card = card if card is None or spec.names is None else card.with_names(list(spec.names))
         self.manifest = Manifest(spec.manifest)
         self.pool = ThreadPoolExecutor(spec.threads, thread_name_prefix="decode") if spec.threads > 1 else None
 
@@ -164,14 +168,14 @@ class BlockWorker:
         return {key: np.array([d[key] for d in done]) for key in done[0]}
 
     def decode(self, paths: list[str]) -> list[np.ndarray | str]:
-        size, channels = self.model.input.size, self.model.input.channels
-        if self.pool is None:
-            return [read_image(p, size, channels) for p in paths]
-        return list(self.pool.map(lambda p: read_image(p, size, channels), paths))
+        read = partial(read_image, size=self.model.input.size, channels=self.model.input.channels,
+                       max_bytes=self.spec.max_image_bytes, max_pixels=self.spec.max_image_pixels)
+        return [read(p) for p in paths] if self.pool is None else list(self.pool.map(read, paths))
 
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        step = self.spec.batch_size
-        parts = [self.loop.run_until_complete(self.backend.infer(self.spec.model, images[i:i + step]))
+        spec = self.spec
+        step = spec.batch_size
+        parts = [self.loop.run_until_complete(self.backend.infer(spec.model, images[i:i + step], spec.version))
                  for i in range(0, len(images), step)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 

@@ -299,7 +299,8 @@ async function loadBulk() {
     `with ${summary.model || "?"}, ${summary.errors || 0} error(s)${flagged}.`;
   $("bulk").replaceChildren(...Object.entries(counts).map(([id, count]) => el("li", { class: "card" },
     el("h3", {}, `${clusterName(Number(id))} (${id}): ${count} images`),
-    el("img", { src: `bulk/galleries/${id}.png`, alt: `samples of cluster ${id}`, class: "gallery" }))));
+    count ? el("img", { src: `bulk/galleries/${id}.png`, alt: `samples of cluster ${id}`, class: "gallery" })
+      : el("p", {}, "no images: no gallery"))));
 }
 
 // --- tabs, drop zone, start ------------------------------------------------------------------------------

@@ -192,5 +192,8 @@ def test_a_bulk_jobs_output_can_be_browsed(browser, repository, tmp_path, digits
         shown = page.locator("#bulk li")
         assert shown.count() == len(summary["clusters"])
         page.wait_for_function("[...document.querySelectorAll('#bulk img')].every((i) => i.complete)")
+        # a gallery per cluster with images, each one shown (an empty cluster has none: no broken image)
+        assert page.locator("#bulk img").count() == sum(1 for n in summary["clusters"].values() if n)
+        assert page.evaluate("[...document.querySelectorAll('#bulk img')].every((i) => i.naturalWidth > 0)")
         _shot(page, "bulk")
         page.close()

@@ -30,3 +30,20 @@ def test_metric_reader_sums_matching_samples():
     assert metric(text, "x_total") == 12.0
     with pytest.raises(AssertionError):
         assert metric(text, "x_total", a="9") > 0
+
+
+def test_a_shifted_version_puts_every_image_one_cluster_further(cc_model, tmp_path):
+    import shutil
+
+    from contract.metadata import ModelMetadata
+    from tests.support.repository import add_shifted_version
+    from tests.support.serving import digit_pngs, files, gateway
+
+    repo = shutil.copytree(cc_model.repository, tmp_path / "repo")
+    assert add_shifted_version(repo, cc_model.name) == 2
+    images = [(f"{i}.png", data) for i, data in enumerate(digit_pngs(40))]
+    with gateway(repo) as client:
+        answers = {v: [r["cluster"] for r in client.post("/cluster", files=files(images), params={"version": v})
+                       .json()["results"]] for v in (1, 2)}
+    count = ModelMetadata.read(repo / cc_model.name / "1" / "metadata.json").num_clusters
+    assert len(set(answers[1])) > 1 and answers[2] == [(c + 1) % count for c in answers[1]]

@@ -31,3 +31,33 @@ def assert_valid(repository: Path, name: str) -> list[int]:
         for part in ("encoder", "head"):
             assert (repository / f"{name}_{part}" / str(version) / "model.onnx").is_file()
     return versions
+
+
+def add_shifted_version(repository: Path, name: str) -> int:
+    """Add version v+1 of `name` that puts every image one cluster further (cluster k -> k+1 mod K): the latest
+    version's files with the rows of the head's last layer (the Gemm before the softmax) rolled by one.
+    Answers of the two versions differ for every image, so a test can tell which version gave a row."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    version = complete_versions(repository, name)[-1]
+    new = version + 1
+    for model in (f"{name}_encoder", f"{name}_head", name):  # the ensemble's (metadata.json) last
+        shutil.copytree(repository / model / str(version), repository / model / f".{new}.tmp")
+    head_file = repository / f"{name}_head" / f".{new}.tmp" / "model.onnx"
+    graph = onnx.load(head_file)
+    (softmax,) = [n for n in graph.graph.node if n.op_type == "Softmax" and n.output == ["probabilities"]]
+    (gemm,) = [n for n in graph.graph.node if n.output == [softmax.input[0]]]
+    for initializer in graph.graph.initializer:
+        if initializer.name in gemm.input[1:]:
+            initializer.CopyFrom(numpy_helper.from_array(np.roll(numpy_helper.to_array(initializer), 1, axis=0),
+                                                         initializer.name))
+    onnx.save(graph, head_file)
+    meta_file = repository / name / f".{new}.tmp" / "metadata.json"
+    ModelMetadata.read(meta_file).replace(version=new, exported_at="2099-01-01T00:00:00+00:00").write(meta_file)
+    for model in (f"{name}_encoder", f"{name}_head", name):
+        (repository / model / f".{new}.tmp").rename(repository / model / str(new))
+    return new
