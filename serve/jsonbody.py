@@ -212,9 +212,11 @@ class _Scanner:
             self._string(MAX_IGNORED_BYTES, what, _invalid)
         elif char is not None and char in b"-0123456789":
             self._number(what)
-        elif not any(self._literal(word) for word in (b"true", b"false", b"null")):
+        elif char in (ord("["), ord("{")):
             raise _invalid(f"{what} is not used by this API, and is ignored only when it holds a string, number, "
                            "boolean or null")
+        elif not any(self._literal(word) for word in (b"true", b"false", b"null")):
+            raise bad_request(f"body is not valid JSON: expected a value for {what} at byte {self.pos}")
 
     # -- the accepted shapes -------------------------------------------------------------------
     def _data(self, where: str) -> memoryview | bytes:
@@ -300,8 +302,11 @@ class _Scanner:
                                 bad_request("input is empty: give one or more images"))
 
     def _optional_integer(self, what: str) -> int | None:
-        if self._peek() == ord("n") and self._literal(b"null"):
+        char = self._peek()
+        if char == ord("n") and self._literal(b"null"):
             return None
+        if char is None or char not in b"-0123456789":
+            raise _invalid(f"{what} must be an integer or null")
         number = self._number(what)
         if _INTEGER.match(number):
             return int(number)
