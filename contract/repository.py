@@ -5,9 +5,11 @@
     NAME/<v>/card.json, ...     the version's model card, cluster names, parity files (contract.names)
     NAME_encoder/<v>/, NAME_head/<v>/   the graphs of version v (written before NAME/<v>)
 
-Versions are positive integers; every export adds one (export/triton.py). A model is servable while at
-least one of its versions is complete; the latest is the highest. Deleting NAME/<v> (then the encoder's
-and head's <v>) rolls back to the version before it. Torch-free, numpy-free.
+Versions are positive integers, their directories named in ASCII digits without a leading zero (Triton
+ignores other names; "²".isdigit() is true, but it names no version); every export adds one
+(export/triton.py). A model is servable while at least one of its versions is complete; the latest is
+the highest. Deleting NAME/<v> (then the encoder's and head's <v>) rolls back to the version before it.
+Torch-free, numpy-free.
 """
 
 from __future__ import annotations
@@ -17,11 +19,21 @@ from pathlib import Path
 from contract.names import METADATA_FILE, encoder_model, head_model
 
 
+def version_number(name: str) -> int | None:
+    """The version a directory name stands for (1, 2, ...), or None: Triton's rule, ASCII digits, no leading 0."""
+    return int(name) if name.isascii() and name.isdigit() and not name.startswith("0") else None
+
+
+def looks_like_a_version(name: str) -> bool:
+    """A directory name meant as a version number that is none ("²", "٣", "007", "0"): worth a word to the user."""
+    return name.isdigit() and version_number(name) is None
+
+
 def numeric_versions(model_dir: Path) -> list[int]:
     """Version directories of one Triton model directory (any content), ascending."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) > 0 and p.is_dir())
+    return sorted(v for p in model_dir.iterdir() if (v := version_number(p.name)) is not None and p.is_dir())
 
 
 def complete_versions(root: str | Path, name: str) -> list[int]:
@@ -36,7 +48,7 @@ def model_names(root: str | Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted({p.parent.parent.name for p in root.glob(f"*/*/{METADATA_FILE}")
-                   if p.parent.name.isdigit() and complete_versions(root, p.parent.parent.name)})
+                   if version_number(p.parent.name) is not None and complete_versions(root, p.parent.parent.name)})
 
 
 def legacy_models(root: str | Path) -> list[str]:

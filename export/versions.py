@@ -45,7 +45,7 @@ from contract.names import (
     encoder_model,
     head_model,
 )
-from contract.repository import complete_versions, model_names, numeric_versions, version_dirs
+from contract.repository import complete_versions, model_names, numeric_versions, version_dirs, version_number
 
 LOCK_TIMEOUT_S = 600.0
 
@@ -84,8 +84,8 @@ def next_version(repository: Path, name: str) -> int:
     (a removed version's number is never given again, so no reader can mistake a new version for an old one)."""
     taken = [v for m in (name, encoder_model(name), head_model(name)) for v in numeric_versions(repository / m)]
     recorded = repository / name / LAST_VERSION_FILE
-    if recorded.is_file() and recorded.read_text().strip().isdigit():
-        taken.append(int(recorded.read_text().strip()))
+    if recorded.is_file() and (last := version_number(recorded.read_text().strip())) is not None:
+        taken.append(last)
     return max(taken, default=0) + 1
 
 

@@ -6,6 +6,8 @@ Every flag has a DCS_* environment variable (--max-batch-size <-> DCS_MAX_BATCH_
 from __future__ import annotations
 
 import argparse
+import asyncio
+import socket
 import sys
 
 from contract.cli import add_dataclass_arguments
@@ -39,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     except RepositoryError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:  # the port first: a port in use is one line and exit 2, before any model is loaded or "ready" said
+        listening = listen(settings.host, settings.port)
+    except OSError as err:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {err.strerror or err}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
@@ -50,9 +57,35 @@ def main(argv: list[str] | None = None) -> int:
                             settings.body_timeout_s, app.state.gateway.metrics)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, http=guard.protocol(), timeout_keep_alive=settings.keepalive_timeout_s,
-                            h11_max_incomplete_event_size=settings.max_header_bytes, backlog=BACKLOG)
-    GuardedServer(config).run()
-    return 0
+                            h11_max_incomplete_event_size=settings.max_header_bytes, backlog=BACKLOG,
+                            timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    server = GuardedServer(config)
+
+    async def serve() -> int:
+        try:  # the models before the server starts (its lifespan finds them ready): none that loads is exit 2
+            await app.state.gateway.start()
+        except RepositoryError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        await server.serve(sockets=[listening])
+        return 0
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        return runner.run(serve())
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound (OSError when the address is in use or not this machine's)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts reuse the port at once
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 if __name__ == "__main__":

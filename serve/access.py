@@ -1,4 +1,4 @@
-"""Request ids and access log lines (text or JSON), and the gateway's log configuration.
+r"""Request ids and access log lines (text or JSON), and the gateway's log configuration.
 
 Every request gets an id: the client's `X-Request-ID` when it is a sane token (letters, digits and
 `._:-`, at most 128 characters), else a new one; it is echoed in the response's X-Request-ID, kept in
@@ -6,6 +6,11 @@ Every request gets an id: the client's `X-Request-ID` when it is a sane token (l
 
     text: 127.0.0.1:51234 "POST /cluster?model=digits" 200 12.3 ms rid=4f1c...
     json: {"event": "access", "client": "127.0.0.1:51234", "method": "POST", "path": "/cluster", ...}
+
+What a client sent is written escaped: in text lines every character that is not printable (a line
+break from `%0a`, an ESC from `%1b`, a right-to-left override) as `\n`, `\x1b`, `\u202e`, and `"` and `\`
+inside the quoted request as `\"` and `\\`, so that a request can neither forge a log line nor drive the
+terminal that shows the log; JSON lines escape them as JSON does.
 """
 
 from __future__ import annotations
@@ -21,6 +26,16 @@ from typing import Any
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("serve.access")
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable written as its escape (\\n, \\x1b, \\u202e)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def quoted_field(text: str) -> str:
+    """`text` for a double-quoted field of a text log line: printable, its `\\` and `"` escaped."""
+    return printable(text.replace("\\", "\\\\").replace('"', '\\"'))
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> str:
@@ -72,7 +87,18 @@ class AccessLogMiddleware:
                                         "duration_ms": round(ms, 2), "request_id": rid}))
         else:
             target = scope["path"] + (f"?{query}" if query else "")
-            access_log.info('%s "%s %s" %d %.1f ms rid=%s', where, scope["method"], target, status, ms, rid)
+            access_log.info('%s "%s %s" %d %.1f ms rid=%s', where, quoted_field(scope["method"]), quoted_field(target),
+                            status, ms, rid)
+
+
+class TextFormatter(logging.Formatter):
+    """Log records as text lines whose message has no character that is not printable (tracebacks, added
+    after the message, keep their lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        escaped = logging.makeLogRecord(record.__dict__)
+        escaped.message = printable(record.message)
+        return super().formatMessage(escaped)
 
 
 class JSONFormatter(logging.Formatter):
@@ -93,7 +119,7 @@ def configure_logging(level: str, log_format: str) -> None:
     """The gateway's own loggers ("serve", "serve.access") to stderr, as text or JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if log_format == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                         TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger = logging.getLogger("serve")
     logger.handlers[:] = [handler]
     logger.setLevel(getattr(logging, level.upper(), logging.DEBUG))  # uvicorn also has "trace"

@@ -40,6 +40,7 @@ from contract.card import cluster_names
 from contract.names import PROBABILITIES
 from serve import __version__
 from serve.access import AccessLogMiddleware
+from serve.admission import AdmissionMiddleware
 from serve.answers import cluster_results, embed_results, model_summary, public_metadata
 from serve.auth import api_key_dependencies
 from serve.backends import Backend, make_backend
@@ -101,7 +102,8 @@ def core_router(gateway: Gateway) -> APIRouter:
                   "ready": gateway.warm.get(name, False), "runtime": gateway.backend.describe(name),
                   "metadata": public_metadata(spec)}
                  for name, spec in gateway.backend.models().items()]
-        return FastJSONResponse({"backend": gateway.backend.name, "models": items})
+        return FastJSONResponse({"backend": gateway.backend.name, "models": items,
+                                 "unavailable": gateway.unavailable()})
 
     @router.get("/models/{name}", response_model=ModelCardResponse, responses=documented_errors(key, (401, 404, 422)),
                 dependencies=protected, summary="A model's card and cluster names", operation_id="getModelCard")
@@ -128,7 +130,8 @@ def core_router(gateway: Gateway) -> APIRouter:
         if gateway.ready and not healthy:
             detail = "the inference server does not answer"
         body = {"ready": healthy, "backend": gateway.backend.name, "models": dict(gateway.warm),
-                "detail": detail and public_text(detail)}
+                "detail": detail and public_text(detail),
+                "unavailable": gateway.unavailable()}
         return FastJSONResponse(body, status_code=200 if healthy else 503)
 
     @router.get("/metrics", dependencies=protected, responses=model_errors, summary="Prometheus metrics",
@@ -209,10 +212,13 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                   description="Deep image clustering: cluster ids, names, probabilities, confidence and "
                               "novelty flags, and embeddings of images; OpenAI-compatible /v1/embeddings.")
     app.state.gateway = gateway
-    app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
+    # outermost last: the access log and the metrics see every request, CORS answers preflights (they carry no
+    # key), admission refuses before a route reads a body
+    app.add_middleware(AdmissionMiddleware, settings=settings, metrics=gateway.metrics)
     if settings.origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After"])
+    app.add_middleware(MetricsMiddleware, metrics=gateway.metrics)
     app.add_middleware(AccessLogMiddleware, enabled=settings.access_log, json_lines=settings.log_format == "json")
     add_docs(app)
     add_error_handlers(app, gateway)

@@ -14,13 +14,16 @@ images closer to their nearest prototype than this image is to its.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from contract import files
 from contract.card import ModelCard, cluster_names, nearest_centroid_distance, read_names
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
@@ -30,6 +33,41 @@ log = logging.getLogger("serve")
 
 NAME, LOW_CONFIDENCE, OOD_SCORE, OOD = "name", "low_confidence", "ood_score", "ood"
 """The keys of `VersionCard.annotate`: the fields of a /cluster answer and the columns of a bulk shard."""
+MAX_NAME_LENGTH = 100
+
+
+def clean_name(text: str) -> str:
+    """A cluster name as it is stored: trimmed; ValueError when that is empty, longer than MAX_NAME_LENGTH, or
+    holds a character that is not printable (a line break, NUL, a right-to-left override)."""
+    name = text.strip()
+    if not name:
+        raise ValueError("a cluster name cannot be empty or blank")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"a cluster name has at most {MAX_NAME_LENGTH} characters, got {len(name)}")
+    hidden = sorted({c.encode("unicode_escape").decode("ascii") for c in name if not c.isprintable()})
+    if hidden:
+        raise ValueError(f"a cluster name cannot hold characters that are not printable: {', '.join(hidden)}")
+    return name
+
+
+def write_cluster_name(names_file: Path, count: int, cluster: int, name: str) -> str | None:
+    """Write `name` for `cluster` into a version's names file, under a lock on the version's directory, reading
+    the file again first (another gateway on the same repository may have just written it) and replacing it
+    atomically. A file that does not read is replaced (its other names fall back to the card's); the
+    returned note says so (None: nothing was lost)."""
+    directory = os.open(names_file.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)  # released when closed
+        note = None
+        try:
+            names = read_names(names_file, count) if names_file.is_file() else {}
+        except (OSError, ValueError) as err:
+            names, note = {}, f"replaced a names file that did not read ({err})"
+        names[cluster] = name
+        files.write_json(names_file, {str(k): v for k, v in sorted(names.items())})
+    finally:
+        os.close(directory)
+    return note
 
 
 @dataclass

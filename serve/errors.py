@@ -80,6 +80,12 @@ def backend_unavailable(message: str) -> GatewayError:
     return GatewayError(503, message, "backend_unavailable", retry_after=1)
 
 
+def version_unavailable(message: str) -> GatewayError:
+    """A model version on disk that cannot be served (it does not load): 503 with the reason, no Retry-After
+    (it does not mend by itself)."""
+    return GatewayError(503, message, "version_unavailable")
+
+
 def backend_error(message: str) -> GatewayError:
     return GatewayError(502, message, "backend_error")
 

@@ -29,7 +29,7 @@ from contract.names import CLUSTER
 from serve.backends import Backend
 from serve.batching import Batcher
 from serve.cards import LOW_CONFIDENCE, OOD, VersionCard
-from serve.errors import GatewayError, backend_unavailable, bad_request, client_gone
+from serve.errors import GatewayError, backend_unavailable, bad_request, client_gone, public_text
 from serve.images import IMAGES_FORM, RequestBody, RequestForm, Upload, prepare_uploads, read_body
 from serve.metrics import Metrics
 from serve.settings import Settings
@@ -102,14 +102,22 @@ class Gateway:
                 log.info("%s", self.summary())
 
     def summary(self, headline: str = "gateway ready") -> str:
-        """The start-up line: backend, and per model its versions and the providers really used."""
+        """The start-up line: backend, per model its versions and the providers really used, and the versions
+        not served."""
         parts = []
         for name, spec in sorted(self.backend.models().items()):
             runtime = self.backend.describe(name)
             providers = runtime.get("providers") or runtime.get("url", "")
             parts.append(f"{name} (version {spec.version}, versions {self.backend.versions(name) or '-'}, "
                          f"{spec.method} on {spec.dataset}, {providers})")
-        return f"{headline}: backend {self.backend.name}, {len(parts)} model(s): " + "; ".join(parts)
+        unavailable = [f"{u['model']} {u['version']}" for u in self.unavailable()]
+        return (f"{headline}: backend {self.backend.name}, {len(parts)} model(s): " + "; ".join(parts)
+                + (f"; not served (see /models): {', '.join(unavailable)}" if unavailable else ""))
+
+    def unavailable(self) -> list[dict[str, str]]:
+        """Versions on disk that are not served, with why, as clients see it (/models, /readyz: no host paths)."""
+        return [{"model": model, "version": version, "reason": public_text(reason)}
+                for model, bad in self.backend.unavailable().items() for version, reason in bad.items()]
 
     def watch(self) -> None:
         """Start polling the backend for new and removed versions every settings.repository_poll_s seconds."""
@@ -121,8 +129,10 @@ class Gateway:
             await asyncio.sleep(self.settings.repository_poll_s)
             try:
                 if await self.backend.refresh():
-                    for name, spec in self.backend.models().items():
-                        self.warm[name] = True  # a backend switches only to versions that loaded (and warmed up)
+                    served = self.backend.models()
+                    # a backend switches only to versions that loaded (and warmed up)
+                    self.warm = {name: True for name in served}
+                    for name, spec in served.items():
                         self.metrics.served_version.labels(name).set(spec.version or 0)
                     await self._forget_removed_versions()
                     log.info("%s", self.summary("models changed"))

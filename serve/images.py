@@ -101,7 +101,7 @@ async def read_body(request: Request, settings: Settings, pool: Executor, form: 
                     ) -> RequestBody:
     """The images of a request, in order, still encoded; raises GatewayError (400/413/415/422)."""
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > settings.max_request_bytes:
         raise closing(too_large(f"request body of {length} bytes is larger than {settings.max_request_bytes} bytes"))
     mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if form.multipart and mime == "multipart/form-data":

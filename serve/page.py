@@ -16,7 +16,9 @@ not run here. Everything else the page shows comes from the public API (/models,
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
@@ -26,7 +28,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from contract import files
 from contract.names import (
@@ -37,21 +39,34 @@ from contract.names import (
     PROBABILITIES,
     PROJECTION_FILE,
     TREE_FILE,
+    bulk_gallery_file,
 )
 from serve.auth import api_key_dependencies
 from serve.backends.repository import ModelVersion, RepositoryError, resolve
-from serve.cards import read_names
-from serve.errors import bad_request, not_found
+from serve.cards import MAX_NAME_LENGTH, clean_name, write_cluster_name
+from serve.errors import bad_request, not_found, version_unavailable
 from serve.gateway import Gateway
 from serve.schemas import documented_errors
 
+log = logging.getLogger("serve")
 STATIC = Path(__file__).with_name("static")
 PLACE_NEIGHBOURS = 10
-MAX_NAME_LENGTH = 100
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+"""The page's Content-Security-Policy: its own files and the API only (thumbnails of dropped files are blob:)."""
+BULK_SUMMARY_FIELDS = ("images", "rows", "clustered", "errors", "low_confidence", "ood", "clusters", "model",
+                       "model_version", "blocks", "cluster_names", "galleries")
+"""What /bulk/summary shows of summary.json: counts and names, no host path (source, options, error examples)."""
 
 
 class ClusterName(BaseModel):
-    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, description="the cluster's new name")
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, description="the cluster's new name: 1 to "
+                      f"{MAX_NAME_LENGTH} printable characters, trimmed")
+
+    @field_validator("name")
+    @classmethod
+    def _clean(cls, value: str) -> str:
+        return clean_name(value)
 
 
 @lru_cache(maxsize=16)
@@ -90,7 +105,8 @@ def page_router(gateway: Gateway) -> APIRouter:
 
     @router.get("/", include_in_schema=False)
     async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        return FileResponse(STATIC / "index.html", media_type="text/html",
+                            headers={"Content-Security-Policy": PAGE_POLICY})
 
     async def served_version(name: str, version: int | None) -> ModelVersion:
         spec = await gateway.spec(name, version)
@@ -98,6 +114,8 @@ def page_router(gateway: Gateway) -> APIRouter:
             return resolve(gateway.settings.repository_path, spec.name, spec.version)
         except RepositoryError as err:
             raise not_found(f"model {name!r}: {err}") from err
+        except ValueError as err:  # its metadata.json no longer reads: the poll will stop serving it
+            raise version_unavailable(f"model {name!r} version {spec.version} is unavailable: {err}") from err
 
     @router.get("/models/{name}/clusters/{cluster}/samples/{k}.png", dependencies=protected, responses=error_docs,
                 response_class=Response, summary="A training image of a cluster (PNG)", operation_id="getClusterSample")
@@ -119,9 +137,9 @@ def page_router(gateway: Gateway) -> APIRouter:
         count = chosen.metadata.outputs[PROBABILITIES].shape[1]
         if not 0 <= cluster < count:
             raise bad_request(f"cluster {cluster} does not exist: model {name!r} has clusters 0..{count - 1}")
-        names = read_names(chosen.names_file, count) if chosen.names_file.is_file() else {}
-        names[cluster] = body.name.strip()
-        files.write_json(chosen.names_file, {str(k): v for k, v in sorted(names.items())})
+        note = await asyncio.to_thread(write_cluster_name, chosen.names_file, count, cluster, body.name)
+        if note:
+            log.warning("model %s version %s: %s", name, chosen.version, note)
         return Response(status_code=204)
 
     @router.get("/models/{name}/tree", dependencies=protected, responses=error_docs, summary="CoHiClust's tree",
@@ -159,15 +177,14 @@ def page_router(gateway: Gateway) -> APIRouter:
     async def bulk_summary() -> Response:
         summary = _bulk_file(gateway.settings.bulk_output, BULK_SUMMARY_FILE)
         data = files.read_json(summary)
-        data["galleries"] = [PurePath(g).name for g in data.get("galleries", [])]  # no host paths
-        data.pop("source", None)
-        return JSONResponse(data)
+        data["galleries"] = [PurePath(g).name for g in data.get("galleries", [])]
+        return JSONResponse({k: data[k] for k in BULK_SUMMARY_FIELDS if k in data})
 
     @router.get("/bulk/galleries/{cluster}.png", dependencies=protected, responses=error_docs, response_class=Response,
                 summary="A bulk job's gallery of one cluster", operation_id="getBulkGallery")
     async def bulk_gallery(cluster: int) -> FileResponse:
-        return FileResponse(_bulk_file(gateway.settings.bulk_output, f"{BULK_GALLERY_DIR}/cluster_{cluster:03d}.png"),
-                            media_type="image/png")
+        gallery = _bulk_file(gateway.settings.bulk_output, f"{BULK_GALLERY_DIR}/{bulk_gallery_file(cluster)}")
+        return FileResponse(gallery, media_type="image/png")
 
     return router
 

@@ -151,9 +151,18 @@ class ModelInfo(BaseModel):
     metadata: dict[str, Any] = Field(description="the model's metadata.json as exported")
 
 
+class UnavailableVersion(BaseModel):
+    """A version on disk that is not served."""
+
+    model: str
+    version: str = Field(description="the version's directory name (a number, or a name that is none)")
+    reason: str = Field(description="why it cannot be served: it does not load, or its files are missing or corrupt")
+
+
 class ModelsResponse(BaseModel):
     backend: str
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="served models, each at its newest version that loads")
+    unavailable: list[UnavailableVersion] = Field(default_factory=list, description="versions not served, and why")
 
 
 class Health(BaseModel):
@@ -165,12 +174,16 @@ class Readiness(BaseModel):
     backend: str
     models: dict[str, bool] = Field(description="model name -> warm-up inference succeeded")
     detail: str | None = None
+    unavailable: list[UnavailableVersion] = Field(
+        default_factory=list, description="versions not served, and why (ready while every model that has a version "
+        "that loads serves it)")
 
 
 class ErrorBody(BaseModel):
     status: int
     kind: str = Field(description="bad_request, unauthorized, not_found, too_large, unsupported_media_type, "
-                                  "validation, queue_full, backend_unavailable, backend_error, ...")
+                                  "validation, queue_full, backend_unavailable, version_unavailable, backend_error, "
+                                  "...")
     message: str
 
 

@@ -33,7 +33,14 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
     port: int = field(default=8080, metadata={"help": "port to listen on"})
     api_key: str = field(default="", metadata={
-        "help": "if set, required as X-API-Key or Authorization: Bearer on all endpoints but /healthz, /readyz"})
+        "help": "if set, required as X-API-Key or Authorization: Bearer on every route but /healthz and the page's "
+                "own files (/, /static/), checked before a request's body is read"})
+    open_docs: bool = field(default=False, metadata={
+        "help": "with an API key: serve /docs and /openapi.json without it (the API's description, no data)"})
+    allowed_hosts: str = field(default="", metadata={
+        "help": "comma-separated Host header values answered (names or addresses, without the port; * for any); "
+                "other hosts get 400, against DNS rebinding. Empty: the address clients reach the gateway at "
+                "(--public-host, else --host; any host when that is 0.0.0.0 or ::), localhost, 127.0.0.1 and ::1"})
     public_host: str = field(default="", metadata={
         "help": "the address clients reach the gateway at, when it differs from --host (a container's published "
                 "address); without an API key, the gateway starts only if this (else --host) is loopback"})
@@ -60,6 +67,9 @@ class Settings:
         "help": "time for a request's line and headers to arrive (nginx client_header_timeout: 60 s)"})
     body_timeout_s: float = field(default=30.0, metadata={
         "help": "longest pause between two reads of a request body (nginx client_body_timeout: 60 s)"})
+    shutdown_timeout_s: float = field(default=30.0, metadata={
+        "help": "after SIGTERM, how long requests in flight may take to finish; then they are cut and the process "
+                "exits (Kubernetes' terminationGracePeriodSeconds: 30 s; uvicorn: no limit)"})
     keepalive_timeout_s: float = field(default=75.0, metadata={
         "help": "idle time before a keep-alive connection is closed (nginx keepalive_timeout: 75 s; uvicorn: 5 s, "
                 "shorter than most clients' and load balancers' own, which makes them race the close); idle "
@@ -101,7 +111,8 @@ class Settings:
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
         if self.repository_poll_s < 0:
             raise ValueError(f"repository_poll_s must be >= 0, got {self.repository_poll_s}")
-        for name in ("decode_timeout_ms", "header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+        for name in ("decode_timeout_ms", "header_timeout_s", "body_timeout_s", "keepalive_timeout_s",
+                     "shutdown_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_images_per_request > self.queue_size:
@@ -111,6 +122,17 @@ class Settings:
     @property
     def origins(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def hosts(self) -> frozenset[str] | None:
+        """The Host header values answered, lower case and without the port (None: any)."""
+        given = {h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",") if h.strip()}
+        if not given:
+            reached = (self.public_host or self.host).lower().strip("[]")
+            if reached in ("0.0.0.0", "::", ""):
+                return None
+            given = {reached, "localhost", "127.0.0.1", "::1"}
+        return None if "*" in given else frozenset(given)
 
     @property
     def repository_path(self) -> Path:

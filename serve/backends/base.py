@@ -39,6 +39,11 @@ class Backend(abc.ABC):
         """Servable versions of `model`, ascending ([] for a backend without versions)."""
         return []
 
+    def unavailable(self) -> dict[str, dict[str, str]]:
+        """Versions on disk that are not served, with why: {model: {version directory: reason}}; a model whose
+        every version is here is not among `models()`."""
+        return {}
+
     async def select(self, model: str, version: int | None) -> ModelMetadata:
         """The metadata of the version a request asks for (None: the latest); GatewayError 404 if absent."""
         models = self.models()

@@ -20,9 +20,9 @@ import numpy as np
 
 from contract.metadata import ImageInput, ModelMetadata, TensorSpec
 from contract.names import CLUSTER, FEATURES, IMAGES, PROBABILITIES, REQUIRED_OUTPUTS
-from contract.repository import model_names
+from contract.repository import model_names, version_number
 from serve.backends.base import Backend
-from serve.backends.repository import resolve, versions
+from serve.backends.repository import RepositoryScan, resolve, scan
 from serve.errors import GatewayError, backend_error, backend_unavailable, not_found
 
 log = logging.getLogger("serve")
@@ -51,6 +51,7 @@ class TritonBackend(Backend):
         self._client: Any = None
         self._specs: dict[str, ModelMetadata] = {}  # the latest servable version of each model
         self._versions: dict[str, list[int]] = {}  # servable versions (repository mode)
+        self._scan = RepositoryScan()  # the repository at the last refresh
         self._limits: dict[str, int] = {}  # Triton's max_batch_size per model (0: no batching)
 
     def _connect(self) -> Any:
@@ -82,25 +83,34 @@ class TritonBackend(Backend):
             index = await self._connect().get_model_repository_index(as_json=True, client_timeout=self.timeout_s)
         except Exception as err:
             raise _map_error(err, "listing models") from err
-        return {(e["name"], int(e["version"])) for e in index.get("models", [])
-                if e.get("state") == "READY" and str(e.get("version", "")).isdigit()}
+        return {(e["name"], v) for e in index.get("models", [])
+                if e.get("state") == "READY" and (v := version_number(str(e.get("version", "")))) is not None}
 
     async def refresh(self) -> bool:
         """Servable versions: complete on disk, encoder and head READY in Triton; the latest of each served."""
         if not self.versioned:
             return False
         ready = await self._ready()
+        self._scan = await asyncio.to_thread(scan, self.repository)
         found: dict[str, list[int]] = {}
-        for name in model_names(self.repository):
-            spec = resolve(self.repository, name).metadata
-            found[name] = [v for v in versions(self.repository, name)
-                           if (spec.encoder, v) in ready and (spec.head, v) in ready]
+        for name, readable in self._scan.versions.items():
+            found[name] = [v for v, files in sorted(readable.items())
+                           if (files.metadata.encoder, v) in ready and (files.metadata.head, v) in ready]
         found = {name: vs for name, vs in found.items() if vs}
         if found == self._versions:
             return False
         self._versions = found
-        self._specs = {name: resolve(self.repository, name, vs[-1]).metadata for name, vs in found.items()}
+        self._specs = {name: self._scan.versions[name][vs[-1]].metadata for name, vs in found.items()}
         return True
+
+    def unavailable(self) -> dict[str, dict[str, str]]:
+        out = {name: dict(bad) for name, bad in self._scan.unavailable.items() if bad}
+        for name, readable in self._scan.versions.items():
+            for version in sorted(set(readable) - set(self._versions.get(name, []))):
+                out.setdefault(name, {})[str(version)] = (
+                    "not READY in Triton (still loading, outside the model's version_policy, or it failed to load: "
+                    "see Triton's log)")
+        return out
 
     def versions(self, model: str) -> list[int]:
         return list(self._versions.get(model, []))

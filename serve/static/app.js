@@ -97,6 +97,7 @@ async function selectModel(name) {
   $("tab-tree").hidden = !state.tree;
   renderClusters();
   renderTree();
+  renderBulk();
   await renderMap();
   $("model-info").dataset.model = name;  // loaded (tests and scripts wait for this)
 }
@@ -258,8 +259,11 @@ function drawMap() {
 
 function renderLegend() {
   const n = state.names ? state.names.length : 0;
-  $("legend").replaceChildren(...Array.from({ length: n }, (_, c) =>
-    el("li", {}, el("span", { class: "swatch", style: `background:${colour(c)}` }), clusterName(c))));
+  $("legend").replaceChildren(...Array.from({ length: n }, (_, c) => {
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = colour(c);  // a property, not a style attribute: the page's CSP allows no inline style
+    return el("li", {}, swatch, clusterName(c));
+  }));
 }
 
 // --- CoHiClust's tree ------------------------------------------------------------------------------------
@@ -285,22 +289,37 @@ function showNode(node, leaves) {
 // --- a bulk job's output --------------------------------------------------------------------------------
 
 async function loadBulk() {
-  let summary;
   try {
-    summary = await json("bulk/summary");
+    state.bulk = await json("bulk/summary");
   } catch {
     return;
   }
   $("tab-bulk").hidden = false;
+  renderBulk();
+}
+
+// The job's own names (recorded when it started); a job without them takes the served card's names once that
+// has loaded (renderBulk runs again then), and shows bare cluster ids until it has.
+function bulkName(summary, id) {
+  if (summary.cluster_names) return summary.cluster_names[id];
+  return summary.model === state.model && state.names && state.names.length ? state.names[id] : null;
+}
+
+function renderBulk() {
+  const summary = state.bulk;
+  if (!summary) return;
   const counts = summary.clusters || {};
   const flagged = summary.ood === undefined ? "" :
     `, ${summary.ood} flagged out of distribution, ${summary.low_confidence} low-confidence`;
   $("bulk-summary").textContent = `${summary.clustered || 0} of ${summary.images || 0} images clustered offline ` +
     `with ${summary.model || "?"}, ${summary.errors || 0} error(s)${flagged}.`;
-  $("bulk").replaceChildren(...Object.entries(counts).map(([id, count]) => el("li", { class: "card" },
-    el("h3", {}, `${clusterName(Number(id))} (${id}): ${count} images`),
-    count ? el("img", { src: `bulk/galleries/${id}.png`, alt: `samples of cluster ${id}`, class: "gallery" })
-      : el("p", {}, "no images: no gallery"))));
+  $("bulk").replaceChildren(...Object.entries(counts).map(([id, count]) => {
+    const name = bulkName(summary, Number(id));
+    return el("li", { class: "card" },
+      el("h3", {}, `${name ? `${name} (${id})` : `cluster ${id}`}: ${count} images`),
+      count ? el("img", { src: `bulk/galleries/${id}.png`, alt: `samples of cluster ${id}`, class: "gallery" })
+        : el("p", {}, "no images: no gallery"));
+  }));
 }
 
 // --- tabs, drop zone, start ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ figures are printed (`pytest -s tests/serve/test_attack.py` shows them, the READ
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import io
 import json
@@ -19,6 +20,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,22 +82,26 @@ def _fd_limit() -> None:  # runs in the server's process, before exec
     resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
 
 
-@pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory) -> Iterator[Gateway]:
-    model = exported(tiny_run, tmp_path_factory, "cc")
-    port, log = _free_port(), tmp_path_factory.mktemp("attack") / "gateway.log"
-    cmd = [sys.executable, "-m", "serve", "--model-repository", str(model.repository), "--port", str(port),
-           "--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s", str(BODY_TIMEOUT_S)]
+@contextmanager
+def running_gateway(repository: Path, log: Path, *options: str, **settings: str) -> Iterator[Gateway]:
+    """`python -m serve` on `repository` with `options` (command-line flags) and `settings` (as DCS_* variables),
+    under the FD_LIMIT, once /readyz answers 200 (with the key when one is among the options); terminated
+    afterwards."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "serve", "--model-repository", str(repository), "--port", str(port),
+           "--header-timeout-s", str(HEADER_TIMEOUT_S), "--body-timeout-s", str(BODY_TIMEOUT_S), *options]
+    key = options[options.index("--api-key") + 1] if "--api-key" in options else ""
     with log.open("w") as out:
-        process = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out,
-                                   stderr=subprocess.STDOUT, preexec_fn=_fd_limit)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **{f"DCS_{k.upper()}": v for k, v in settings.items()}}
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   preexec_fn=_fd_limit)
     gateway = Gateway(process, port, log)
     try:
         deadline = time.monotonic() + 120
         while True:
             assert process.poll() is None, log.read_text()
             try:
-                if httpx.get(f"{gateway.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{gateway.url}/readyz", headers={"X-API-Key": key}, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -103,8 +109,20 @@ def server(tiny_run, tmp_path_factory) -> Iterator[Gateway]:
             time.sleep(0.2)
         yield gateway
     finally:
-        process.terminate()
-        process.wait(30)
+        if process.poll() is None:
+            process.terminate()
+            process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run, tmp_path_factory):
+    return exported(tiny_run, tmp_path_factory, "cc")
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory) -> Iterator[Gateway]:
+    with running_gateway(model.repository, tmp_path_factory.mktemp("attack") / "gateway.log") as gateway:
+        yield gateway
 
 
 _PROBE = r"""
@@ -348,3 +366,143 @@ def test_1100_idle_connections_at_a_1024_fd_limit(server):
     finally:
         for sock in idle:
             sock.close()
+
+
+def _answer(sock: socket.socket, timeout_s: float) -> bytes:
+    """What the server sends back until it closes the connection or `timeout_s` passes without a byte."""
+    sock.settimeout(timeout_s)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return received
+
+
+def _push(sock: socket.socket, total: int, chunked: bool) -> None:
+    """Send up to `total` body bytes (as HTTP chunks when `chunked`) until the server closes the connection."""
+    block = bytes(MB)
+    framed = b"100000\r\n" + block + b"\r\n" if chunked else block
+    try:
+        for _ in range(total // MB):
+            sock.sendall(framed)
+    except OSError:  # the server closed it: the rest is never sent
+        pass
+
+
+@pytest.fixture(scope="module")
+def keyed_server(model, tmp_path_factory) -> Iterator[Gateway]:
+    with running_gateway(model.repository, tmp_path_factory.mktemp("keyed") / "gateway.log",
+                         "--api-key", "s3cret") as gateway:
+        yield gateway
+
+
+@pytest.mark.parametrize("key, framing, status", [("", "length", 401), ("s3cret", "length", 413),
+                                                  ("s3cret", "chunked", 413)])
+def test_a_300_mb_rename_is_refused_before_its_body_is_read(keyed_server, model, key, framing, status):
+    """Issue 24: the rename route read and parsed a body of any size before the key check (a 300 MB PUT without
+    a key took the peak RSS from 126 MB to 1.05 GB and got its 401 after 5 s)."""
+    size = 300 * MB
+    framed = f"Content-Length: {size}" if framing == "length" else "Transfer-Encoding: chunked"
+    head = (f"PUT /models/{model.name}/clusters/0 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"X-API-Key: {key}\r\n{framed}\r\n\r\n").encode()
+    with keyed_server.peak_growth() as growth, socket.create_connection(("127.0.0.1", keyed_server.port)) as sock:
+        began = time.perf_counter()
+        sock.sendall(head)
+        sender = threading.Thread(target=_push, args=(sock, size, framing == "chunked"))
+        sender.start()
+        answer = _answer(sock, 30)
+        elapsed = time.perf_counter() - began
+        with contextlib.suppress(OSError):  # already closed by the server
+            sock.shutdown(socket.SHUT_RDWR)
+        sender.join(60)
+    print(f"\n300 MB PUT to rename ({framing}, key {'right' if key else 'none'}): {answer[:12]!r} in {elapsed:.2f} s, "
+          f"peak RSS +{growth[0] / MB:.1f} MB")
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:300]
+    assert growth[0] < 20 * MB, f"peak RSS grew by {growth[0] / MB:.0f} MB"
+    assert elapsed < 2.0
+
+
+def test_sigterm_cuts_a_trickling_request_after_the_shutdown_timeout(model, tmp_path):
+    """Issue 24: a client sending its body 1 byte every 3 s kept the gateway alive 45 s after SIGTERM."""
+    with running_gateway(model.repository, tmp_path / "gateway.log", shutdown_timeout_s="2") as gateway:
+        sock = socket.create_connection(("127.0.0.1", gateway.port))
+        sock.sendall(b"POST /cluster HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n{")
+        stop = time.monotonic() + 60
+
+        def trickle() -> None:
+            try:
+                while time.monotonic() < stop:
+                    time.sleep(0.5)  # well within the body timeout: the connection stays a request in flight
+                    sock.sendall(b" ")
+            except OSError:
+                pass
+
+        trickler = threading.Thread(target=trickle, daemon=True)
+        trickler.start()
+        time.sleep(1.0)
+        began = time.monotonic()
+        gateway.process.terminate()
+        try:
+            gateway.process.wait(15)
+        finally:
+            stop = 0
+            sock.close()
+        took = time.monotonic() - began
+    print(f"\nSIGTERM with a trickling request in flight, shutdown timeout 2 s: exited in {took:.1f} s")
+    assert took < 2 + 4
+
+
+def test_invented_methods_do_not_grow_the_metrics(server):
+    """Issue 24: 3,000 requests with invented 8,000-character methods grew /metrics to 49 MB."""
+    def invent(i: int) -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(f"M{i:05d}{'X' * 8000} /models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                         .encode())
+            _answer(sock, 10)
+
+    invent(0)  # the series an unknown method has (its label, status, latency) exist from here on
+    before = len(httpx.get(f"{server.url}/metrics", timeout=10).content)
+    others = server.metric("gateway_requests_total", method="other")
+    for i in range(1, 301):
+        invent(i)
+    after = len(httpx.get(f"{server.url}/metrics", timeout=10).content)
+    print(f"\n300 invented methods of 8,000 characters: /metrics {before:,} -> {after:,} bytes")
+    assert server.metric("gateway_requests_total", method="other") - others == 300
+    assert after - before < 1024  # counts change, no series is added
+
+
+def test_the_access_log_escapes_what_the_client_sent(server):
+    """Issue 24: the text access log wrote the decoded path: %0a forged a log line, %1b a terminal escape."""
+    lines_before = len(server.log_lines())
+    forged = "/healthz%0a127.0.0.1:1%20%22GET%20/admin%22%20200%1b[2J%e2%80%ae"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"GET {forged} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        _answer(sock, 10)
+    time.sleep(0.3)
+    text = server.log.read_bytes().decode()
+    new = text.splitlines()[lines_before:]
+    (line,) = [x for x in new if "rid=" in x and "healthz" in x]
+    assert "\x1b" not in text and "\u202e" not in text
+    assert '"GET /healthz\\n127.0.0.1:1 \\"GET /admin\\" 200\\x1b[2J\\u202e"' in line, line
+    assert not any(x.startswith("127.0.0.1:1 ") for x in new)  # no forged line
+
+
+def test_only_the_hosts_the_gateway_is_reached_at_are_answered_and_the_page_sends_security_headers(server):
+    """Issue 24: any Host header was accepted (with no key on loopback a DNS-rebinding page could read training
+    samples and rename clusters); the page had no CSP, X-Content-Type-Options or X-Frame-Options."""
+    for host in ("rebind.example", "rebind.example:8080", "127.0.0.2"):
+        for path in ("/models", "/", "/readyz"):
+            r = httpx.get(server.url + path, headers={"Host": host}, timeout=10)
+            assert r.status_code == 400 and r.json()["error"]["kind"] == "bad_request", (host, path, r.text)
+    assert httpx.get(f"{server.url}/healthz", headers={"Host": "rebind.example"}, timeout=10).status_code == 200
+    for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "localhost"):
+        assert httpx.get(f"{server.url}/models", headers={"Host": host}, timeout=10).status_code == 200
+    page = httpx.get(f"{server.url}/", timeout=10)
+    assert page.status_code == 200
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    for answer in (page, httpx.get(f"{server.url}/models", timeout=10)):
+        assert answer.headers["x-content-type-options"] == "nosniff" and answer.headers["x-frame-options"] == "DENY"

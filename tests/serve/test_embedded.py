@@ -200,10 +200,12 @@ def test_size_limits_are_413(model):
         assert "bomb.png" in msg
 
 
-def test_api_key_protects_everything_but_the_probes(model):
+def test_api_key_protects_everything_but_liveness_and_the_page_files(model):
+    """Issue 24: with a key set, /docs, /openapi.json and /readyz (which names the models) were open."""
     pngs = files([("a.png", digit_pngs(1)[0])])
     with gateway(model.repository, api_key="s3cret") as c:
-        for method, path in [("post", "/cluster"), ("post", "/embed"), ("get", "/models"), ("get", "/metrics")]:
+        for method, path in [("post", "/cluster"), ("post", "/embed"), ("get", "/models"), ("get", "/metrics"),
+                             ("get", "/readyz"), ("get", "/openapi.json"), ("get", "/docs")]:
             kwargs = {"files": pngs} if method == "post" else {}
             refused = getattr(c, method)(path, **kwargs)
             _error(refused, 401, "unauthorized")
@@ -212,9 +214,12 @@ def test_api_key_protects_everything_but_the_probes(model):
             _error(getattr(c, method)(path, headers={"Authorization": "Bearer wrong"}, **kwargs), 401, "unauthorized")
             assert getattr(c, method)(path, headers={"X-API-Key": "s3cret"}, **kwargs).status_code == 200
             assert getattr(c, method)(path, headers={"Authorization": "Bearer s3cret"}, **kwargs).status_code == 200
-        assert c.get("/healthz").status_code == 200
-        assert c.get("/readyz").status_code == 200  # readiness probes carry no key
-        assert c.get("/openapi.json").status_code == 200
+        assert c.get("/healthz").status_code == 200  # liveness probes carry no key
+        assert c.get("/").status_code == c.get("/static/app.js").status_code == 200  # the page asks for the key
+        _error(c.get("/no-such-route"), 401, "unauthorized")  # nothing is learnt of the routes without it
+    with gateway(model.repository, api_key="s3cret", open_docs=True) as c:
+        assert c.get("/openapi.json").status_code == c.get("/docs").status_code == 200
+        _error(c.get("/readyz"), 401, "unauthorized")
 
 
 def test_models_health_readiness_metrics_and_docs(client, model):

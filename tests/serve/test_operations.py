@@ -98,3 +98,18 @@ def test_cors_only_for_the_configured_origins(cc_model):
     with gateway(cc_model.repository) as client:
         assert "access-control-allow-origin" not in client.get("/models", headers={"Origin": "https://app.example"}
                                                                ).headers
+
+
+def test_a_port_in_use_is_one_line_and_exit_2_before_anything_is_loaded(cc_model):
+    """Issue 24: `python -m serve` on a port in use logged "gateway ready" before failing with errno 98."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "serve", "--model-repository", str(cc_model.repository),
+                               "--port", str(port)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]

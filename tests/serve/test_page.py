@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -76,11 +77,23 @@ def _shot(page, name: str) -> None:
 
 def _open(browser, url: str, model: str, **options):
     page = browser.new_page(**options)
+    # what the page's Content-Security-Policy refuses, recorded from before its first script runs
+    page.add_init_script("window.refused = []; document.addEventListener('securitypolicyviolation', "
+                         "(e) => window.refused.push(`${e.violatedDirective} ${e.blockedURI}`));")
     page.goto(url + "/")
     page.wait_for_selector(f"#model option[value='{model}']", state="attached")
     page.select_option("#model", model)
     page.wait_for_selector(f"#model-info[data-model='{model}']", state="attached")
     return page
+
+
+def _wait_until(page, expression: str, timeout_s: float = 30.0) -> None:
+    """Poll a JavaScript expression until it is true. Evaluated from outside the page (playwright's own
+    wait_for_function evals it inside, which the page's Content-Security-Policy refuses, as it should)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true after {timeout_s} s: {expression}"
+        time.sleep(0.05)
 
 
 def _upload(page, files: list[Path]) -> None:
@@ -104,12 +117,12 @@ def test_upload_rename_browse_and_map(browser, url, digits_upload):
     page.click("#tab-clusters")  # the cluster browser: sizes and the training images of each cluster
     card = page.locator(f"#clusters li[data-cluster='{first}']")
     assert "training images" in card.inner_text()
-    page.wait_for_function(f"[...document.querySelectorAll(\"#clusters li[data-cluster='{first}'] img\")]"
+    _wait_until(page, f"[...document.querySelectorAll(\"#clusters li[data-cluster='{first}'] img\")]"
                            ".every((i) => i.complete && i.naturalWidth > 0)")
     assert card.locator("img").count() > 0
     card.locator("input").fill("round things")
     card.locator("button").click()
-    page.wait_for_function("document.getElementById('status').textContent.includes('round things')")
+    _wait_until(page, "document.getElementById('status').textContent.includes('round things')")
     _shot(page, "clusters")
 
     page.click("#tab-upload")  # the next upload answers with the new name
@@ -125,6 +138,10 @@ def test_upload_rename_browse_and_map(browser, url, digits_upload):
     page.click("#tab-upload")
     _shot(page, "upload-phone")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the screen
+    # issue 24: the page had no Content-Security-Policy; the one it has now refuses nothing the page does
+    policy = page.request.get(url + "/").headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "'unsafe-inline'" not in policy
+    assert page.evaluate("window.refused") == []
     page.close()
 
 
@@ -182,6 +199,9 @@ def test_a_bulk_jobs_output_can_be_browsed(browser, repository, tmp_path, digits
                       "--output", str(out), "--actors", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     with gateway_process(repository, tmp_path / "gateway.log", bulk_output=str(out)) as base:
+        shown = browser.new_page().request.get(base + "/bulk/summary")
+        assert str(tmp_path) not in shown.text() and str(repository) not in shown.text()  # no host paths
+        assert shown.json()["clusters"] == summary["clusters"]
         page = browser.new_page()
         page.goto(base + "/")
         page.wait_for_selector("#tab-bulk:not([hidden])")
@@ -191,7 +211,11 @@ def test_a_bulk_jobs_output_can_be_browsed(browser, repository, tmp_path, digits
         assert f"{summary['ood']} flagged out of distribution, {summary['low_confidence']} low-confidence" in text
         shown = page.locator("#bulk li")
         assert shown.count() == len(summary["clusters"])
-        page.wait_for_function("[...document.querySelectorAll('#bulk img')].every((i) => i.complete)")
+        # the job's own names (issue 24: "cluster 0 (0)" was shown, before the card had loaded, and stayed)
+        titles = page.locator("#bulk li h3").all_inner_texts()
+        names = summary["cluster_names"]
+        assert titles == [f"{names[int(k)]} ({k}): {n} images" for k, n in summary["clusters"].items()]
+        _wait_until(page, "[...document.querySelectorAll('#bulk img')].every((i) => i.complete)")
         # a gallery per cluster with images, each one shown (an empty cluster has none: no broken image)
         assert page.locator("#bulk img").count() == sum(1 for n in summary["clusters"].values() if n)
         assert page.evaluate("[...document.querySelectorAll('#bulk img')].every((i) => i.naturalWidth > 0)")

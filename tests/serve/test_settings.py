@@ -61,7 +61,7 @@ from fastapi.testclient import TestClient
 from serve.settings import load_settings
 from tests.support.serving import digit_pngs_without_torch
 app = serve.create_app(load_settings({}, model_repository=sys.argv[1]))
-with TestClient(app) as client:
+with TestClient(app, base_url="http://localhost") as client:
     r = client.post("/cluster", files=[("files", ("a.png", digit_pngs_without_torch(), "image/png"))])
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["results"][0]["cluster"], int)

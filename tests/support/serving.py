@@ -70,7 +70,8 @@ def gateway(repository: Path | str, instance: Backend | None = None, **overrides
     from serve.app import create_app
 
     settings = load_settings({}, model_repository=str(repository), **overrides)
-    with TestClient(create_app(settings, instance)) as client:
+    # the address the gateway listens on by default: its allowed hosts (TestClient's own "testserver" is not one)
+    with TestClient(create_app(settings, instance), base_url="http://127.0.0.1") as client:
         yield client
 
 
