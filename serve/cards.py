@@ -17,6 +17,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,19 +35,26 @@ log = logging.getLogger("serve")
 NAME, LOW_CONFIDENCE, OOD_SCORE, OOD = "name", "low_confidence", "ood_score", "ood"
 """The keys of `VersionCard.annotate`: the fields of a /cluster answer and the columns of a bulk shard."""
 MAX_NAME_LENGTH = 100
+HIDDEN = "\\x00-\\x1f\\x7f-\\x9f\\xad\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff"
+"""What a cluster name may not hold (a regular-expression class): control characters (NUL, tab, line breaks,
+ESC), line and paragraph separators, and invisible formatting (soft hyphen, zero-width characters,
+bidirectional overrides such as U+202E)."""
+NAME_PATTERN = f"^ *[^ {HIDDEN}](?:[^{HIDDEN}]*[^ {HIDDEN}])? *$"
+"""A cluster name: something visible, spaces around it trimmed (also the OpenAPI page's pattern; written
+without \\s or Unicode classes, so that every regular-expression engine reads it alike)."""
 
 
 def clean_name(text: str) -> str:
-    """A cluster name as it is stored: trimmed; ValueError when that is empty, longer than MAX_NAME_LENGTH, or
-    holds a character that is not printable (a line break, NUL, a right-to-left override)."""
-    name = text.strip()
+    """A cluster name as it is stored: trimmed of spaces; ValueError when that is empty, longer than
+    MAX_NAME_LENGTH, or holds a character of HIDDEN."""
+    name = text.strip(" ")
     if not name:
         raise ValueError("a cluster name cannot be empty or blank")
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"a cluster name has at most {MAX_NAME_LENGTH} characters, got {len(name)}")
-    hidden = sorted({c.encode("unicode_escape").decode("ascii") for c in name if not c.isprintable()})
-    if hidden:
-        raise ValueError(f"a cluster name cannot hold characters that are not printable: {', '.join(hidden)}")
+    if not re.fullmatch(NAME_PATTERN, name):
+        hidden = sorted({c.encode("unicode_escape").decode("ascii") for c in name if not re.match(f"[^{HIDDEN}]", c)})
+        raise ValueError(f"a cluster name cannot hold control or invisible characters: {', '.join(hidden)}")
     return name
 
 

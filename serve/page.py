@@ -43,7 +43,7 @@ from contract.names import (
 )
 from serve.auth import api_key_dependencies
 from serve.backends.repository import ModelVersion, RepositoryError, resolve
-from serve.cards import MAX_NAME_LENGTH, clean_name, write_cluster_name
+from serve.cards import MAX_NAME_LENGTH, NAME_PATTERN, clean_name, write_cluster_name
 from serve.errors import bad_request, not_found, version_unavailable
 from serve.gateway import Gateway
 from serve.schemas import documented_errors
@@ -60,8 +60,9 @@ BULK_SUMMARY_FIELDS = ("images", "rows", "clustered", "errors", "low_confidence"
 
 
 class ClusterName(BaseModel):
-    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, description="the cluster's new name: 1 to "
-                      f"{MAX_NAME_LENGTH} printable characters, trimmed")
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN,
+                      description=f"the cluster's new name: up to {MAX_NAME_LENGTH} characters, something visible "
+                      "(no control or invisible formatting characters), spaces around it trimmed")
 
     @field_validator("name")
     @classmethod

@@ -144,7 +144,7 @@ def test_an_abandoned_request_leaves_the_queue_at_once_and_is_never_inferred():
 async def _with_app(app, body):
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=60) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=60) as client:
             return await body(client)
 
 

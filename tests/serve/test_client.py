@@ -66,7 +66,7 @@ def test_async_client_gives_the_sync_answers(cc_model, testclient, tmp_path):
 
     async def run():
         transport = httpx.ASGITransport(app=app)
-        async with AsyncClient(http=httpx.AsyncClient(transport=transport, base_url="http://gw"), batch_size=2,
+        async with AsyncClient(http=httpx.AsyncClient(transport=transport, base_url="http://localhost"), batch_size=2,
                                concurrency=3) as client:
             results = await client.cluster(images)
             embedded = await client.embed(images)

@@ -10,7 +10,7 @@ from serve.formbody import MAX_OTHER_PARTS, parse_files
 
 
 def _body(files=None, data=None) -> tuple[bytearray, str]:  # noqa: ANN001 - httpx's arguments
-    request = httpx.Request("POST", "http://gateway/cluster", files=files, data=data)
+    request = httpx.Request("POST", "http://localhost/cluster", files=files, data=data)
     return bytearray(request.read()), request.headers["content-type"]
 
 

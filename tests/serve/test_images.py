@@ -97,7 +97,7 @@ def test_a_big_request_does_not_hold_the_decode_pool():
     async def body() -> list[httpx.Response]:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=120) as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=120) as client:
                 first = asyncio.create_task(post(client, "big", big))
                 await asyncio.sleep(0.1)  # the big request is decoding
                 second = await post(client, "small", [("one.png", grey_png(7))])

@@ -26,7 +26,7 @@ def test_the_openai_client_gets_the_same_embeddings_as_embed(client, cc_model):
     pngs = digit_pngs(5)
     expected = np.array([x["embedding"] for x in client.post(
         "/embed", files=files([(f"{i}.png", p) for i, p in enumerate(pngs)])).json()["results"]])
-    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="not-needed", http_client=client, max_retries=0)
+    sdk = openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="not-needed", http_client=client, max_retries=0)
     # the SDK asks for base64 by default and decodes it; also plain floats, and a bare base64 input
     for fmt in (openai.NOT_GIVEN, "float"):
         answer = sdk.embeddings.create(model=cc_model.name, input=[data_uri(p) for p in pngs], encoding_format=fmt)
@@ -40,7 +40,7 @@ def test_the_openai_client_gets_the_same_embeddings_as_embed(client, cc_model):
 
 
 def test_openai_errors_are_all_or_nothing_and_name_the_image(client, cc_model):
-    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=client, max_retries=0)
+    sdk = openai.OpenAI(base_url="http://127.0.0.1/v1", api_key="x", http_client=client, max_retries=0)
     with pytest.raises(openai.BadRequestError, match="image 1"):
         sdk.embeddings.create(model=cc_model.name, input=[data_uri(digit_pngs(1)[0]), data_uri(b"not an image")])
     with pytest.raises(openai.NotFoundError, match="unknown model"):

@@ -34,7 +34,7 @@ class Exchange:
     """One HTTP request sent straight to the ASGI app: the test decides what the client sends, and when."""
 
     def __init__(self, app, endpoint: str, content_length: int | None = None) -> None:
-        headers = [(b"host", b"gateway"), (b"content-type", b"application/json")]
+        headers = [(b"host", b"localhost"), (b"content-type", b"application/json")]
         if content_length is not None:
             headers.append((b"content-length", str(content_length).encode()))
         self.scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
@@ -74,7 +74,7 @@ def run_app(app, steps):
     async def main():
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=60) as client:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=60) as client:
                 return await steps(app, client)
 
     return asyncio.run(main())

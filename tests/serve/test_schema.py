@@ -18,11 +18,12 @@ from serve.settings import load_settings
 from tests.support.serving import FakeBackend, exported
 
 EXAMPLES = 25
+HOST = {"allowed_hosts": "testserver"}  # the Host schemathesis' ASGI client sends
 
 
 def fuzz(app, examples: int = EXAMPLES, headers: dict[str, str] | None = None) -> list[str]:
     """Run every operation of `app`'s schema; returns the operations tried (failures raise)."""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=headers or {})
     tried = []
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -41,20 +42,20 @@ def fuzz(app, examples: int = EXAMPLES, headers: dict[str, str] | None = None) -
 
 def test_no_server_errors_and_responses_match_the_schema(tiny_run, tmp_path_factory):
     model = exported(tiny_run, tmp_path_factory, "cc")
-    app = create_app(load_settings({}, model_repository=str(model.repository), max_wait_ms=1.0))
+    app = create_app(load_settings({}, model_repository=str(model.repository), max_wait_ms=1.0, **HOST))
     tried = fuzz(app)
     assert {"POST /cluster", "POST /embed", "GET /models", "GET /readyz", "GET /metrics", "GET /healthz"} <= set(tried)
 
 
 def test_with_an_api_key_too(tiny_run, tmp_path_factory):
     model = exported(tiny_run, tmp_path_factory, "cc")
-    app = create_app(load_settings({}, model_repository=str(model.repository), max_wait_ms=1.0, api_key="k3y"))
+    app = create_app(load_settings({}, model_repository=str(model.repository), max_wait_ms=1.0, api_key="k3y", **HOST))
     assert "securitySchemes" in app.openapi()["components"]
     fuzz(app, examples=8, headers={"X-API-Key": "k3y"})
 
 
 def test_the_fuzzer_does_catch_a_server_error():
-    app = create_app(load_settings({}, max_wait_ms=1.0), FakeBackend(error=RuntimeError("boom")))
+    app = create_app(load_settings({}, max_wait_ms=1.0, **HOST), FakeBackend(error=RuntimeError("boom")))
     with pytest.raises(BaseException) as err:  # schemathesis raises a group of its failures
         fuzz(app, examples=10)
     assert "[500]" in "".join(traceback.format_exception(err.value))
