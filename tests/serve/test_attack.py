@@ -264,7 +264,7 @@ def _wait_for(condition, timeout_s: float = 20.0) -> bool:  # noqa: ANN001 - a c
 def test_mid_body_disconnects_are_499_with_one_log_line_each(server):
     n = 600
     body, content_type = _multipart([("a.png", digit_pngs(1)[0])])
-    head = (f"POST /cluster HTTP/1.1\r\nHost: gateway\r\nContent-Type: {content_type}\r\n"
+    head = (f"POST /cluster HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body) + 100_000}\r\n\r\n").encode()
     before_499 = server.metric("gateway_requests_total", endpoint="/cluster", status="499")
     before_500 = server.metric("gateway_requests_total", status="500")
@@ -286,7 +286,7 @@ def test_abandoned_requests_are_not_decoded_or_inferred(server):
     n, per_request = 40, 256
     pngs = digit_pngs(per_request)
     body, content_type = _multipart([(f"{i}.png", data) for i, data in enumerate(pngs)])
-    request = (f"POST /cluster HTTP/1.1\r\nHost: gateway\r\nContent-Type: {content_type}\r\n"
+    request = (f"POST /cluster HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     inferred = lambda: server.metric("gateway_batch_size_sum")  # noqa: E731
     gone = lambda: server.metric("gateway_requests_total", endpoint="/cluster", status="499")  # noqa: E731
@@ -319,7 +319,7 @@ def test_slow_clients_are_closed_by_the_header_and_body_timeouts(server):
     trickle = socket.create_connection(("127.0.0.1", server.port))
     trickle.sendall(b"POST /cluster HTTP/1.1\r\n")  # and never the rest of the headers
     stall = socket.create_connection(("127.0.0.1", server.port))
-    stall.sendall(b"POST /cluster HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\n"
+    stall.sendall(b"POST /cluster HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 1000\r\n\r\n{\"images\": [")  # and never the rest of the body
     began = time.monotonic()
     with trickle, stall:
@@ -463,7 +463,8 @@ def test_invented_methods_do_not_grow_the_metrics(server):
                          .encode())
             _answer(sock, 10)
 
-    invent(0)  # the series an unknown method has (its label, status, latency) exist from here on
+    invent(0)  # the series of an unknown method (its label, status, latency) and of /metrics exist from here on
+    httpx.get(f"{server.url}/metrics", timeout=10)
     before = len(httpx.get(f"{server.url}/metrics", timeout=10).content)
     others = server.metric("gateway_requests_total", method="other")
     for i in range(1, 301):
