@@ -58,24 +58,24 @@ def clean_name(text: str) -> str:
     return name
 
 
-def write_cluster_name(names_file: Path, count: int, cluster: int, name: str) -> str | None:
+def write_cluster_name(version: ModelVersion, cluster: int, name: str) -> None:
     """Write `name` for `cluster` into a version's names file, under a lock on the version's directory, reading
     the file again first (another gateway on the same repository may have just written it) and replacing it
-    atomically. A file that does not read is replaced (its other names fall back to the card's); the
-    returned note says so (None: nothing was lost)."""
-    directory = os.open(names_file.parent, os.O_RDONLY)
+    atomically. A file that does not read is replaced (its other names fall back to the card's; logged)."""
+    names_file, count = version.names_file, version.metadata.outputs[PROBABILITIES].shape[1]
+    directory = os.open(version.directory, os.O_RDONLY)
     try:
         fcntl.flock(directory, fcntl.LOCK_EX)  # released when closed
-        note = None
         try:
             names = read_names(names_file, count) if names_file.is_file() else {}
         except (OSError, ValueError) as err:
-            names, note = {}, f"replaced a names file that did not read ({err})"
+            log.warning("model %s version %d: replacing a names file that did not read: %s", version.name,
+                        version.version, err)
+            names = {}
         names[cluster] = name
         files.write_json(names_file, {str(k): v for k, v in sorted(names.items())})
     finally:
         os.close(directory)
-    return note
 
 
 @dataclass

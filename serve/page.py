@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any
@@ -31,6 +30,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, field_validator
 
 from contract import files
+from contract.metadata import ModelMetadata
 from contract.names import (
     BULK_GALLERY_DIR,
     BULK_SUMMARY_FILE,
@@ -48,7 +48,6 @@ from serve.errors import bad_request, not_found, version_unavailable
 from serve.gateway import Gateway
 from serve.schemas import documented_errors
 
-log = logging.getLogger("serve")
 STATIC = Path(__file__).with_name("static")
 PLACE_NEIGHBOURS = 10
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
@@ -110,13 +109,7 @@ def page_router(gateway: Gateway) -> APIRouter:
                             headers={"Content-Security-Policy": PAGE_POLICY})
 
     async def served_version(name: str, version: int | None) -> ModelVersion:
-        spec = await gateway.spec(name, version)
-        try:
-            return resolve(gateway.settings.repository_path, spec.name, spec.version)
-        except RepositoryError as err:
-            raise not_found(f"model {name!r}: {err}") from err
-        except ValueError as err:  # its metadata.json no longer reads: the poll will stop serving it
-            raise version_unavailable(f"model {name!r} version {spec.version} is unavailable: {err}") from err
+        return version_files(gateway.settings.repository_path, await gateway.spec(name, version))
 
     @router.get("/models/{name}/clusters/{cluster}/samples/{k}.png", dependencies=protected, responses=error_docs,
                 response_class=Response, summary="A training image of a cluster (PNG)", operation_id="getClusterSample")
@@ -138,9 +131,7 @@ def page_router(gateway: Gateway) -> APIRouter:
         count = chosen.metadata.outputs[PROBABILITIES].shape[1]
         if not 0 <= cluster < count:
             raise bad_request(f"cluster {cluster} does not exist: model {name!r} has clusters 0..{count - 1}")
-        note = await asyncio.to_thread(write_cluster_name, chosen.names_file, count, cluster, body.name)
-        if note:
-            log.warning("model %s version %s: %s", name, chosen.version, note)
+        await asyncio.to_thread(write_cluster_name, chosen, cluster, body.name)
         return Response(status_code=204)
 
     @router.get("/models/{name}/tree", dependencies=protected, responses=error_docs, summary="CoHiClust's tree",
@@ -188,6 +179,17 @@ def page_router(gateway: Gateway) -> APIRouter:
         return FileResponse(gallery, media_type="image/png")
 
     return router
+
+
+def version_files(root: Path, spec: ModelMetadata) -> ModelVersion:
+    """The files of the model version a request is answered by; 404 when they are gone, 503 when its
+    metadata.json no longer reads (the repository poll then stops serving it)."""
+    try:
+        return resolve(root, spec.name, spec.version)
+    except RepositoryError as err:
+        raise not_found(f"model {spec.name!r}: {err}") from err
+    except ValueError as err:
+        raise version_unavailable(f"model {spec.name!r} version {spec.version} is unavailable: {err}") from err
 
 
 def _bulk_file(output: str, relative: str) -> Path:
