@@ -142,8 +142,10 @@ def test_a_version_that_does_not_load_stops_no_other_model_from_updating(cc_mode
     repo = shutil.copytree(cc_model.repository, tmp_path / "repo")
     copy_model(cc_model.repository, cc_model.name, repo, "aa")  # polled before cc_digits
     with gateway(repo, repository_poll_s=0.1) as client:
-        write_repository(repo, model_set(repo, "aa"), FLAVOURS["onnxruntime"])
-        (repo / "aa_encoder" / "2" / "model.onnx").write_bytes(b"\x0a\xff\xff not a graph")
+        broken = model_set(repo, "aa")
+        broken.encoder_onnx = tmp_path / "not_a_graph.onnx"  # version 2 is published with it, whole
+        broken.encoder_onnx.write_bytes(b"\x0a\xff\xff not a graph")
+        write_repository(repo, broken, FLAVOURS["onnxruntime"])
         write_repository(repo, model_set(repo, cc_model.name), FLAVOURS["onnxruntime"])
         assert wait_for(lambda: served_version(client, model=cc_model.name) == 2), "the good version was not picked up"
         assert served_version(client, model="aa") == 1
