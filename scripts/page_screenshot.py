@@ -16,7 +16,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.serve.test_page import ARGS  # noqa: E402
+from tests.serve.test_page import ARGS, wait_until  # noqa: E402
 from tests.support.processes import gateway_process  # noqa: E402
 from tests.support.runs import digit_images  # noqa: E402
 
@@ -40,7 +40,7 @@ def main(repository: Path, out: Path) -> None:
             page.wait_for_selector("#results li")
             page.screenshot(path=str(out / "page-upload.png"))
             page.click("#tab-clusters")
-            page.wait_for_function("[...document.querySelectorAll('#clusters img')].every((i) => i.complete)")
+            wait_until(page, "[...document.querySelectorAll('#clusters img')].every((i) => i.complete)")
             page.screenshot(path=str(out / "page-clusters.png"))
             page.click("#tab-map")
             page.wait_for_selector("#map svg circle.dropped")

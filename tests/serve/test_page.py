@@ -87,7 +87,7 @@ def _open(browser, url: str, model: str, **options):
     return page
 
 
-def _wait_until(page, expression: str, timeout_s: float = 30.0) -> None:
+def wait_until(page, expression: str, timeout_s: float = 30.0) -> None:
     """Poll a JavaScript expression until it is true. Evaluated from outside the page (playwright's own
     wait_for_function evals it inside, which the page's Content-Security-Policy refuses, as it should)."""
     deadline = time.monotonic() + timeout_s
@@ -117,12 +117,12 @@ def test_upload_rename_browse_and_map(browser, url, digits_upload):
     page.click("#tab-clusters")  # the cluster browser: sizes and the training images of each cluster
     card = page.locator(f"#clusters li[data-cluster='{first}']")
     assert "training images" in card.inner_text()
-    _wait_until(page, f"[...document.querySelectorAll(\"#clusters li[data-cluster='{first}'] img\")]"
+    wait_until(page, f"[...document.querySelectorAll(\"#clusters li[data-cluster='{first}'] img\")]"
                            ".every((i) => i.complete && i.naturalWidth > 0)")
     assert card.locator("img").count() > 0
     card.locator("input").fill("round things")
     card.locator("button").click()
-    _wait_until(page, "document.getElementById('status').textContent.includes('round things')")
+    wait_until(page, "document.getElementById('status').textContent.includes('round things')")
     _shot(page, "clusters")
 
     page.click("#tab-upload")  # the next upload answers with the new name
@@ -215,7 +215,7 @@ def test_a_bulk_jobs_output_can_be_browsed(browser, repository, tmp_path, digits
         titles = page.locator("#bulk li h3").all_inner_texts()
         names = summary["cluster_names"]
         assert titles == [f"{names[int(k)]} ({k}): {n} images" for k, n in summary["clusters"].items()]
-        _wait_until(page, "[...document.querySelectorAll('#bulk img')].every((i) => i.complete)")
+        wait_until(page, "[...document.querySelectorAll('#bulk img')].every((i) => i.complete)")
         # a gallery per cluster with images, each one shown (an empty cluster has none: no broken image)
         assert page.locator("#bulk img").count() == sum(1 for n in summary["clusters"].values() if n)
         assert page.evaluate("[...document.querySelectorAll('#bulk img')].every((i) => i.naturalWidth > 0)")
