@@ -79,11 +79,6 @@ def check_root(root: str | Path) -> Path:
     return root
 
 
-def versions(root: str | Path, name: str) -> list[int]:
-    """Complete versions of one model, ascending ([] when it has none)."""
-    return complete_versions(root, name)
-
-
 def resolve(root: str | Path, name: str, version: int | None = None) -> ModelVersion:
     """(model, version or None for the latest) -> its files; RepositoryError when there is no such version."""
     root = Path(root)

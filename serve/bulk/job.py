@@ -35,8 +35,7 @@ from typing import Any
 from contract import files
 from contract.metadata import ModelMetadata
 from contract.names import BULK_GALLERY_DIR, BULK_SUMMARY_FILE
-from contract.repository import complete_versions as versions
-from contract.repository import model_names
+from contract.repository import complete_versions, model_names
 from serve.bulk import report
 from serve.bulk.source import Manifest, list_source, write_manifest
 from serve.bulk.worker import BlockWorker, WorkerSpec, shard_path
@@ -123,7 +122,7 @@ def resolve_model(opts: BulkOptions, started: dict[str, Any] | None = None) -> M
         if pinned is None:
             raise BulkError(str(err)) from err
         raise BulkError(f"{opts.output} is a job started with model {name!r} version {pinned}, which "
-                        f"{opts.model_repository} no longer holds (versions: {versions(opts.model_repository, name)}): "
+                        f"{opts.model_repository} no longer holds (versions: {complete_versions(opts.model_repository, name)}): "
                         "put that version back to finish the job, or start it again in another --output") from err
     except ValueError as err:  # a metadata.json that does not parse
         raise BulkError(f"model {name!r}: {err}") from err
