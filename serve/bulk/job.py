@@ -121,8 +121,9 @@ def resolve_model(opts: BulkOptions, started: dict[str, Any] | None = None) -> M
     except RepositoryError as err:
         if pinned is None:
             raise BulkError(str(err)) from err
+        held = complete_versions(opts.model_repository, name)
         raise BulkError(f"{opts.output} is a job started with model {name!r} version {pinned}, which "
-                        f"{opts.model_repository} no longer holds (versions: {complete_versions(opts.model_repository, name)}): "
+                        f"{opts.model_repository} no longer holds (versions: {held}): "
                         "put that version back to finish the job, or start it again in another --output") from err
     except ValueError as err:  # a metadata.json that does not parse
         raise BulkError(f"model {name!r}: {err}") from err
