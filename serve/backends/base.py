@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from contract.metadata import ModelMetadata
-from serve.errors import not_found
+from contract.names import precision_model, split_precision
+from serve.errors import bad_request, not_found
 
 
 class Backend(abc.ABC):
@@ -62,3 +63,26 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release sessions, connections and threads."""
+
+
+def choose_model(served: dict[str, ModelMetadata], model: str | None, precision: str | None) -> str | None:
+    """The served model a request means by `model` and `precision` (contract.names.PRECISIONS; None: `model` as
+    named): the model exported under the same name at that precision (cc_digits or cc_digits_int8, with int8:
+    cc_digits_int8), or with no model named, the only served model of that precision. GatewayError 404 when
+    that precision of the model is not served, 400 when several models have it."""
+    if precision is None:
+        return model
+    if model is not None:
+        base = split_precision(model)[0]
+        wanted = precision_model(base, precision)
+        if wanted not in served:
+            have = sorted(f"{n} ({s.precision})" for n, s in served.items() if split_precision(n)[0] == base)
+            raise not_found(f"model {base!r} is not served at {precision} (served: {', '.join(have) or 'none'}); "
+                            f"export it with `python -m export --precision {precision}`")
+        return wanted
+    candidates = sorted(n for n, s in served.items() if s.precision == precision)
+    if len(candidates) != 1:
+        raise (not_found if not candidates else bad_request)(
+            f"{len(candidates)} served models are {precision} ({candidates}); choose one with ?model= from "
+            f"{sorted(served)}")
+    return candidates[0]

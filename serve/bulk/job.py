@@ -28,10 +28,12 @@ from typing import Any
 
 from contract import files
 from contract.metadata import ModelMetadata
-from contract.names import BULK_GALLERY_DIR, BULK_SUMMARY_FILE
+from contract.names import BULK_GALLERY_DIR, BULK_SUMMARY_FILE, PRECISIONS
+from serve.backends.base import choose_model
 from serve.bulk import report
 from serve.bulk.source import Manifest, list_source, write_manifest
 from serve.bulk.worker import BlockWorker, WorkerSpec, shard_path
+from serve.errors import GatewayError
 from serve.settings import BACKENDS
 
 JOB_FILE = "job.json"
@@ -50,6 +52,9 @@ class BulkOptions:
     model_repository: str = field(default="model_repository",
                                   metadata={"help": "model repository written by `python -m export`"})
     model: str | None = field(default=None, metadata={"help": "model name (default: the repository's only model)"})
+    precision: str | None = field(default=None, metadata={
+        "help": f"the model's precision, one of {list(PRECISIONS)}: the model exported at it (NAME_int8 for --model "
+                "NAME --precision int8; default: the model as named)"})
     backend: str = field(default="embedded", metadata={"help": f"inference backend: one of {BACKENDS}"})
     triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address (triton backend)"})
     address: str | None = field(default=None, metadata={
@@ -68,6 +73,8 @@ class BulkOptions:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise BulkError(f"unknown backend {self.backend!r}; choose from {list(BACKENDS)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise BulkError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
         for name in ("batch_size", "block_size", "top_k"):
             if getattr(self, name) < 1:
                 raise BulkError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -87,7 +94,10 @@ def resolve_model(opts: BulkOptions) -> ModelMetadata:
             models = read_repository(opts.model_repository)
         except ValueError as err:
             raise BulkError(str(err)) from err
-    name = opts.model
+    try:
+        name = choose_model(models, opts.model, opts.precision)
+    except GatewayError as err:
+        raise BulkError(f"{opts.model_repository}: {err.message}") from err
     if name is None:
         if len(models) != 1:
             raise BulkError(f"{len(models)} models in {opts.model_repository}: choose one with --model "
@@ -270,7 +280,7 @@ def run_job(opts: BulkOptions, log: Callable[[str], None] | None = None) -> dict
     run["blocks"] = len(pending)
     summary = report.summarize(out / SHARDS_DIR, manifest, opts.block_size, spec, opts.gallery_size,
                                out / BULK_GALLERY_DIR)
-    summary.update(source=opts.source, model=spec.name, blocks=manifest.num_blocks,
+    summary.update(source=opts.source, model=spec.name, precision=spec.precision, blocks=manifest.num_blocks,
                    options={k: v for k, v in dataclasses.asdict(opts).items() if k not in ("source", "output")},
                    run=run, cpu_count=os.cpu_count())
     files.write_json(out / BULK_SUMMARY_FILE, summary)
