@@ -20,6 +20,7 @@ from export.agreement import AgreementTooLow, Thresholds
 from export.naming import check_name
 from export.pipeline import PrecisionOptions, export_run
 from export.quantize import read_calibration, tensorrt_encoding
+from export.triton import read_config
 from tests.support.serving import TINY_MIN_AGREEMENT, exported
 
 LENIENT = PrecisionOptions("int8", Thresholds(min_agreement=TINY_MIN_AGREEMENT))
@@ -62,6 +63,11 @@ def test_int8_is_its_own_model_beside_fp32_with_a_quantized_encoder_and_the_fp32
     # the head is the fp32 head, byte for byte
     assert (int8.repository / meta.head / "1" / "model.onnx").read_bytes() == \
         (int8.repository / f"{base}_head" / "1" / "model.onnx").read_bytes()
+    # one QDQ graph for NVIDIA's onnxruntime backend and the CPU Triton's python backend alike
+    assert read_config(int8.repository / meta.encoder).platform == "onnxruntime_onnx"
+    assert read_config(int8.cpu_repository / meta.encoder).backend == "python"
+    assert (int8.cpu_repository / meta.encoder / "1" / "model.onnx").read_bytes() == \
+        (int8.repository / meta.encoder / "1" / "model.onnx").read_bytes()
 
 
 def _path_to_first_conv(model: onnx.ModelProto) -> tuple[onnx.NodeProto, list[str]]:
