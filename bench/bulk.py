@@ -19,6 +19,7 @@ before and after, since the machine may be shared.
 
     python bench/bulk.py                       # 10,000 images, 1 thread per actor
     python bench/bulk.py --images 2000 --keep build/bench-bulk
+    python bench/bulk.py --precision int8      # the model's int8 export (NAME_int8), in every phase
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from gateway_load import make_model  # noqa: E402
+
+from contract.names import precision_model  # noqa: E402
 
 
 def digit_pngs(folder: Path, count: int, size: int) -> list[Path]:
@@ -117,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of the three phases (medians)")
     parser.add_argument("--keep", type=Path, help="keep the images, model and outputs here")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="the model's precision (int8: its encoder quantized, model NAME_int8)")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
@@ -128,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     try:
         paths = digit_pngs(work / "images", args.images, args.size)
-        repository, name = make_model(work, [p.read_bytes() for p in paths[:64]])
+        repository, base = make_model(work, [p.read_bytes() for p in paths[:64]], precisions=(args.precision,))
+        name = precision_model(base, args.precision)
         print(f"{args.images:,} PNGs ({args.size} px digits) -> model {name} (32 px); {os.cpu_count()} CPUs, "
               f"onnxruntime {ort.__version__} ({args.threads} thread(s) per process/actor), ray {ray.__version__}, "
               f"blocks of {args.block_size}, batches of {args.batch_size}", flush=True)

@@ -1,18 +1,23 @@
-"""Inference speed of the exported model: PyTorch eager vs onnxruntime [vs TensorRT], images per second.
+"""Inference speed of the exported model: PyTorch eager vs onnxruntime fp32 and int8 [vs TensorRT], images per second.
 
 What it measures: the whole inference path from uint8 images (B, C, S, S) to the head's outputs
 (embedding, probabilities, cluster). PyTorch eager runs model.predict(images / 255) under
 inference_mode; onnxruntime runs one session with every thread (contract.sessions: encoder and head
 fused into one graph, the shared session settings: what export's parity check and the gateway with
 --ort-instances 1 run; its default pool of two sessions is measured by bench/gateway_load.py),
-printed with the providers really used from session.get_providers()). `--variants` adds onnxruntime
+printed with the providers really used from session.get_providers()). The int8 row runs the same
+fused graph with the encoder quantized as `python -m export --precision int8` does (export/quantize.py:
+QDQ, per-channel int8 weights, symmetric uint8 activations), calibrated on the run's calibration sample
+(a random-weight model: on random images; speed does not depend on the calibration) and is printed
+with its ratio to fp32 onnxruntime as well as to eager (`--no-int8` leaves it out). `--variants` adds onnxruntime
 with one setting changed at a time
 (onnxruntime's own defaults with two sessions, as before; spinning on; two sessions; optimisation
 level basic / extended; no memory arena) and times the uint8 -> float preprocessing inside the
 graph on its own: that is how the settings were chosen. With a GPU (`--device cuda`): eager on the
 GPU (fp32, TF32 off as in the onnxruntime sessions), onnxruntime's CUDA execution provider when
 this onnxruntime build has it, and the TensorRT plans of export/tensorrt.py when the tensorrt
-package is here; host-to-device copies included (images start on the host, as in serving).
+package is here (fp32, fp16, and int8 from the int8 encoder's TensorRT encoding); host-to-device
+copies included (images start on the host, as in serving).
 
 Timing: `--rounds` rounds after `--warmup` calls; in each round every runtime runs in turn (each call
 repeated to last >= 20 ms, after a pause in which the previous runtime's threads stop spinning), so a
@@ -24,7 +29,7 @@ Default model: CC with a ResNet-18 CIFAR-stem backbone at 32 px, 3 channels, 10 
 weights (no training needed; --backbone, --stem, --image-size, --channels choose another). --run
 benchmarks a trained run instead.
 
-    python bench/export_speed.py [--run RUN] [--batches 1 8 64] [--threads N] [--variants] [--device cuda]
+    python bench/export_speed.py [--run RUN] [--batches 1 8 64] [--threads N] [--no-int8] [--variants] [--device cuda]
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ GEMM_SIDE = 2048
 TARGET = 1.3
 """The issue's goal for onnxruntime against eager, which the ceiling line below prices in GFLOP/s."""
 PREPROCESSING = "(the graph's uint8 -> float nodes alone)"
+ORT_FP32 = "onnxruntime (shared settings, fused graph)"
+ORT_INT8 = "onnxruntime int8 (QDQ encoder, fused graph)"
 Runner = Callable[[np.ndarray], object]
 
 
@@ -137,6 +144,45 @@ def onnxruntime_variants(encoder: Path, head: Path, fused: bytes, threads: int,
     return out
 
 
+def int8_encoder(encoder: Path, run: Path | None, channels: int, size: int, out: Path) -> Path:
+    """The encoder quantized as `python -m export --precision int8` quantizes it, calibrated on the run's
+    calibration sample (its first 512 images), or on 256 random images for a random-weight model."""
+    from export.quantize import quantize_encoder, read_calibration
+
+    if run is not None:
+        images = read_calibration(run if run.is_dir() else run.parent, log=print).calibrate
+    else:
+        images = np.random.default_rng(1).integers(0, 256, (256, channels, size, size), dtype=np.uint8)
+    quantize_encoder(encoder, out, images)
+    return out
+
+
+def onnxruntime_sessions(args: argparse.Namespace, device: torch.device, encoder: Path, head: Path, threads: int,
+                         channels: int, size: int, tmp: Path) -> dict[str, tuple[Runner, dict]]:
+    """The onnxruntime runners to time, with their settings: on the CPU the fused fp32 graph, the int8 one and
+    (--variants) the other settings; on CUDA the CUDA provider's session, when this onnxruntime build has it."""
+    import onnxruntime as ort
+
+    fused = fused_model(encoder, head)
+    sessions: dict[str, tuple[Runner, dict]] = {}
+    if device.type == "cpu":
+        main_session = open_session(fused, threads, [CPU])
+        sessions[ORT_FP32] = (session_runner(main_session), settings_of(main_session))
+        if args.int8:
+            quantized = int8_encoder(encoder, args.run, channels, size, tmp / "encoder_int8.onnx")
+            int8_session = open_session(fused_model(quantized, head), threads, [CPU])
+            sessions[ORT_INT8] = (session_runner(int8_session), settings_of(int8_session))
+        if args.variants:
+            sessions.update(onnxruntime_variants(encoder, head, fused, threads, [CPU]))
+    elif CUDA in ort.get_available_providers():
+        gpu_session = open_session(fused, threads, [CUDA, CPU])
+        sessions[f"onnxruntime {gpu_session.get_providers()[0]}"] = (session_runner(gpu_session),
+                                                                     settings_of(gpu_session))
+    else:
+        print(f"onnxruntime: no {CUDA} in this build (onnxruntime-gpu is not installed): eager only")
+    return sessions
+
+
 def preprocessing_graph(encoder: Path, out: Path) -> Path | None:
     """The encoder's nodes before its first Conv (uint8 -> float, /255, standardisation) as a model of its own."""
     import onnx
@@ -163,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="CPU threads for torch and onnxruntime (0: the CPUs this process may use)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--variants", action="store_true", help="also time onnxruntime with other settings")
+    parser.add_argument("--no-int8", dest="int8", action="store_false",
+                        help="leave out the int8 (quantized encoder) row")
     args = parser.parse_args(argv)
 
     if args.run:
@@ -190,23 +238,11 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         encoder, head, _ = export_onnx(model, channels, size, Path(tmp))
-        fused = fused_model(encoder, head)
-        sessions: dict[str, tuple[Runner, dict]] = {}
-        if device.type == "cpu":
-            main_session = open_session(fused, threads, [CPU])
-            sessions["onnxruntime (shared settings, fused graph)"] = (session_runner(main_session),
-                                                                      settings_of(main_session))
-            if args.variants:
-                sessions.update(onnxruntime_variants(encoder, head, fused, threads, [CPU]))
-        elif CUDA in ort.get_available_providers():
-            gpu_session = open_session(fused, threads, [CUDA, CPU])
-            sessions[f"onnxruntime {gpu_session.get_providers()[0]}"] = (session_runner(gpu_session),
-                                                                         settings_of(gpu_session))
-        else:
-            print(f"onnxruntime: no {CUDA} in this build (onnxruntime-gpu is not installed): eager only")
+        sessions = onnxruntime_sessions(args, device, encoder, head, threads, channels, size, Path(tmp))
         pre = preprocessing_graph(encoder, Path(tmp) / "preprocess.onnx") if args.variants else None
         preprocess = session_runner(open_session(pre, threads, [CPU])) if pre else None
-        plans = _tensorrt_plans(encoder, head, max(args.batches)) if device.type == "cuda" else None
+        plans = _tensorrt_plans(encoder, head, max(args.batches), args.run, channels, size, Path(tmp)) \
+            if device.type == "cuda" else {}
 
         print("\nonnxruntime settings (from the sessions):")
         for label, (_, settings) in sessions.items():
@@ -227,25 +263,27 @@ def main(argv: list[str] | None = None) -> None:
                 runners[label] = lambda runner=runner, images=images: runner(images)
             if preprocess is not None:
                 runners[PREPROCESSING] = lambda images=images: preprocess(images)
-            if plans is not None:
-                version, encoder_plan, head_plan = plans
-                runners[f"tensorrt {version} plans (fp32, incl. copies)"] = (
-                    lambda images=images, enc=encoder_plan, hd=head_plan:
-                    hd({FEATURES: enc({IMAGES: images})[FEATURES]}))
+            for label, (encoder_plan, head_plan) in plans.items():
+                runners[label] = (lambda images=images, enc=encoder_plan, hd=head_plan:
+                                  hd({FEATURES: enc({IMAGES: images})[FEATURES]}))
             times = interleaved(runners, args.warmup, args.rounds, sync)
             base = times[f"pytorch eager ({device})"]
             for label, seconds in times.items():
                 ratio = median_speedup(base, seconds)
-                rows.append((batch, label, statistics.median(seconds), ratio))
+                versus_fp32 = median_speedup(times[ORT_FP32], seconds) if ORT_FP32 in times else None
+                rows.append((batch, label, statistics.median(seconds), ratio, versus_fp32))
     gflop = gflop_per_image(model.cpu(), channels, size)
-    print(f"\n{'batch':>5}  {'runtime':<50} {'ms/batch':>9} {'images/s':>10} {'GFLOP/s':>8} {'vs eager':>8}")
-    for batch, label, seconds, ratio in rows:
+    print(f"\n{'batch':>5}  {'runtime':<50} {'ms/batch':>9} {'images/s':>10} {'GFLOP/s':>8} {'vs eager':>8} "
+          f"{'vs ort fp32':>11}")
+    for batch, label, seconds, ratio, versus_fp32 in rows:
         versus, rate = ("", "") if label == PREPROCESSING else (f"{ratio:>7.2f}x", f"{batch / seconds * gflop:8.1f}")
-        print(f"{batch:>5}  {label:<50} {seconds * 1e3:>9.2f} {batch / seconds:>10.1f} {rate:>8} {versus}")
+        fp32 = f"{versus_fp32:>10.2f}x" if versus_fp32 is not None and label not in (PREPROCESSING, ORT_FP32) else ""
+        print(f"{batch:>5}  {label:<50} {seconds * 1e3:>9.2f} {batch / seconds:>10.1f} {rate:>8} {versus:>8} "
+              f"{fp32:>11}")
     if device.type == "cpu":
         # what the goal asks of the CPU, against the best one kernel of each runtime does on these threads
         gemm = gemm_gflops(threads)
-        needed = {batch: TARGET * batch / seconds * gflop for batch, label, seconds, _ in rows
+        needed = {batch: TARGET * batch / seconds * gflop for batch, label, seconds, _, _ in rows
                   if label.startswith("pytorch eager")}
         print(f"\nceiling: {gflop:.3f} GFLOP per image; {TARGET}x eager needs "
               + " / ".join(f"{rate:.0f}" for rate in needed.values())
@@ -255,20 +293,30 @@ def main(argv: list[str] | None = None) -> None:
           f"per-round ratios over {args.rounds} interleaved rounds")
 
 
-def _tensorrt_plans(encoder: Path, head: Path, max_batch: int):
-    """(version, encoder runner, head runner) when TensorRT and a GPU are here, else None (and say why)."""
+def _tensorrt_plans(encoder: Path, head: Path, max_batch: int, run: Path | None, channels: int, size: int,
+                    tmp: Path) -> dict[str, tuple]:
+    """{label: (encoder runner, head runner)} of fp32, fp16 and int8 plans when TensorRT and a GPU are here, else
+    {} (and say why). int8: the encoder quantized as export does, built from its TensorRT encoding; head fp32."""
     from export.trt_runtime import PlanRunner, missing_requirements, require_tensorrt
 
     problem = missing_requirements()
     if problem:
         print(f"TensorRT: skipped ({problem.split('. ')[0]})")
-        return None
+        return {}
+    from export.quantize import write_tensorrt_encoding
     from export.trt_build import PlanOptions, build_engine
 
-    trt = require_tensorrt()
-    options = PlanOptions(max_batch=max_batch, opt_batch=max(1, max_batch // 2))
-    runners = [PlanRunner(build_engine(p, options)[0]) for p in (encoder, head)]
-    return trt.__version__, *runners
+    version = require_tensorrt().__version__
+    int8 = tmp / "encoder_int8.tensorrt.onnx"
+    write_tensorrt_encoding(int8_encoder(encoder, run, channels, size, tmp / "encoder_int8.onnx"), int8)
+
+    def build(path: Path, precision: str) -> PlanRunner:
+        options = PlanOptions(precision=precision, max_batch=max_batch, opt_batch=max(1, max_batch // 2))
+        return PlanRunner(build_engine(path, options)[0])
+
+    return {f"tensorrt {version} {precision} plans (incl. copies)": (build(graph, precision), build(head, on_head))
+            for precision, graph, on_head in (("fp32", encoder, "fp32"), ("fp16", encoder, "fp16"),
+                                              ("int8", int8, "fp32"))}
 
 
 if __name__ == "__main__":

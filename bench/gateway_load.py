@@ -11,12 +11,16 @@ What it measures, in one run on one machine:
   only frames them (httpx multipart) and parses the answers.
 Phases alternate (raw, gateway, raw, ...) for `--rounds` rounds, because the machine may be shared;
 it prints images/s per phase, p50/p95/p99 request latency, and the gateway/raw ratio (medians).
+`--precision fp32 int8` exports and serves both models of the run (one gateway, NAME and NAME_int8,
+chosen per request with ?precision=) and alternates the precisions within each round too, then prints
+the int8 / fp32 ratio of the gateway's images/s (medians of the per-round ratios).
 
 Default model: CC with a ResNet-18 CIFAR-stem backbone at 32 px (random weights), exported by the
 export package into a temporary repository. `--repository` and `--model` use an existing export.
 
     python bench/gateway_load.py                        # defaults: 64 images/request, concurrency 4
     python bench/gateway_load.py --instances 1          # one onnxruntime session with every thread
+    python bench/gateway_load.py --precision fp32 int8  # the int8 model beside the fp32 one, side by side
     python bench/gateway_load.py --rounds 3 --requests 12 --keep build/bench   # then:
     scripts/perf_analyzer.sh -r build/bench/model_repository_cpu -b 64 -c 1:2
 """
@@ -40,22 +44,26 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from contract.names import IMAGES  # noqa: E402
+from contract.names import IMAGES, precision_model  # noqa: E402
 from serve.backends.repository import resolve  # noqa: E402
 from serve.client import AsyncClient  # noqa: E402
 
 
 def make_model(workdir: Path, images: list[bytes], keep: Path | None = None, size: int = 32,
-               backbone: str = "resnet18") -> tuple[Path, str]:
-    """Random-weight CC / `backbone` (CIFAR stem) at `size` px, exported by export.pipeline (parity on `images`).
+               backbone: str = "resnet18", precisions: tuple[str, ...] = ("fp32",)) -> tuple[Path, str]:
+    """Random-weight CC / `backbone` (CIFAR stem) at `size` px, exported by export.pipeline (parity on `images`)
+    at each of `precisions`; returns the repository and the fp32 model's name.
 
     An untrained run (epoch 0) with a parity sample made of `images`: exported with allow_unfinished,
-    as its metadata then says (finished: false)."""
+    as its metadata then says (finished: false). int8 is calibrated on half of those images (the run has no
+    calibration sample) with no agreement threshold: random weights have no clusters to agree on, and this
+    measures speed."""
     import torch
 
     from contract.names import CHECKPOINT_FILE, PARITY_SAMPLE_FILE
     from contract.preprocess import prepare_source
-    from export.pipeline import export_run
+    from export.agreement import Thresholds
+    from export.pipeline import PrecisionOptions, export_run
     from train.checkpoint import save_checkpoint
     from train.data.datasets import ImageData
     from train.methods import get_method, make_config
@@ -77,7 +85,9 @@ def make_model(workdir: Path, images: list[bytes], keep: Path | None = None, siz
     name = f"cc_{backbone}_{size}"
     out = keep or workdir
     cpu = out / "model_repository_cpu" if keep else None  # the CPU flavour for scripts/perf_analyzer.sh
-    export_run(run, out / "model_repository", cpu, name=name, allow_unfinished=True, log=lambda m: None)
+    for precision in precisions:
+        export_run(run, out / "model_repository", cpu, name=name, allow_unfinished=True, log=lambda m: None,
+                   precision=PrecisionOptions(precision, Thresholds(0.0, 0.0)))
     return out / "model_repository", name
 
 
@@ -158,8 +168,10 @@ async def wait_ready(url: str, process: subprocess.Popen, timeout: float = 120.0
     raise RuntimeError(f"the gateway was not ready within {timeout:.0f} s")
 
 
-async def drive(url: str, pngs: list[bytes], requests: int, concurrency: int) -> tuple[float, list[float]]:
-    """`requests` calls of AsyncClient.cluster(pngs), `concurrency` at a time -> (images/s, latencies in s)."""
+async def drive(url: str, pngs: list[bytes], requests: int, concurrency: int,
+                **choice: str) -> tuple[float, list[float]]:
+    """`requests` calls of AsyncClient.cluster(pngs, **choice), `concurrency` at a time -> (images/s, latencies
+    in s); choice: model, precision."""
     latencies: list[float] = []
     remaining = requests
     async with AsyncClient(url, timeout=300, retries=0, batch_size=len(pngs)) as client:
@@ -169,7 +181,7 @@ async def drive(url: str, pngs: list[bytes], requests: int, concurrency: int) ->
             while remaining > 0:  # bounded: `requests` in all
                 remaining -= 1
                 began = time.perf_counter()
-                results = await client.cluster(pngs)
+                results = await client.cluster(pngs, **choice)
                 latencies.append(time.perf_counter() - began)
                 if len(results) != len(pngs) or not all(r.ok for r in results):
                     raise RuntimeError("gateway returned errors or a wrong count")
@@ -198,12 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--instances", type=int, default=0,
                         help="onnxruntime sessions per model, raw and gateway (0: the gateway's default)")
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "int8"), default=["fp32"],
+                        help="the model's precisions to serve and measure, side by side (--repository: NAME and "
+                             "NAME_int8 must be there)")
     args = parser.parse_args(argv)
+    precisions = tuple(dict.fromkeys(args.precision))
 
     with tempfile.TemporaryDirectory(prefix="gateway-load-") as tmp:
         if args.repository is None:
             pngs = random_pngs(args.images, 32)
-            repository, name = make_model(Path(tmp), pngs, args.keep)
+            repository, name = make_model(Path(tmp), pngs, args.keep, precisions=precisions)
         else:
             repository, name = args.repository, args.model
             pngs = random_pngs(args.images, resolve(repository, name).metadata.input.size)
@@ -218,35 +234,52 @@ def main(argv: list[str] | None = None) -> int:
         process = start_gateway(repository, port, args)
         try:
             asyncio.run(wait_ready(url, process))
-            asyncio.run(drive(url, pngs, 2, 1))  # warm-up
-            raw, gateway, latencies = [], [], []
+            for precision in precisions:  # warm-up
+                asyncio.run(drive(url, pngs, 2, 1, model=name, precision=precision))
+            raw = {p: [] for p in precisions}
+            gateway = {p: [] for p in precisions}
+            latencies = {p: [] for p in precisions}
             batches = args.requests  # the same number of images in both phases
             for r in range(args.rounds):
-                raw.append(raw_onnxruntime(repository, name, batch, batches, instances=args.instances))
-                ips, lat = asyncio.run(drive(url, pngs, args.requests, args.concurrency))
-                gateway.append(ips)
-                latencies += lat
-                print(f"round {r + 1}: raw onnxruntime {raw[-1]:7.1f} images/s   gateway {ips:7.1f} images/s   "
-                      f"ratio {ips / raw[-1]:.2f}", flush=True)
+                for precision in precisions:
+                    model = precision_model(name, precision)
+                    raw[precision].append(raw_onnxruntime(repository, model, batch, batches, instances=args.instances))
+                    ips, lat = asyncio.run(drive(url, pngs, args.requests, args.concurrency, model=name,
+                                                 precision=precision))
+                    gateway[precision].append(ips)
+                    latencies[precision] += lat
+                    print(f"round {r + 1} {precision}: raw onnxruntime {raw[precision][-1]:7.1f} images/s   gateway "
+                          f"{ips:7.1f} images/s   ratio {ips / raw[precision][-1]:.2f}", flush=True)
         finally:
             process.terminate()
             process.wait(30)
 
     import onnxruntime as ort
 
-    raw_m, gw_m = statistics.median(raw), statistics.median(gateway)
     print(f"\nmodel {name} ({channels}x{size}x{size}), {args.images} PNG images/request "
           f"({body_kib:.0f} KiB of PNG), concurrency {args.concurrency}, {args.rounds} rounds x "
           f"{args.requests} requests; onnxruntime {ort.__version__} {ort.get_available_providers()}, "
-          f"{os.cpu_count()} CPUs")
-    print(f"raw onnxruntime : {raw_m:8.1f} images/s (median of {', '.join(f'{x:.1f}' for x in raw)})")
-    print(f"gateway /cluster: {gw_m:8.1f} images/s (median of {', '.join(f'{x:.1f}' for x in gateway)})")
-    print(f"gateway latency per request: p50 {percentile(latencies, 50) * 1000:.0f} ms, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")
+    for precision in precisions:
+        report(precision, raw[precision], gateway[precision], latencies[precision])
+    if len(precisions) == 2:
+        ratios = [b / a for a, b in zip(gateway["fp32"], gateway["int8"], strict=True)]
+        print(f"gateway int8 / fp32: {statistics.median(ratios):.2f}x images/s (median of per-round ratios "
+              f"{', '.join(f'{x:.2f}' for x in ratios)})")
+    return 0
+
+
+def report(precision: str, raw: list[float], gateway: list[float], latencies: list[float]) -> None:
+    """One precision's medians: raw onnxruntime, the gateway, its latency and the gateway / raw ratio."""
+    raw_m, gw_m = statistics.median(raw), statistics.median(gateway)
+    print(f"{precision} raw onnxruntime : {raw_m:8.1f} images/s (median of {', '.join(f'{x:.1f}' for x in raw)})")
+    print(f"{precision} gateway /cluster: {gw_m:8.1f} images/s (median of {', '.join(f'{x:.1f}' for x in gateway)})")
+    print(f"{precision} gateway latency per request: p50 {percentile(latencies, 50) * 1000:.0f} ms, "
           f"p95 {percentile(latencies, 95) * 1000:.0f} ms, p99 {percentile(latencies, 99) * 1000:.0f} ms "
           f"({len(latencies)} requests)")
     ratio = gw_m / raw_m
-    print(f"ratio gateway / raw onnxruntime: {ratio:.2f} (target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
-    return 0
+    print(f"{precision} ratio gateway / raw onnxruntime: {ratio:.2f} "
+          f"(target >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,8 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)  # results.json "metrics": nmi, acc, ari, clusters_used
     training: dict[str, Any] = field(default_factory=dict)  # epochs, num_images, train_seconds, backbone
     stats: ClusterStats | None = None  # None: the run predates cluster statistics
+    precision: str = "fp32"  # contract.names.PRECISIONS
+    agreement: dict[str, Any] | None = None  # reduced precision: its agreement with fp32 (export/agreement.py)
     schema_version: int = CARD_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -241,6 +243,7 @@ class ModelCard:
                            if k in ("nmi", "acc", "ari") and isinstance(v, (int, float)))
         if scores:
             lines.append(f"- training-set metrics: {scores}")
+        lines.append(f"- precision {self.precision}" + _agreement_text(self.agreement))
         if self.stats is None:
             return "\n".join([*lines, "", "No cluster statistics (the run predates them).", ""])
         s = self.stats
@@ -253,6 +256,16 @@ class ModelCard:
             share = c.size / s.num_images if s.num_images else 0.0
             lines.append(f"| {c.id} | {name} | {c.size} | {share:.1%} | {c.mapped_class or ''} | {purity} |")
         return "\n".join([*lines, ""])
+
+
+def _agreement_text(agreement: dict[str, Any] | None) -> str:
+    """The card's words for a reduced-precision model's agreement with fp32 (export/agreement.py's figures)."""
+    if not agreement:
+        return ""
+    return (f": cluster agreement with the fp32 graph {agreement['cluster_agreement']:.2%} on "
+            f"{agreement['num_images']} training images not used for calibration, embedding cosine mean "
+            f"{agreement['embedding_cosine_mean']:.4f} (min {agreement['embedding_cosine_min']:.4f}), largest "
+            f"probability difference {agreement['probability_max_abs_diff']:.4f}")
 
 
 def unnamed(cluster: int) -> str:

@@ -11,6 +11,7 @@ Schema versions: 1 (NAME/metadata.json, one unversioned model), 2 (NAME/<v>/meta
 `version`, Triton's versioned layout: contract/repository.py). Version-1 records still parse
 (`version` is then None). `extra_outputs` (the method's declared outputs beyond the required three) was
 added within version 2: a record without it lists every output beyond the required three, undescribed.
+`precision`, `agreement` and `quantization` were added within version 2 too: a record without them is fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from contract import files
-from contract.names import ANSWER_FIELDS, FEATURES, IMAGES, REQUIRED_OUTPUTS, encoder_model, head_model
+from contract.names import (
+    ANSWER_FIELDS,
+    FEATURES,
+    FP32,
+    IMAGES,
+    PRECISIONS,
+    REQUIRED_OUTPUTS,
+    encoder_model,
+    head_model,
+)
 
 SCHEMA_VERSION = 2
 DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
@@ -148,6 +158,12 @@ class ModelMetadata:
     extra_outputs: tuple[ExtraOutput, ...] | None = None
     """The outputs beyond the required three, as the method declares them; None (not recorded): every
     output beyond the required three, undescribed. Always a tuple once constructed."""
+    precision: str = FP32  # contract.names.PRECISIONS: what the model computes in (its name says it too)
+    agreement: dict[str, Any] | None = None
+    """Reduced precision: how far its answers are the fp32 graph's, on training images not used for calibration
+    (export/agreement.py: cluster agreement, embedding cosine mean and min, largest probability difference,
+    the thresholds and the verdict). None for fp32 (its `parity` says it reproduces PyTorch)."""
+    quantization: dict[str, Any] | None = None  # int8: what was quantized, how, calibrated on which images
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -160,6 +176,8 @@ class ModelMetadata:
             object.__setattr__(self, "extra_outputs", tuple(
                 ExtraOutput.undescribed(spec) for name, spec in self.outputs.items() if name not in REQUIRED_OUTPUTS))
         self._check_extra_outputs()
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
         if self.schema_version > SCHEMA_VERSION:
             raise ValueError(f"schema_version {self.schema_version} is newer than this code reads "
                              f"({SCHEMA_VERSION}): upgrade deepcluster-serve")
@@ -192,9 +210,9 @@ class ModelMetadata:
         return dataclasses.replace(self, **changes)
 
     def interface(self) -> tuple[Any, ...]:
-        """What a caller depends on: input, outputs, feature size. Versions of one model share it (they
-        share one Triton config)."""
-        return self.input, tuple(sorted(self.outputs.items())), self.feature_dim
+        """What a caller depends on: input, outputs, feature size, precision. Versions of one model share it
+        (they share one Triton config, and one precision: TensorRT builds a model's plans at its precision)."""
+        return self.input, tuple(sorted(self.outputs.items())), self.feature_dim, self.precision
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

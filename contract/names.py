@@ -19,6 +19,30 @@ ANSWER_FIELDS = ("index", "filename", "cluster", "name", "probability", "low_con
 """The fields of one image's /cluster answer (serve/schemas.py ClusterResult). A method's extra outputs are
 answered beside them under their own names, so no extra output may be named like one of these."""
 
+# --- precision ---------------------------------------------------------------------------------------
+FP32, INT8, FP16 = "fp32", "int8", "fp16"
+PRECISIONS = (FP32, INT8, FP16)
+"""What an exported model computes in. fp32: the graphs as trained (parity with PyTorch within 1e-4). int8: the
+encoder quantized (a QDQ graph), judged by its agreement with the fp32 graph. fp16: TensorRT plans with FP16 kernels,
+built from the fp32 graphs and judged the same way. A model has one precision: its repository name says it
+(`precision_model`) and its metadata's `precision` records it, so each precision has its own versions and config."""
+
+
+def precision_model(name: str, precision: str) -> str:
+    """The repository name of model NAME exported at `precision`: NAME (fp32), NAME_int8, NAME_fp16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    return name if precision == FP32 else f"{name}_{precision}"
+
+
+def split_precision(name: str) -> tuple[str, str]:
+    """A repository model name -> (the name it was exported under, the precision its name says)."""
+    for precision in PRECISIONS[1:]:
+        if name.endswith(f"_{precision}"):
+            return name.removesuffix(f"_{precision}"), precision
+    return name, FP32
+
+
 # --- image files ------------------------------------------------------------------------------------
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 """Suffixes (lower case) of the files a folder of images is searched for: training's folder data sets, bulk."""
@@ -35,6 +59,10 @@ TENSORBOARD_DIR = "tensorboard"
 PARITY_SAMPLE_FILE = "parity_sample.npz"
 """Images of the training data and the trained model's outputs on them, saved at the end of training so
 an export can check parity without the data set; copied into the model repository for TensorRT."""
+CALIBRATION_SAMPLE_FILE = "calibration_sample.npz"
+"""A seeded random sample of the training images at the model's input side (images uint8 (n, C, S, S), sources
+(n,), index (n,) into the training splits), saved at the end of training: export calibrates a reduced-precision
+(int8) graph on the first of them and judges its agreement with the fp32 graph on the others, without the data set."""
 IMAGES_USED_FILE = "images.txt"
 """The images a run trained on, one source per line in training order (after sampling and skipping; the
 instance-pass splits after the training splits)."""
@@ -54,6 +82,10 @@ MAP_POINTS = 2000
 TREE_FILE = "tree.json"
 """CoHiClust: the pruned tree (surviving nodes, parents, children, sizes on the training data), written by
 the method at the end of training and copied into each model version for pages that draw it."""
+AGREEMENT_SAMPLE_FILE = "agreement_sample.npz"
+"""In a reduced-precision model version: the images its agreement with the fp32 graph was judged on (training images
+not used for calibration; images (n, C, S, S), sources (n,)) and the fp32 graph's outputs on them (reference_<output>),
+so TensorRT plans built later in the serving container are judged on the same images against the same reference."""
 PROJECTION_FILE = "projection.npz"
 """In a model version: the embedding map. points (m, 2) in [0, 1], cluster (m,), the embeddings they were
 projected from (m, D) for placing new images, and method (the projection's name)."""
@@ -75,6 +107,10 @@ NAMES_FILE = "cluster_names.json"
 MODEL_CONFIG_FILE = "config.pbtxt"
 ONNX_MODEL_FILE = "model.onnx"
 PLAN_MODEL_FILE = "model.plan"
+TENSORRT_ONNX_FILE = "model.tensorrt.onnx"
+"""Beside an int8 encoder's model.onnx (--output repository only): the same QDQ graph with its activations encoded as
+TensorRT needs them (INT8, zero point 0) instead of as onnxruntime's x86 kernels run fastest (UINT8, zero point 128);
+the same scales and rounding, so the same numbers (export checks it). export/tensorrt.py builds int8 plans from it."""
 LAST_VERSION_FILE = ".last_version"
 """In NAME/: the highest version number ever given to the model, so a removed version's number is never reused."""
 EXPORT_LOCK_FILE = ".export.lock"

@@ -3,11 +3,12 @@
 # then hand over to tritonserver, which polls the repository: a version exported later is loaded without a
 # restart (build its plans with `python3 -m export.tensorrt --repository /models` in this container; until
 # then its config is the exported onnxruntime one). Extra arguments go to tritonserver.
-#   TRT_ARGS   arguments of `python -m export.tensorrt` (default "--fp16"; "" for fp32 plans)
+#   TRT_ARGS   more arguments of `python -m export.tensorrt` (default none; each model's plans are built at the
+#              precision it was exported at: NAME fp32, NAME_fp16 fp16, NAME_int8 int8)
 #   MODELS     the repository (default /models)
 set -euo pipefail
 MODELS=${MODELS:-/models}
-TRT_ARGS=${TRT_ARGS---fp16}
+TRT_ARGS=${TRT_ARGS-}
 
 if ! ls "$MODELS"/*/*/metadata.json >/dev/null 2>&1; then
     echo "triton-entrypoint: no exported model in $MODELS (run 'python -m export' on the host first)" >&2

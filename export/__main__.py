@@ -2,19 +2,24 @@
 
     python -m export --engine onnx                      # latest finished run under runs/
     python -m export --engine onnx --run runs/cc-cifar10-resnet34 --name cc_cifar10 --max-batch 64
-    python -m export --engine trt --fp16                # needs tensorrt and a CUDA GPU (else exit 2)
+    python -m export --engine onnx --precision int8     # model NAME_int8: the encoder quantized, judged by agreement
+    python -m export --engine trt --precision fp16      # needs tensorrt and a CUDA GPU (else exit 2)
 
 --engine onnx: model_repository/ (onnxruntime_onnx, KIND_GPU) and model_repository_cpu/ (python
 backend, KIND_CPU). trt: checks for TensorRT first, then does the same and builds plans in place in
 model_repository/ (tensorrt_plan). all: writes the ONNX repositories even without TensorRT, then
 builds plans (exit 2, after writing, when TensorRT is missing).
 The run's own parity sample (written by the trainer) is the parity check's input: no data set needed.
+--precision int8 quantizes the encoder on the run's calibration sample and refuses (exit 2) a model whose
+clusters and embeddings are too far from the fp32 graph's on the sample's other images; fp16 is built by
+TensorRT (in --output only). Each precision is its own model: NAME, NAME_int8, NAME_fp16.
 Each export adds a version NAME/<v>/ (Triton's layout) beside the existing ones, from any run, as long
 as its interface (input, outputs) is theirs; the gateway serves the latest and picks it up without a
 restart; `python -m export.versions --remove V` rolls back (see export/versions.py).
 Exit status: 0 done; 1 parity failure; 2 refused or unusable input (unfinished run, an interface other
 than the model's existing versions, an output path that is a file, no run, the repository locked by
-another export for too long, TensorRT missing). Nothing is written unless every check passed.
+another export for too long, TensorRT missing, an int8 agreement below the thresholds). Nothing is
+written unless every check passed.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from contract.names import FP16, FP32, PRECISIONS
 from contract.runs import latest_finished_run
+from export.agreement import MIN_AGREEMENT, MIN_COSINE
+from export.quantize import CALIBRATION_METHODS, DEFAULT_CALIBRATION_IMAGES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +67,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-versions", type=int, default=0,
                         help="after adding the version, delete all but the newest N (default: 0, keep all)")
     parser.add_argument("--opt-batch", type=int, help="TensorRT profile optimum (default: max/2)")
-    parser.add_argument("--fp16", action="store_true", help="TensorRT: allow FP16 kernels (where the API has them)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=FP32,
+                        help="fp32; int8 (model NAME_int8: the encoder quantized to a QDQ graph, for onnxruntime, "
+                             "Triton and TensorRT); fp16 (model NAME_fp16: TensorRT FP16 plans of the fp32 graphs, "
+                             "--output only) (default: fp32)")
+    parser.add_argument("--fp16", dest="precision", action="store_const", const=FP16,
+                        help="deprecated: --precision fp16")
+    parser.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
+                        help="reduced precision: the least fraction of images whose cluster is the fp32 graph's "
+                             f"(default: {MIN_AGREEMENT})")
+    parser.add_argument("--min-cosine", type=float, default=MIN_COSINE,
+                        help="reduced precision: the least mean cosine between an image's embedding and the fp32 "
+                             f"graph's (default: {MIN_COSINE})")
+    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                        help="int8: images of the run's calibration sample to calibrate on; its other images judge "
+                             f"the agreement (default: {DEFAULT_CALIBRATION_IMAGES})")
+    parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=CALIBRATION_METHODS[0],
+                        help=f"int8: activation ranges from the calibration images (default: {CALIBRATION_METHODS[0]})")
     parser.add_argument("--workspace-mb", type=int, default=2048,
                         help="TensorRT builder workspace limit, MiB (default: 2048)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
@@ -77,6 +101,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if "--fp16" in (sys.argv[1:] if argv is None else argv):
+        print("warning: --fp16 is deprecated: use --precision fp16 (it exports model NAME_fp16)", file=sys.stderr)
     from export import tensorrt
     from export.parity import ParityError
 
@@ -97,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_output = (output.with_name(f"{output.name}_cpu") if args.cpu_output is None
                   else None if str(args.cpu_output).lower() == "none" else args.cpu_output)
 
-    from export.pipeline import export_run
+    from export.agreement import Thresholds
+    from export.pipeline import PrecisionOptions, export_run
     from export.triton import TritonOptions
     from export.versions import RepositoryBusy
 
@@ -105,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         options = TritonOptions(queue_delay_us=args.queue_delay_us, instances=args.instances,
                                 serve_versions=args.serve_versions, keep_versions=args.keep_versions,
                                 force=args.force)
+        precision = PrecisionOptions(args.precision, Thresholds(args.min_agreement, args.min_cosine),
+                                     args.calibration_images, args.calibration_method)
         result = export_run(run, args.output, cpu_output, args.name, args.max_batch, args.tolerance,
-                            args.allow_unfinished, options, args.output_kind, args.projection)
+                            args.allow_unfinished, options, args.output_kind, args.projection, precision=precision)
     except ParityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -116,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "onnx":
         return 0
     try:
-        plans = tensorrt.PlanOptions(fp16=args.fp16, max_batch=args.max_batch, opt_batch=args.opt_batch,
-                                     workspace_mb=args.workspace_mb)
+        plans = tensorrt.PlanOptions(max_batch=args.max_batch, opt_batch=args.opt_batch,
+                                     workspace_mb=args.workspace_mb)  # the precision is the model's
         tensorrt.convert_repository(args.output, plans, names=[result.name])
     except tensorrt.TensorRTUnavailable as exc:
         print(f"error: --engine {args.engine}: the ONNX repositories are written; {exc}", file=sys.stderr)

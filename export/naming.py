@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from contract.names import FP32, split_precision
+
 NAME_PATTERN = re.compile(r"^[a-z0-9_]+$")
 
 
@@ -14,6 +16,12 @@ def model_name(method: str, dataset: str) -> str:
 
 
 def check_name(name: str) -> str:
+    """ValueError unless `name` can name Triton models and does not end in a precision's suffix (--precision adds
+    it: NAME_int8, NAME_fp16)."""
     if not NAME_PATTERN.match(name):
         raise ValueError(f"model name {name!r} must match [a-z0-9_]+ (it names Triton models)")
+    base, precision = split_precision(name)
+    if precision != FP32:
+        raise ValueError(f"model name {name!r} ends in _{precision}, the suffix --precision {precision} adds: "
+                         f"give --name {base} --precision {precision}")
     return name

@@ -6,9 +6,9 @@
     report = compare(reference, candidate, tolerance=1e-4)    # raises nothing; check() does
 
 Float outputs pass when max |a - b| <= tolerance; integer outputs (cluster, CoHiClust's path) must be
-identical, except where the reference's top-2 probability margin is below `near_tie` (0 for fp32;
-used for FP16 TensorRT plans, where a near tie may legitimately flip). Torch is imported lazily, so
-export/tensorrt.py can use compare() inside the serving container.
+identical. This is the fp32 check (of the ONNX graphs, and of fp32 TensorRT plans); a reduced-precision
+model is judged by its agreement with the fp32 graph instead (export/agreement.py). Torch is imported
+lazily, so export/tensorrt.py can use compare() inside the serving container.
 """
 
 from __future__ import annotations
@@ -47,28 +47,28 @@ def torch_outputs(model, images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 
-def onnx_outputs(encoder: Path, head: Path, images: np.ndarray,
-                 providers: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Run encoder then head with onnxruntime, each session opened as the gateway opens its sessions
-    (contract.sessions); returns the head's outputs and the providers really used."""
+def onnx_outputs(encoder: Path, head: Path, images: np.ndarray, providers: Sequence[str] | None = None,
+                 batch: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Run encoder then head with onnxruntime (`batch` images at a time; None: all at once), each session opened
+    as the gateway opens its sessions (contract.sessions); returns the head's outputs and the providers really used."""
     enc, hd = open_session(encoder, providers=providers), open_session(head, providers=providers)
-    (features,) = enc.run([FEATURES], {IMAGES: images})
     names = [o.name for o in hd.get_outputs()]
-    outputs = dict(zip(names, hd.run(names, {FEATURES: features}), strict=True))
+    step = batch or max(1, len(images))
+    parts = []
+    for start in range(0, len(images), step):
+        (features,) = enc.run([FEATURES], {IMAGES: images[start:start + step]})
+        parts.append(hd.run(names, {FEATURES: features}))
+    outputs = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
     return outputs, sorted(set(enc.get_providers()) | set(hd.get_providers()))
 
 
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-            tolerance: float = FP32_TOLERANCE, near_tie: float = 0.0) -> dict[str, Any]:
+            tolerance: float = FP32_TOLERANCE) -> dict[str, Any]:
     """Per-output differences and the verdict; never raises (see `check`)."""
     report: dict[str, Any] = {"passed": True, "tolerance": tolerance, "outputs": {}, "problems": []}
     missing = sorted(set(reference) - set(candidate))
     if missing:
         report["problems"].append(f"outputs missing from the export: {missing}")
-    margin = None
-    if "probabilities" in reference and reference["probabilities"].shape[1] > 1:
-        top2 = np.sort(reference["probabilities"], axis=1)[:, -2:]
-        margin = top2[:, 1] - top2[:, 0]
     for name, ref in reference.items():
         if name not in candidate:
             continue
@@ -85,11 +85,10 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
                 report["problems"].append(f"{name}: max |difference| {diff:.3g} > tolerance {tolerance:g}")
         else:
             rows = (got != ref).reshape(ref.shape[0], -1).any(axis=1)
-            ties = rows & (margin < near_tie) if margin is not None and near_tie > 0 else np.zeros_like(rows)
-            report["outputs"][name] = {"mismatches": int(rows.sum()), "near_tie_mismatches": int(ties.sum()),
+            report["outputs"][name] = {"mismatches": int(rows.sum()),
                                        "agreement": float(1 - rows.mean()) if rows.size else 1.0}
-            if (rows & ~ties).any():
-                report["problems"].append(f"{name}: {int((rows & ~ties).sum())} of {rows.size} rows differ")
+            if rows.any():
+                report["problems"].append(f"{name}: {int(rows.sum())} of {rows.size} rows differ")
     report["passed"] = not report["problems"]
     return report
 

@@ -1,6 +1,7 @@
-"""One export: run directory -> ONNX graphs -> parity check -> Triton repositories (GPU and CPU flavours).
+"""One export: run directory -> ONNX graphs -> parity check [-> int8] -> Triton repositories (GPU and CPU flavours).
 
     result = export_run("runs/cc-cifar10-resnet34", Path("model_repository"), Path("model_repository_cpu"))
+    result = export_run(run, output, cpu_output, precision=PrecisionOptions("int8"))   # model NAME_int8
 
 The parity images come from the run directory (parity_sample.npz, saved by the trainer), so no data
 set is needed. The output paths and the compatibility with the model's existing versions are checked
@@ -8,10 +9,19 @@ first, then parity; nothing is written to a repository unless both pass, and the
 gains a complete new version (export/versions.py) or nothing. An unfinished run is refused unless
 `allow_unfinished` (and then marked so in the metadata and the card). The model card comes from the
 run's cluster_stats.json (written by the trainer) and results.json.
+
+Reduced precision (model NAME_int8 or NAME_fp16, contract.names.precision_model): the fp32 graphs are
+exported and parity-checked as always, then int8 quantizes the encoder (export/quantize.py) on the run's
+calibration sample and judges it against the fp32 graph on the sample's other images (export/agreement.py):
+below the thresholds it is refused (AgreementTooLow) before anything is written. fp16 keeps the fp32 graphs
+for TensorRT to build FP16 plans from (export/tensorrt.py judges those); it goes to `output` only, as the CPU
+repository's onnxruntime would run it in fp32. Both keep the judged images and the fp32 graph's outputs on
+them (agreement_sample.npz), so plans built later are judged alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import tempfile
@@ -25,24 +35,73 @@ import numpy as np
 from contract.card import ClusterStats, ModelCard
 from contract.metadata import ExtraOutput, ImageInput, ModelMetadata
 from contract.names import (
+    AGREEMENT_SAMPLE_FILE,
     CLUSTER_SAMPLES_FILE,
     CLUSTER_STATS_FILE,
+    FP16,
+    FP32,
     PARITY_SAMPLE_FILE,
+    PRECISIONS,
     PROJECTION_FILE,
     REQUIRED_OUTPUTS,
     RUN_FILES_SERVED,
+    TENSORRT_ONNX_FILE,
+    precision_model,
 )
 from contract.runs import RunInfo, read_run
-from export import parity
+from export import agreement, parity
 from export.naming import check_name, model_name
 from export.onnx_export import OPSET, export_onnx, graph_specs
 from export.projection import write_projection
+from export.quantize import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_IMAGES,
+    CalibrationSample,
+    quantize_encoder,
+    read_calibration,
+    write_tensorrt_encoding,
+)
 from export.triton import DEFAULT_OPTIONS, FLAVOURS, ModelSet, TritonOptions, default_names, write_repository
 from export.versions import carried_names, check_compatible
+
+JUDGE_BATCH = 64
 
 
 class ExportRefused(ValueError):
     """The export would be wrong without an explicit flag (an unfinished run)."""
+
+
+@dataclass(frozen=True)
+class PrecisionOptions:
+    """The precision an export is at and, below fp32, how it is made and judged (python -m export --precision)."""
+
+    precision: str = FP32  # contract.names.PRECISIONS
+    thresholds: agreement.Thresholds = agreement.Thresholds()
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES  # of the calibration sample; the rest judge
+    calibration_method: str = CALIBRATION_METHODS[0]  # export.quantize.CALIBRATION_METHODS: percentile, minmax
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ValueError(f"unknown calibration method {self.calibration_method!r}; "
+                             f"choose from {list(CALIBRATION_METHODS)}")
+        if self.calibration_images < 1:
+            raise ValueError(f"--calibration-images must be >= 1, got {self.calibration_images}")
+
+
+FP32_EXPORT = PrecisionOptions()
+
+
+@dataclass
+class Reduced:
+    """What a reduced-precision export adds to the fp32 one."""
+
+    encoder: Path  # the encoder graph the model serves (int8: the QDQ graph; fp16: the fp32 graph)
+    agreement: dict[str, Any] | None  # int8: its figures against the fp32 graph (fp16: judged when plans are built)
+    quantization: dict[str, Any] | None
+    version_files: dict[str, Path]  # agreement_sample.npz
+    encoder_files: dict[str, Path]  # int8: the TensorRT encoding beside the encoder's model.onnx
 
 
 @dataclass
@@ -112,16 +171,53 @@ def check_output(path: Path | None, what: str) -> None:
             return
 
 
+def reduce_precision(encoder: Path, head: Path, sample: CalibrationSample, name: str, opts: PrecisionOptions,
+                     tmp: Path, log: Callable[[str], None]) -> Reduced:
+    """int8: quantize the encoder and judge it against the fp32 graph (AgreementTooLow below the thresholds);
+    fp16: keep the fp32 graphs for TensorRT. Both: the judged images and the fp32 outputs, for later plans."""
+    reference, _ = parity.onnx_outputs(encoder, head, sample.judge, batch=JUDGE_BATCH)
+    agreement.write_sample(tmp / AGREEMENT_SAMPLE_FILE, sample.judge, sample.judge_sources, reference,
+                           opts.thresholds)
+    files = {AGREEMENT_SAMPLE_FILE: tmp / AGREEMENT_SAMPLE_FILE}
+    if opts.precision == FP16:
+        log(f"fp16: the fp32 graphs, for TensorRT to build FP16 plans from (python -m export.tensorrt); they are "
+            f"judged against the fp32 graph on {len(sample.judge)} images when built")
+        return Reduced(encoder, None, None, files, {})
+    quantized = tmp / "encoder_int8.onnx"
+    quantization = quantize_encoder(encoder, quantized, sample.calibrate, opts.calibration_method)
+    candidate, providers = parity.onnx_outputs(quantized, head, sample.judge, batch=JUDGE_BATCH)
+    report = agreement.measure(reference, candidate, opts.thresholds)
+    report.update(images=sample.description, reference="the fp32 graphs (onnxruntime)", runtime="onnxruntime",
+                  runtime_version=quantization["onnxruntime"], providers=providers)
+    log(f"int8 agreement {'PASSED' if report['passed'] else 'FAILED'} ({opts.calibration_method} calibration, "
+        f"{sample.description}; {', '.join(providers)}): {agreement.describe(report)}")
+    agreement.check(report, f"{name} (int8)")
+    tensorrt = tmp / TENSORRT_ONNX_FILE
+    write_tensorrt_encoding(quantized, tensorrt)
+    # The same quantization (same scales and rounding points); onnxruntime runs this encoding through other
+    # kernels (float convolutions between the QDQ pairs), so its figures differ from model.onnx's by rounding:
+    # judged by the same thresholds, and recorded.
+    encoded, _ = parity.onnx_outputs(tensorrt, head, sample.judge, batch=JUDGE_BATCH)
+    encoded_report = agreement.measure(reference, encoded, opts.thresholds)
+    agreement.check(encoded_report, f"{name}'s int8 encoder in its TensorRT encoding (run by onnxruntime)")
+    quantization.update(images=sample.description, tensorrt_encoding={
+        k: encoded_report[k] for k in ("cluster_agreement", "embedding_cosine_mean", "embedding_cosine_min",
+                                       "probability_max_abs_diff")})
+    return Reduced(quantized, report, quantization, files, {TENSORRT_ONNX_FILE: tensorrt})
+
+
 def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | None = None, max_batch: int = 64,
                tolerance: float = parity.FP32_TOLERANCE, allow_unfinished: bool = False,
                options: TritonOptions = DEFAULT_OPTIONS, output_kind: str = "gpu", projection: str = "none",
-               log: Callable[[str], None] = print) -> ExportResult:
+               log: Callable[[str], None] = print, precision: PrecisionOptions = FP32_EXPORT) -> ExportResult:
     """Export a run as a new version in `output` (onnxruntime_onnx on KIND_GPU, or KIND_CPU with
-    output_kind "cpu") and `cpu_output` (python backend, KIND_CPU).
+    output_kind "cpu") and `cpu_output` (python backend, KIND_CPU; not for fp16), as model NAME at fp32,
+    NAME_int8 or NAME_fp16 (`precision`).
 
     Raises ValueError for unusable output paths, IncompatibleVersion when the model's existing versions
     have another interface (and not options.force), ParityError (after printing the numbers) when
-    onnxruntime does not reproduce PyTorch, ExportRefused for an unfinished run; all before writing.
+    onnxruntime does not reproduce PyTorch, AgreementTooLow when an int8 encoder's answers are too far
+    from the fp32 graph's, ExportRefused for an unfinished run; all before writing.
     """
     from train.checkpoint import load_run
 
@@ -129,6 +225,9 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
         raise ValueError(f"--max-batch must be >= 1, got {max_batch}")
     if output_kind not in ("gpu", "cpu"):
         raise ValueError(f"output kind must be gpu or cpu, got {output_kind!r}")
+    if precision.precision == FP16 and cpu_output is not None:
+        log("fp16 is built by TensorRT: the CPU repository gets no fp16 model (its onnxruntime would run fp32)")
+        cpu_output = None
     outputs = [Path(output), *([Path(cpu_output)] if cpu_output is not None else [])]
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise ValueError(f"--output and --cpu-output are the same directory ({output}); the two flavours need "
@@ -145,7 +244,8 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
                                 "this version lack it; start the run's command again to write it)")
     loaded = load_run(run)
     meta = {**loaded.meta, "method": loaded.meta.get("method", loaded.config.method)}
-    name = check_name(name) if name else model_name(meta["method"], meta["dataset"])
+    name = precision_model(check_name(name) if name else model_name(meta["method"], meta["dataset"]),
+                           precision.precision)
     run_dir = loaded.path.parent.resolve()
     log(f"exporting {meta['method']} on {meta['dataset']} (epoch {loaded.epoch}"
         f"{'' if info.finished else ', UNFINISHED'}) from {run_dir} as {name!r}")
@@ -158,9 +258,11 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
         models = ModelSet(name, encoder, head, enc_in, enc_out, head_in, head_out, max_batch, None, {})
         exported_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         models.metadata = build_metadata(name, meta, models, extra_outputs, run_dir, loaded.epoch, info.finished,
-                                         {}, exported_at)
+                                         {}, exported_at).replace(precision=precision.precision)
         for repository in outputs:  # before parity: a refusal costs nothing
             check_compatible(repository, models.metadata, options.force)
+        calibration = None if precision.precision == FP32 else read_calibration(
+            info.path, precision.calibration_images, log)
         images, stored = parity.read_sample(sample)
         reference = parity.torch_outputs(loaded.model, images)
         report = parity.check_onnx(encoder, head, images, reference, tolerance)
@@ -171,10 +273,18 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
         parity.check(report, f"{name} (onnxruntime vs PyTorch)")
         np.savez_compressed(tmp / PARITY_SAMPLE_FILE, images=images,
                             **{f"reference_{k}": v for k, v in reference.items()})
-        models.parity = report
-        models.metadata = models.metadata.replace(parity=report)
-        models.card = build_card(name, meta, info, loaded.epoch, exported_at, log)
         models.version_files = {PARITY_SAMPLE_FILE: tmp / PARITY_SAMPLE_FILE}
+        models.parity = report
+        if calibration is not None:
+            reduced = reduce_precision(encoder, head, calibration, name, precision, tmp, log)
+            models.encoder_onnx, models.encoder_files = reduced.encoder, reduced.encoder_files
+            models.version_files |= reduced.version_files
+            report = {**report, "graph": "fp32 (the graphs the reduced precision is made from)"}
+            models.parity = {**report, "precision": precision.precision, "agreement": reduced.agreement}
+            models.metadata = models.metadata.replace(agreement=reduced.agreement, quantization=reduced.quantization)
+        models.metadata = models.metadata.replace(parity=report)
+        models.card = dataclasses.replace(build_card(name, meta, info, loaded.epoch, exported_at, log),
+                                          precision=precision.precision, agreement=models.metadata.agreement)
         models.version_files |= {f: info.path / f for f in RUN_FILES_SERVED if (info.path / f).is_file()}
         if write_projection(info.path / CLUSTER_SAMPLES_FILE, tmp / PROJECTION_FILE, projection, log):
             models.version_files[PROJECTION_FILE] = tmp / PROJECTION_FILE

@@ -1,16 +1,20 @@
 """TensorRT plans from the exported ONNX graphs, built in place in a Triton model repository.
 
-    python -m export.tensorrt --repository /models [--fp16] [--max-batch N] [--opt-batch N]
+    python -m export.tensorrt --repository /models [--max-batch N] [--opt-batch N]
 
 For every model of the repository (ensembles with a complete version) and every version v of it,
 NAME_encoder/<v>/ and NAME_head/<v>/ get model.plan built from model.onnx on the GPU this runs on
 (versions share one config, so every version needs its plan), and their config.pbtxt becomes a
 tensorrt_plan config generated from the engine's own I/O (names, dtypes, dims match the plan and its
 profile; batching, instances and version policy kept). model.onnx stays (the gateway's embedded
-backend uses it). Each version's plans then run on the parity images stored at export time
-(NAME/<v>/parity_sample.npz) and must match PyTorch's outputs (fp32: 1e-4, TF32 off; fp16: 2e-2,
-cluster flips only at near ties); the figures go to that version's parity.json and metadata.json
-under "tensorrt". The repository's export lock is held meanwhile (export/versions.py).
+backend uses it). Plans are built at the model's precision (its metadata's `precision`, set by
+`python -m export --precision`): fp32 (TF32 off), fp16 (FP16 kernels), int8 (an explicitly quantized
+encoder from the QDQ graph's TensorRT encoding, model.tensorrt.onnx; the head stays fp32). Each
+version's plans then run on images stored at export time: fp32 plans on NAME/<v>/parity_sample.npz,
+within 1e-4 of PyTorch's outputs; fp16 and int8 plans on NAME/<v>/agreement_sample.npz, judged by their
+agreement with the fp32 graph's outputs against the export's thresholds (export/agreement.py). The
+figures go to that version's parity.json and metadata.json under "tensorrt". The repository's export
+lock is held meanwhile (export/versions.py).
 A plan already built for the same GPU, TensorRT version, ONNX
 file and settings is kept (its stamp, model.plan.json, says so): the serving container may call this
 at every start; --force rebuilds.
@@ -37,9 +41,20 @@ from typing import Any
 
 from contract import files
 from contract.metadata import ModelMetadata, TensorSpec
-from contract.names import METADATA_FILE, ONNX_MODEL_FILE, PARITY_FILE, PARITY_SAMPLE_FILE, PLAN_MODEL_FILE
+from contract.names import (
+    AGREEMENT_SAMPLE_FILE,
+    FP32,
+    INT8,
+    METADATA_FILE,
+    ONNX_MODEL_FILE,
+    PARITY_FILE,
+    PARITY_SAMPLE_FILE,
+    PLAN_MODEL_FILE,
+    TENSORRT_ONNX_FILE,
+)
 from contract.repository import complete_versions
-from export.parity import check
+from export import agreement
+from export.parity import check, compare, read_sample
 from export.triton import (
     FLAVOURS,
     component_config,
@@ -64,7 +79,7 @@ def sha256(path: Path) -> str:
 def wanted_stamp(engines, onnx_file: Path, options: PlanOptions) -> dict[str, Any]:
     """What a plan must have been built from to be reused: TensorRT version, GPU, ONNX file, settings."""
     return {"tensorrt_version": engines.version, "gpu": engines.gpu, "onnx_sha256": sha256(onnx_file),
-            "fp16_requested": options.fp16, "max_batch": options.max_batch, "opt_batch": options.opt_batch}
+            "precision_requested": options.precision, "max_batch": options.max_batch, "opt_batch": options.opt_batch}
 
 
 def up_to_date(plan_file: Path, wanted: dict[str, Any]) -> bool:
@@ -90,23 +105,38 @@ def same_specs(engine: list[TensorSpec], expected: list[TensorSpec], model: str)
 
 def merge_metadata(meta: ModelMetadata, plans: dict[str, dict[str, Any]], report: dict[str, Any],
                    max_batch: int) -> ModelMetadata:
-    """metadata.json after a conversion: flavour tensorrt, the plans' stamps, and the TensorRT parity."""
-    return meta.replace(flavour="tensorrt", max_batch_size=max_batch, tensorrt={"plans": plans, "parity": report},
+    """metadata.json after a conversion: flavour tensorrt, the plans' stamps, and the TensorRT parity (fp32) or
+    agreement (fp16, int8)."""
+    check_kind = "parity" if meta.precision == FP32 else "agreement"
+    return meta.replace(flavour="tensorrt", max_batch_size=max_batch, tensorrt={"plans": plans, check_kind: report},
                         parity={**meta.parity, "tensorrt": report})
+
+
+def component_precision(meta: ModelMetadata, part: str) -> str:
+    """The precision the plan of `part` (encoder or head) is built at: the model's, except that only the parts
+    an int8 export quantized are int8 (the head stays fp32)."""
+    if meta.precision == INT8:
+        return INT8 if part in (meta.quantization or {}).get("parts", []) else FP32
+    return meta.precision
 
 
 def build_component(engines, model_dir: Path, version: int, model: str, options: PlanOptions,
                     log: Callable[[str], None]) -> tuple[bytes, dict[str, Any]]:
     """One model version's plan (reused when up to date) and its stamp; rewrites the model's config.pbtxt
-    to tensorrt_plan (batching, instances and version policy kept). options: with max_batch and opt_batch set."""
-    onnx_file, plan_file = model_dir / str(version) / ONNX_MODEL_FILE, model_dir / str(version) / PLAN_MODEL_FILE
+    to tensorrt_plan (batching, instances and version policy kept). options: with max_batch, opt_batch and the
+    component's precision set; int8 builds from the QDQ graph's TensorRT encoding beside model.onnx."""
+    source = TENSORRT_ONNX_FILE if options.precision == INT8 else ONNX_MODEL_FILE
+    onnx_file, plan_file = model_dir / str(version) / source, model_dir / str(version) / PLAN_MODEL_FILE
+    if not onnx_file.is_file():
+        raise FileNotFoundError(f"{onnx_file} is missing: an int8 encoder's TensorRT encoding is written by "
+                                "`python -m export --precision int8` into --output; export the model again")
     stamp_file = plan_file.with_name(plan_file.name + STAMP_SUFFIX)
     wanted = wanted_stamp(engines, onnx_file, options)
     if not options.force and up_to_date(plan_file, wanted):
         log(f"{model} v{version}: plan up to date ({engines.gpu}, TensorRT {engines.version})")
         return plan_file.read_bytes(), files.read_json(stamp_file)
     log(f"{model} v{version}: building a TensorRT {engines.version} plan on {engines.gpu} "
-        f"(batch 1/{options.opt_batch}/{options.max_batch}, {'fp16' if options.fp16 else 'fp32'}) ...")
+        f"(batch 1/{options.opt_batch}/{options.max_batch}, {options.precision}) ...")
     old = read_config(model_dir)
     plan, build = engines.build(onnx_file, options, log)
     inputs, outputs = engines.specs(plan)
@@ -138,25 +168,46 @@ def convert_model(engines, repository: Path, name: str, options: PlanOptions,
 
 def convert_version(engines, repository: Path, name: str, version: int, options: PlanOptions,
                     log: Callable[[str], None]) -> dict[str, Any]:
-    """Plans of one version of NAME, checked on that version's parity sample, recorded in its metadata."""
+    """Plans of one version of NAME at its precision, checked on that version's stored images (parity with
+    PyTorch for fp32, agreement with the fp32 graph otherwise), recorded in its metadata."""
     ensemble_dir = repository / name / str(version)
     meta = ModelMetadata.read(ensemble_dir / METADATA_FILE)
     plans, stamps = {}, {}
-    for model in (meta.encoder, meta.head):
-        plans[model], stamps[model] = build_component(engines, repository / model, version, model, options, log)
-    precision = stamps[meta.head].get("precision", "fp32")
-    report: dict[str, Any] = {"passed": None, "problems": ["no parity sample stored"]}
-    sample = ensemble_dir / PARITY_SAMPLE_FILE
-    if sample.is_file():
-        report = engines.parity(plans[meta.encoder], plans[meta.head], sample, options.max_batch, precision)
-        log(f"{name} v{version}: TensorRT parity {'PASSED' if report['passed'] else 'FAILED'}: "
-            + ", ".join(f"{k} {v}" for k, v in report["outputs"].items()))
+    for part, model in (("encoder", meta.encoder), ("head", meta.head)):
+        part_options = dataclasses.replace(options, precision=component_precision(meta, part))
+        plans[model], stamps[model] = build_component(engines, repository / model, version, model, part_options,
+                                                      log)
+    report = check_plans(engines, plans[meta.encoder], plans[meta.head], meta, ensemble_dir, options.max_batch)
+    if report["passed"] is not None:
+        log(f"{name} v{version}: TensorRT {meta.precision} plans {'PASSED' if report['passed'] else 'FAILED'}: "
+            + (", ".join(f"{k} {v}" for k, v in report["outputs"].items()) if meta.precision == FP32
+               else agreement.describe(report)))
     parity_file = ensemble_dir / PARITY_FILE
     parity_all = files.read_json(parity_file) if parity_file.is_file() else {}
     files.write_json(parity_file, {**parity_all, "tensorrt": report})
     merge_metadata(meta, stamps, report, options.max_batch).write(ensemble_dir / METADATA_FILE)
     if report["passed"] is False:
-        check(report, f"{name} version {version} (TensorRT plan vs PyTorch)")
+        if meta.precision == FP32:
+            check(report, f"{name} version {version} (TensorRT plan vs PyTorch)")
+        agreement.check(report, f"{name} version {version} (TensorRT {meta.precision} plans)")
+    return report
+
+
+def check_plans(engines, encoder_plan: bytes, head_plan: bytes, meta: ModelMetadata, ensemble_dir: Path,
+                max_batch: int) -> dict[str, Any]:
+    """fp32: the plans against PyTorch's outputs on parity_sample.npz (1e-4). fp16, int8: against the fp32
+    graph's outputs on agreement_sample.npz, with the thresholds stored there. passed None: no sample stored."""
+    sample = ensemble_dir / (PARITY_SAMPLE_FILE if meta.precision == FP32 else AGREEMENT_SAMPLE_FILE)
+    if not sample.is_file():
+        return {"passed": None, "problems": [f"no {sample.name} stored"]}
+    if meta.precision == FP32:
+        images, reference = read_sample(sample)
+        report = compare(reference, engines.run(encoder_plan, head_plan, images, max_batch))
+    else:
+        images, reference, thresholds = agreement.read_sample(sample)
+        report = agreement.measure(reference, engines.run(encoder_plan, head_plan, images, max_batch), thresholds)
+    report.update(runtime="tensorrt", runtime_version=engines.version, providers=["TensorRT"],
+                  num_images=int(images.shape[0]), precision=meta.precision)
     return report
 
 
@@ -191,14 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.tensorrt", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, required=True, help="exported (onnxruntime) Triton repository")
     parser.add_argument("--name", action="append", help="only this model (repeatable); default: all")
-    parser.add_argument("--fp16", action="store_true", help="allow FP16 kernels (TensorRT 10; ignored by 11)")
     parser.add_argument("--max-batch", type=int, help="profile max batch (default: the config's max_batch_size)")
     parser.add_argument("--opt-batch", type=int, help="profile optimum batch (default: max/2)")
     parser.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB, help="builder workspace limit")
     parser.add_argument("--timing-cache", type=Path, help="default: REPOSITORY/.trt_timing_cache")
     parser.add_argument("--force", action="store_true", help="rebuild plans that are up to date")
     args = parser.parse_args(argv)
-    options = PlanOptions(fp16=args.fp16, max_batch=args.max_batch, opt_batch=args.opt_batch,
+    options = PlanOptions(max_batch=args.max_batch, opt_batch=args.opt_batch,
                           workspace_mb=args.workspace_mb, timing_cache=args.timing_cache, force=args.force)
     try:
         convert_repository(args.repository, options, args.name)

@@ -150,6 +150,7 @@ class ModelSet:
     parity: dict[str, Any]
     card: ModelCard | None = None
     version_files: dict[str, Path] = field(default_factory=dict)  # copied into NAME/<v>/ (parity and sample npz)
+    encoder_files: dict[str, Path] = field(default_factory=dict)  # beside the encoder's model.onnx (not for python)
 
     @property
     def encoder_name(self) -> str:
@@ -248,12 +249,15 @@ def specs_from_config(tensors) -> list[TensorSpec]:
 
 
 def _stage_component(scratch: Path, name: str, version: int, onnx_file: Path, inputs, outputs, models: ModelSet,
-                     flavour: Flavour, options: TritonOptions) -> None:
+                     flavour: Flavour, options: TritonOptions, extra_files: dict[str, Path] | None = None) -> None:
     directory = scratch / name / str(version)
     directory.mkdir(parents=True)
     shutil.copyfile(onnx_file, directory / ONNX_MODEL_FILE)
     if flavour.backend == "python":
         shutil.copyfile(PYTHON_MODEL_SOURCE, directory / "model.py")
+    else:  # what TensorRT may build from later (an int8 encoder's TensorRT encoding)
+        for file_name, source in (extra_files or {}).items():
+            shutil.copyfile(source, directory / file_name)
     write_config(scratch / name, component_config(name, inputs, outputs, models.max_batch_size, flavour, options))
 
 
@@ -310,7 +314,7 @@ def write_repository(repository: Path, models: ModelSet, flavour: Flavour,
         scratch = Path(tempfile.mkdtemp(prefix=f".{models.name}-v{version}-", dir=repository.parent))
         try:
             _stage_component(scratch, models.encoder_name, version, models.encoder_onnx, models.encoder_inputs,
-                             models.encoder_outputs, models, flavour, options)
+                             models.encoder_outputs, models, flavour, options, models.encoder_files)
             _stage_component(scratch, models.head_name, version, models.head_onnx, models.head_inputs,
                              models.head_outputs, models, flavour, options)
             _stage_ensemble(scratch, version, models, flavour, names or default_names(models))

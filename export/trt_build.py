@@ -1,8 +1,15 @@
-"""TensorRT builds: ONNX file -> serialized plan (one optimisation profile), and a plan's own I/O.
+"""TensorRT builds: ONNX file -> serialized plan (one optimisation profile), a plan's own I/O, and running plans.
 
-`PlanOptions` are the settings a plan is built with (the flags of `python -m export.tensorrt`).
-`TensorRTEngines` is what export/tensorrt.py builds, inspects and checks plans through; the
-repository rewrite takes any object with the same three methods (tests pass a CPU stand-in).
+`PlanOptions` are the settings a plan is built with (the flags of `python -m export.tensorrt`, and the
+precision of the model it belongs to). `TensorRTEngines` is what export/tensorrt.py builds, inspects and
+runs plans through; the repository rewrite takes any object with the same three methods (tests pass a CPU
+stand-in).
+
+Precision: fp32 with TF32 off (parity within 1e-4); fp16 with the FP16 builder flag where TensorRT has it
+(10; 11 builds strongly typed networks, which follow the graph's FP32 types); int8 from an int8 encoder's
+QDQ graph (export/quantize.py, its TensorRT encoding): an explicitly quantized engine, the scales are the
+graph's, no calibrator; the INT8 builder flag where TensorRT has it (10), while 11's strongly typed
+networks take INT8 from the QDQ nodes themselves.
 """
 
 from __future__ import annotations
@@ -17,11 +24,10 @@ import numpy as np
 
 from contract.metadata import TensorSpec
 from contract.names import FEATURES, IMAGES
-from export.parity import FP32_TOLERANCE, compare, read_sample
 from export.trt_runtime import PlanRunner, cuda_gpu, numpy_dtype, require_tensorrt
 
-FP16_TOLERANCE = 2e-2
 DEFAULT_WORKSPACE_MB = 2048
+PLAN_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -29,12 +35,16 @@ class PlanOptions:
     """How TensorRT plans are built. max_batch and opt_batch may be left open (None) until a model's
     config gives them: `for_max_batch` fills them in; building needs both."""
 
-    fp16: bool = False  # allow FP16 kernels (TensorRT 10; TensorRT 11 follows the ONNX graph's types)
+    precision: str = "fp32"  # PLAN_PRECISIONS; export/tensorrt.py sets it per component from the model's metadata
     max_batch: int | None = None  # profile max batch (None: the model config's max_batch_size)
     opt_batch: int | None = None  # profile optimum batch (None: max_batch // 2)
     workspace_mb: int = DEFAULT_WORKSPACE_MB  # builder workspace limit, MiB
     timing_cache: Path | None = None  # builder timing cache file, read and updated (None: none)
     force: bool = False  # rebuild plans whose stamp says they are up to date
+
+    def __post_init__(self) -> None:
+        if self.precision not in PLAN_PRECISIONS:
+            raise ValueError(f"unknown plan precision {self.precision!r}; choose from {list(PLAN_PRECISIONS)}")
 
     def for_max_batch(self, config_max_batch: int) -> PlanOptions:
         """These options with max_batch (default: `config_max_batch`) and opt_batch (default: max/2) set;
@@ -71,16 +81,7 @@ def build_engine(onnx_path: Path, options: PlanOptions,
         rest = tuple(tensor.shape)[1:]
         profile.set_shape(tensor.name, (1, *rest), (opt_batch, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
-    precision = "fp32"
-    if options.fp16:
-        if hasattr(trt.BuilderFlag, "FP16"):
-            config.set_flag(trt.BuilderFlag.FP16)
-            precision = "fp16"
-        else:  # TensorRT 11: strongly typed networks, precision follows the ONNX graph's types
-            log(f"TensorRT {trt.__version__} has no FP16 builder flag (strongly typed networks): "
-                "building with the ONNX graph's FP32 types")
-    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32: parity is checked at 1e-4
+    precision = set_precision(trt, config, options.precision, log)
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
@@ -96,6 +97,22 @@ def build_engine(onnx_path: Path, options: PlanOptions,
                                      "workspace_mb": options.workspace_mb}
 
 
+def set_precision(trt, config, precision: str, log: Callable[[str], None]) -> str:
+    """Builder flags for `precision`; returns the precision the plan really gets."""
+    if precision == "fp16":
+        if hasattr(trt.BuilderFlag, "FP16"):
+            config.set_flag(trt.BuilderFlag.FP16)
+            return "fp16"
+        # TensorRT 11: strongly typed networks, precision follows the ONNX graph's types
+        log(f"TensorRT {trt.__version__} has no FP16 builder flag (strongly typed networks): "
+            "building with the ONNX graph's FP32 types")
+    if precision == "int8" and hasattr(trt.BuilderFlag, "INT8"):
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: the QDQ nodes' scales, no calibrator
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # the float layers as judged at export: fp32, not TF32
+    return "fp32" if precision == "fp16" else precision
+
+
 def engine_specs(plan: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The plan's own inputs and outputs (dtype, shape with -1 batch)."""
     trt = require_tensorrt()
@@ -109,23 +126,15 @@ def engine_specs(plan: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return inputs, outputs
 
 
-def plan_parity(encoder_plan: bytes, head_plan: bytes, sample: Path, max_batch: int, precision: str) -> dict[str, Any]:
-    """Run the two plans on the stored parity images and compare with the stored PyTorch outputs."""
-    trt = require_tensorrt()
-    images, reference = read_sample(sample)
+def plan_outputs(encoder_plan: bytes, head_plan: bytes, images: np.ndarray, max_batch: int) -> dict[str, np.ndarray]:
+    """The head's outputs of the two plans on uint8 `images`, `max_batch` at a time."""
     encoder, head = PlanRunner(encoder_plan), PlanRunner(head_plan)
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, images.shape[0], max_batch):
         features = encoder({IMAGES: images[start:start + max_batch]})[FEATURES]
         for name, value in head({FEATURES: features}).items():
             parts.setdefault(name, []).append(value)
-    candidate = {k: np.concatenate(v) for k, v in parts.items()}
-    fp16 = precision == "fp16"
-    report = compare(reference, candidate, FP16_TOLERANCE if fp16 else FP32_TOLERANCE,
-                     near_tie=FP16_TOLERANCE if fp16 else 0.0)
-    report.update(runtime="tensorrt", runtime_version=trt.__version__, providers=["TensorRT"],
-                  num_images=int(images.shape[0]), precision=precision)
-    return report
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 class TensorRTEngines:
@@ -142,6 +151,5 @@ class TensorRTEngines:
     def specs(self, plan: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
         return engine_specs(plan)
 
-    def parity(self, encoder_plan: bytes, head_plan: bytes, sample: Path, max_batch: int,
-               precision: str) -> dict[str, Any]:
-        return plan_parity(encoder_plan, head_plan, sample, max_batch, precision)
+    def run(self, encoder_plan: bytes, head_plan: bytes, images: np.ndarray, max_batch: int) -> dict[str, np.ndarray]:
+        return plan_outputs(encoder_plan, head_plan, images, max_batch)

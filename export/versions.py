@@ -101,7 +101,7 @@ def latest_metadata(repository: Path, name: str) -> ModelMetadata | None:
 def describe_interface(meta: ModelMetadata) -> str:
     outputs = ", ".join(f"{s.name} {s.dtype} {list(s.shape)}" for s in meta.outputs.values())
     return (f"input {meta.input.channels}x{meta.input.height}x{meta.input.width}, features {meta.feature_dim}, "
-            f"outputs {outputs}")
+            f"outputs {outputs}, precision {meta.precision}")
 
 
 def check_compatible(repository: Path, metadata: ModelMetadata, force: bool) -> None:

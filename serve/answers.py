@@ -102,4 +102,4 @@ def model_summary(spec: ModelMetadata) -> dict[str, Any]:
             "embedding_dim": spec.embedding_dim, "class_names": spec.class_names,
             "input": {"name": spec.input.name, "dtype": spec.input.dtype, "layout": spec.input.layout,
                       "channels": spec.input.channels, "height": spec.input.height, "width": spec.input.width},
-            "outputs": list(spec.outputs)}
+            "outputs": list(spec.outputs), "precision": spec.precision, "agreement": spec.agreement}

@@ -57,6 +57,7 @@ from serve.schemas import (
     Health,
     ModelCardResponse,
     ModelsResponse,
+    Precision,
     Readiness,
     documented_errors,
     images_request_body,
@@ -75,14 +76,18 @@ def core_router(gateway: Gateway) -> APIRouter:
     model_q = Query(None, description="model name; may be left out when only one model is served")
     version_q = Query(None, ge=1, description="model version (default: the latest; a new export is picked up "
                       "without a restart)")
+    precision_q = Query(None, description="the model's precision: fp32 (model NAME), int8 (NAME_int8: the encoder "
+                        "quantized, see the model's agreement in /models/{name}) or fp16 (NAME_fp16); default: the "
+                        "model as named")
 
     @router.post("/cluster", response_model=ClusterResponse, responses=image_errors, dependencies=protected,
                  openapi_extra=images_request_body(settings.max_images_per_request), summary="Cluster images",
                  operation_id="cluster")
     async def cluster(request: Request, model: str | None = model_q, version: int | None = version_q,
                       top_k: int | None = Query(None, ge=1, le=1000, description="how many clusters to list "
-                                                "per image (default: the default_top_k setting)")) -> Response:
-        done = await gateway.run(request, "/cluster", model, version)
+                                                "per image (default: the default_top_k setting)"),
+                      precision: Precision | None = precision_q) -> Response:
+        done = await gateway.run(request, "/cluster", model, version, precision=precision)
         notes = gateway.annotate(done.spec, done.outputs) if done.outputs is not None else None
         results = cluster_results(done, top_k or settings.default_top_k, notes)
         return FastJSONResponse({"model": done.spec.name, "version": done.spec.version, "results": results})
@@ -90,8 +95,9 @@ def core_router(gateway: Gateway) -> APIRouter:
     @router.post("/embed", response_model=EmbedResponse, responses=image_errors, dependencies=protected,
                  openapi_extra=images_request_body(settings.max_images_per_request),
                  summary="Embed images (L2-normalised)", operation_id="embed")
-    async def embed(request: Request, model: str | None = model_q, version: int | None = version_q) -> Response:
-        done = await gateway.run(request, "/embed", model, version)
+    async def embed(request: Request, model: str | None = model_q, version: int | None = version_q,
+                    precision: Precision | None = precision_q) -> Response:
+        done = await gateway.run(request, "/embed", model, version, precision=precision)
         return FastJSONResponse({"model": done.spec.name, "version": done.spec.version,
                                  "embedding_dim": done.spec.embedding_dim, "results": embed_results(done)})
 
@@ -107,12 +113,14 @@ def core_router(gateway: Gateway) -> APIRouter:
 
     @router.get("/models/{name}", response_model=ModelCardResponse, responses=documented_errors(key, (401, 404, 422)),
                 dependencies=protected, summary="A model's card and cluster names", operation_id="getModelCard")
-    async def model_card(name: str = Path(description="model name"), version: int | None = version_q) -> Response:
-        spec = await gateway.spec(name, version)
+    async def model_card(name: str = Path(description="model name"), version: int | None = version_q,
+                         precision: Precision | None = precision_q) -> Response:
+        spec = await gateway.spec(name, version, precision)
         card = gateway.card(spec)
         names = card.names() if card is not None else cluster_names(None, spec.outputs[PROBABILITIES].shape[1])
         return FastJSONResponse({"name": spec.name, "version": spec.version,
                                  "versions": gateway.backend.versions(spec.name), "names": names,
+                                 "precision": spec.precision, "agreement": spec.agreement,
                                  "card": None if card is None or card.card is None else card.card.to_json(),
                                  "metadata": public_metadata(spec)})
 

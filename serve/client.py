@@ -3,10 +3,11 @@
     from serve.client import Client
     with Client("http://127.0.0.1:8080", api_key=None) as client:
         results = client.cluster(["a.png", Path("b.jpg"), png_bytes, pil_image, uint8_array], model="digits")
+        client.cluster(images, model="digits", precision="int8")   # model digits_int8, if exported
         results[0].cluster, results[0].name, results[0].probability, results[0].ood, results[0].error
         results[0].extras                        # the model's extra outputs by name (CoHiClust: .path too)
         embedded = client.embed(images)          # .embeddings (N, D) float32, NaN rows where .errors says why
-        client.card("digits")                    # GET /models/digits: card, names, versions
+        client.card("digits")                    # GET /models/digits: card, names, versions, precision, agreement
 
     async with AsyncClient(url) as client:       # the same methods, awaited; batches go out concurrently
         results = await client.cluster(images)
@@ -236,18 +237,21 @@ class Client:
         return parts
 
     def cluster(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None,
-                top_k: int | None = None) -> list[ClusterResult]:
-        parts = self._post_images("/cluster", images, _params(model, version, top_k=top_k))
+                top_k: int | None = None, precision: str | None = None) -> list[ClusterResult]:
+        """precision: fp32, int8 or fp16, the model exported at that precision (default: `model` as named)."""
+        parts = self._post_images("/cluster", images, _params(model, version, top_k=top_k, precision=precision))
         return [r for offset, body in parts for r in cluster_results(body, offset)]
 
-    def embed(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None) -> EmbedResult:
-        return embed_result(self._post_images("/embed", images, _params(model, version)), len(images))
+    def embed(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None,
+              precision: str | None = None) -> EmbedResult:
+        return embed_result(self._post_images("/embed", images, _params(model, version, precision=precision)),
+                            len(images))
 
     def models(self) -> dict[str, Any]:
         return self.request("GET", "/models")
 
-    def card(self, name: str, version: int | None = None) -> dict[str, Any]:
-        return self.request("GET", f"/models/{name}", params=_params(None, version))
+    def card(self, name: str, version: int | None = None, precision: str | None = None) -> dict[str, Any]:
+        return self.request("GET", f"/models/{name}", params=_params(None, version, precision=precision))
 
 
 class AsyncClient:
@@ -300,16 +304,17 @@ class AsyncClient:
         return list(await asyncio.gather(*(one(s, c) for s, c in batches(images, self.batch_size))))
 
     async def cluster(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None,
-                      top_k: int | None = None) -> list[ClusterResult]:
-        parts = await self._post_images("/cluster", images, _params(model, version, top_k=top_k))
+                      top_k: int | None = None, precision: str | None = None) -> list[ClusterResult]:
+        parts = await self._post_images("/cluster", images, _params(model, version, top_k=top_k, precision=precision))
         return [r for offset, body in parts for r in cluster_results(body, offset)]
 
     async def embed(self, images: Sequence[ImageLike], model: str | None = None,
-                    version: int | None = None) -> EmbedResult:
-        return embed_result(await self._post_images("/embed", images, _params(model, version)), len(images))
+                    version: int | None = None, precision: str | None = None) -> EmbedResult:
+        return embed_result(await self._post_images("/embed", images, _params(model, version, precision=precision)),
+                            len(images))
 
     async def models(self) -> dict[str, Any]:
         return await self.request("GET", "/models")
 
-    async def card(self, name: str, version: int | None = None) -> dict[str, Any]:
-        return await self.request("GET", f"/models/{name}", params=_params(None, version))
+    async def card(self, name: str, version: int | None = None, precision: str | None = None) -> dict[str, Any]:
+        return await self.request("GET", f"/models/{name}", params=_params(None, version, precision=precision))

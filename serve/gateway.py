@@ -27,6 +27,7 @@ from starlette.requests import Request
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER
 from serve.backends import Backend
+from serve.backends.base import choose_model
 from serve.batching import Batcher
 from serve.cards import LOW_CONFIDENCE, OOD, VersionCard
 from serve.errors import GatewayError, backend_unavailable, bad_request, client_gone, public_text
@@ -157,19 +158,16 @@ class Gateway:
         await self.backend.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def spec(self, name: str | None, version: int | None = None) -> ModelMetadata:
-        """The metadata of the model version a request asks for (None: the only model, its latest version)."""
+    async def spec(self, name: str | None, version: int | None = None, precision: str | None = None) -> ModelMetadata:
+        """The metadata of the model version a request asks for (None: the only model, its latest version), at
+        `precision` when given (serve/backends/base.py choose_model: cc_digits at int8 is cc_digits_int8)."""
         models = self.backend.models()
         if not models:
             await self.start()
             models = self.backend.models()
             if not models:
                 raise backend_unavailable(f"no model loaded yet: {self.detail}")
-        if name is None:
-            if len(models) != 1:
-                raise bad_request(f"{len(models)} models are served; choose one with ?model= from {sorted(models)}")
-            name = next(iter(models))
-        return await self.backend.select(name, version)
+        return await self.backend.select(choose_model(models, name, precision), version)
 
     def batcher(self, spec: ModelMetadata) -> Batcher:
         key = (spec.name, spec.version)
@@ -193,12 +191,12 @@ class Gateway:
         return self.cards[key]
 
     async def run(self, request: Request, endpoint: str, model: str | None = None, version: int | None = None,
-                  form: RequestForm = IMAGES_FORM) -> Inference:
+                  form: RequestForm = IMAGES_FORM, precision: str | None = None) -> Inference:
         """Read, prepare and infer the images of one request; stops (499) as soon as its client goes away.
 
-        `model` and `version` choose the model version (a body of OpenAI's form names the model itself);
-        `form` says how the route takes its images (serve/images.py RequestForm)."""
-        spec = None if form.shape.names_model else await self.spec(model, version)
+        `model`, `version` and `precision` choose the model version (a body of OpenAI's form names the model
+        itself); `form` says how the route takes its images (serve/images.py RequestForm)."""
+        spec = None if form.shape.names_model else await self.spec(model, version, precision)
         body = await read_body(request, self.settings, self.pool, form)
         if spec is None:
             spec = await self.spec(body.fields["model"], version)

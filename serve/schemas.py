@@ -74,11 +74,20 @@ class EmbedResponse(BaseModel):
     results: list[EmbedResult]
 
 
+Precision = Literal["fp32", "int8", "fp16"]
+"""contract.names.PRECISIONS, as a query parameter (?precision=)."""
+AGREEMENT_HELP = ("reduced precision: its agreement with the fp32 graph on training images not used for calibration "
+                  "(cluster_agreement, embedding_cosine_mean and _min, probability_max_abs_diff, thresholds); "
+                  "null for fp32")
+
+
 class ModelCardResponse(BaseModel):
     name: str
     version: int | None = Field(description="the version described (the latest unless ?version=)")
     versions: list[int] = Field(description="every servable version")
     names: list[str] = Field(description="current cluster names, by cluster id")
+    precision: Precision = Field(description="what the model computes in (its name says it too: NAME, NAME_int8)")
+    agreement: dict[str, Any] | None = Field(description=AGREEMENT_HELP)
     card: dict[str, Any] | None = Field(description="the model card (card.json): provenance, training metrics, "
                                         "clusters with sizes, centroids, class mapping and purity, calibration; "
                                         "null when the model has none")
@@ -146,6 +155,8 @@ class ModelInfo(BaseModel):
     class_names: list[str] | None = None
     input: dict[str, Any]
     outputs: list[str]
+    precision: Precision = "fp32"
+    agreement: dict[str, Any] | None = Field(default=None, description=AGREEMENT_HELP)
     ready: bool
     runtime: dict[str, Any] = Field(description="backend details: onnxruntime providers, Triton URL, ...")
     metadata: dict[str, Any] = Field(description="the model's metadata.json as exported")

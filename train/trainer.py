@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from contract import files
 from contract.names import (
     ASSIGNMENTS_FILE,
+    CALIBRATION_SAMPLE_FILE,
     CHECKPOINT_FILE,
     CLUSTER_SAMPLES_FILE,
     CLUSTER_STATS_FILE,
@@ -59,6 +60,10 @@ from train.parents import load_parent, resolve_parent
 
 PARITY_IMAGES = 64
 """Images of the evaluated data saved with the run for export's parity check (evenly spaced)."""
+CALIBRATION_IMAGES = 1024
+CALIBRATION_BYTES = 128 << 20
+"""The calibration sample: up to this many training images, and fewer when they would take more bytes (224 px RGB:
+873 images)."""
 INSTANCE_STREAM = 20_000
 """Random streams of the instance-loss-only pass (its order, then its augmentation per process)."""
 
@@ -507,6 +512,7 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
     if labels is not None:
         report.plot_confusion(run_dir / CONFUSION_FILE, labels, clusters, data.class_names)
     save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data, cfg.image_size, model)
+    save_calibration_sample(run_dir / CALIBRATION_SAMPLE_FILE, run.data.train, cfg.image_size, cfg.seed)
     save_cluster_stats(run_dir, data, outputs)
     scores.update(model.write_artifacts(run_dir, outputs, data.labels, data.images))
     init_file = run_dir / INIT_FILE
@@ -548,6 +554,21 @@ def save_parity_sample(path: Path, data: ImageData, image_size: int, model: Clus
     with files.atomic_open(path, "wb") as f:
         np.savez_compressed(f, images=images.numpy(), sources=np.array([data.sources[i] for i in index]),
                             **{f"reference_{k}": v.numpy() for k, v in reference.items()})
+
+
+def save_calibration_sample(path: Path, data: ImageData, image_size: int, seed: int) -> None:
+    """A seeded random sample of the training images (in random order, at the model's input side S, as the
+    parity sample): what export quantizes with and judges a reduced-precision graph on, without the data set.
+
+    calibration_sample.npz holds images uint8 (n, C, S, S), sources (n,) and index (n,) into `data`;
+    n = min(CALIBRATION_IMAGES, the images, what fits in CALIBRATION_BYTES)."""
+    total = data.images.shape[0]
+    per_image = data.images.shape[1] * image_size * image_size
+    count = min(CALIBRATION_IMAGES, total, max(1, CALIBRATION_BYTES // per_image))
+    index = np.random.default_rng(seed).choice(total, size=count, replace=False)
+    images = resize_images(data.images[torch.from_numpy(index)], image_size)
+    with files.atomic_open(path, "wb") as f:
+        np.savez_compressed(f, images=images.numpy(), sources=np.array([data.sources[i] for i in index]), index=index)
 
 
 def save_cluster_stats(run_dir: Path, data: ImageData, outputs: dict[str, torch.Tensor]) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
 
 from contract.metadata import ModelMetadata
-from serve.errors import not_found
+from contract.names import precision_model, split_precision
+from serve.errors import bad_request, not_found
 
 
 class Backend(abc.ABC):
@@ -67,3 +69,27 @@ class Backend(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release sessions, connections and threads."""
+
+
+def choose_model(served: Collection[str], model: str | None, precision: str | None, option: str = "?model=") -> str:
+    """The served model a request means by `model` and `precision` (contract.names.PRECISIONS; None: `model` as
+    named): the model exported under the same name at that precision (cc_digits or cc_digits_int8, with int8:
+    cc_digits_int8, as export names them), or with no model named, the only served model (of that precision).
+    GatewayError 404 when that precision of the model is not served, 400 when a model must be named (with
+    `option`, the way the caller names one)."""
+    if model is not None and precision is not None:
+        base = split_precision(model)[0]
+        wanted = precision_model(base, precision)
+        if wanted not in served:
+            have = sorted(f"{n} ({split_precision(n)[1]})" for n in served if split_precision(n)[0] == base)
+            raise not_found(f"model {base!r} is not served at {precision} (served: {', '.join(have) or 'none'}); "
+                            f"export it with `python -m export --precision {precision}`")
+        return wanted
+    if model is not None:
+        return model
+    candidates = sorted(n for n in served if precision is None or split_precision(n)[1] == precision)
+    if len(candidates) != 1:
+        what = "models are served" if precision is None else f"served models are {precision} ({candidates})"
+        raise (not_found if not candidates else bad_request)(
+            f"{len(candidates)} {what}; choose one with {option} from {sorted(served)}")
+    return candidates[0]

@@ -97,7 +97,12 @@ class EmbeddedBackend(Backend):
         model = _Model(version.metadata, pool, providers)
         spec = version.metadata.input
         pool.warm_up({IMAGES: np.zeros((1, spec.channels, spec.size, spec.size), np.uint8)})
-        log.info("model %s version %d: onnxruntime %s", version.name, version.version, pool.settings())
+        used = pool.sessions[0].get_providers()
+        if used[0] != providers[0]:  # onnxruntime falls back to the CPU without an error (CUDA libraries missing)
+            log.warning("model %s version %d: asked onnxruntime for %s, it runs on %s", version.name, version.version,
+                        providers, used)
+        log.info("model %s version %d (%s): onnxruntime %s", version.name, version.version,
+                 version.metadata.precision, pool.settings())
         return model
 
     def _files(self, name: str, version: int) -> ModelVersion:

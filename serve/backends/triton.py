@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from contract.metadata import ImageInput, ModelMetadata, TensorSpec
-from contract.names import CLUSTER, FEATURES, IMAGES, PROBABILITIES, REQUIRED_OUTPUTS
+from contract.names import CLUSTER, FEATURES, IMAGES, PROBABILITIES, REQUIRED_OUTPUTS, split_precision
 from contract.repository import model_names, version_number
 from serve.backends.base import Backend
 from serve.backends.repository import RepositoryScan, resolve, scan
@@ -224,7 +224,8 @@ def metadata_from_triton(meta: dict[str, Any]) -> ModelMetadata:
     if missing:
         raise ValueError(f"outputs {missing} missing, outputs are {list(outputs)}")
     return ModelMetadata(name=meta["name"], num_clusters=specs[PROBABILITIES].shape[1],
-                         input=ImageInput(channels=c, height=h, width=w), outputs=specs)
+                         input=ImageInput(channels=c, height=h, width=w), outputs=specs,
+                         precision=split_precision(meta["name"])[1])  # without the repository, its name says it
 
 
 def _as_graph_shape(spec: ModelMetadata, name: str, array: np.ndarray) -> np.ndarray:

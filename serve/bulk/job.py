@@ -27,19 +27,21 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from contract import files
 from contract.metadata import ModelMetadata
-from contract.names import BULK_GALLERY_DIR, BULK_SUMMARY_FILE
+from contract.names import BULK_GALLERY_DIR, BULK_SUMMARY_FILE, PRECISIONS
 from contract.repository import complete_versions, model_names
+from serve.backends.base import choose_model
 from serve.bulk import report
 from serve.bulk.source import Manifest, list_source, write_manifest
 from serve.bulk.worker import BlockWorker, WorkerSpec, shard_path
 from serve.cards import VersionCard
+from serve.errors import GatewayError
 from serve.settings import BACKENDS, Settings
 
 JOB_FILE = "job.json"
@@ -60,6 +62,9 @@ class BulkOptions:
     model_repository: str = field(default="model_repository",
                                   metadata={"help": "model repository written by `python -m export`"})
     model: str | None = field(default=None, metadata={"help": "model name (default: the repository's only model)"})
+    precision: str | None = field(default=None, metadata={
+        "help": f"the model's precision, one of {list(PRECISIONS)}: the model exported at it (NAME_int8 for --model "
+                "NAME --precision int8; default: the model as named)"})
     backend: str = field(default="embedded", metadata={"help": f"inference backend: one of {BACKENDS}"})
     triton_url: str = field(default="127.0.0.1:8001", metadata={"help": "Triton gRPC address (triton backend)"})
     address: str | None = field(default=None, metadata={
@@ -82,6 +87,8 @@ class BulkOptions:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise BulkError(f"unknown backend {self.backend!r}; choose from {list(BACKENDS)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise BulkError(f"unknown precision {self.precision!r}; choose from {list(PRECISIONS)}")
         for name in ("batch_size", "block_size", "top_k", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise BulkError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -99,11 +106,10 @@ def resolve_model(opts: BulkOptions, started: dict[str, Any] | None = None) -> M
     """The model version the job runs, checked without Ray: the latest version of --model (or of the
     repository's only model), or for a job `started` before, the model and version it recorded.
     BulkError names what is missing."""
-    name = opts.model or (started or {}).get("model")
     pinned = (started or {}).get("model_version")
     if opts.backend == "triton" and not Path(opts.model_repository).is_dir():
         models = _triton_models(opts.triton_url)  # Triton's own models: unversioned
-        name = name or _only(list(models), opts.model_repository)
+        name = _chosen(opts, models, started)
         if name not in models:
             raise BulkError(f"no model {name!r} at Triton {opts.triton_url}; models: {sorted(models)}")
         return models[name]
@@ -113,7 +119,7 @@ def resolve_model(opts: BulkOptions, started: dict[str, Any] | None = None) -> M
         names = model_names(check_root(opts.model_repository))
     except RepositoryError as err:
         raise BulkError(str(err)) from err
-    name = name or _only(names, opts.model_repository)
+    name = _chosen(opts, names, started)
     if name not in names:
         raise BulkError(f"no model {name!r} in {opts.model_repository}; models: {names}")
     try:
@@ -136,10 +142,15 @@ def resolve_model(opts: BulkOptions, started: dict[str, Any] | None = None) -> M
     return spec
 
 
-def _only(models: list[str], where: str) -> str:
-    if len(models) != 1:
-        raise BulkError(f"{len(models)} models in {where}: choose one with --model from {sorted(models)}")
-    return models[0]
+def _chosen(opts: BulkOptions, served: Collection[str], started: dict[str, Any] | None) -> str:
+    """--model at --precision, or the only model (of that precision): serve.backends.base.choose_model; a job
+    started before and resumed without --model: the model it recorded."""
+    if started is not None and opts.model is None:
+        return started["model"]
+    try:
+        return choose_model(served, opts.model, opts.precision, option="--model")
+    except GatewayError as err:
+        raise BulkError(f"{opts.model_repository}: {err.message}") from err
 
 
 def _triton_models(url: str) -> dict[str, ModelMetadata]:
@@ -336,7 +347,7 @@ def run_job(opts: BulkOptions, log: Callable[[str], None] | None = None) -> dict
     run["blocks"] = len(pending)
     summary = report.summarize(out / SHARDS_DIR, manifest, opts.block_size, spec, opts.gallery_size,
                                out / BULK_GALLERY_DIR)
-    summary.update(source=opts.source, model=spec.name, model_version=spec.version,
+    summary.update(source=opts.source, model=spec.name, model_version=spec.version, precision=spec.precision,
                    cluster_names=started_job(out)[NAMES], blocks=manifest.num_blocks,
                    options={k: v for k, v in dataclasses.asdict(opts).items() if k not in ("source", "output")},
                    run=run, cpu_count=os.cpu_count())

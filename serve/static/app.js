@@ -2,7 +2,7 @@
 // It talks to the same HTTP API as every other client; nothing here is privileged.
 "use strict";
 
-const state = { model: null, card: null, keyWaiters: null, objectUrls: [] };
+const state = { models: [], model: null, card: null, keyWaiters: null, objectUrls: [] };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -73,13 +73,35 @@ function clusterName(id) {
 const modelPath = (suffix = "") => `models/${encodeURIComponent(state.model)}${suffix}`;
 const versioned = (path) => `${path}${path.includes("?") ? "&" : "?"}${q({ version: state.version })}`;
 
+// One entry per exported model; its precisions (NAME, NAME_int8, NAME_fp16: contract.names.precision_model) in
+// the second picker, the int8 and fp16 ones with their agreement with fp32.
+const PRECISIONS = ["fp32", "int8", "fp16"];
+const precisionOf = (m) => m.precision || "fp32";
+const baseName = (m) => (precisionOf(m) !== "fp32" && m.name.endsWith(`_${m.precision}`)
+  ? m.name.slice(0, -(m.precision.length + 1)) : m.name);
+
+function agreementText(agreement) {
+  return agreement ? `${percent(agreement.cluster_agreement)} cluster agreement with fp32` : "";
+}
+
 async function loadModels() {
   const { models } = await json("models");
+  state.models = models;
+  const bases = [...new Set(models.map(baseName))];
   const select = $("model");
-  select.replaceChildren(...models.map((m) => el("option", { value: m.name }, m.name)));
+  select.replaceChildren(...bases.map((b) => el("option", { value: b }, b)));
   if (!models.length) { status("This gateway serves no model."); return; }
-  select.value = models[0].name;
-  await selectModel(models[0].name);
+  select.value = bases[0];
+  await selectBase(bases[0]);
+}
+
+async function selectBase(base) {
+  const variants = state.models.filter((m) => baseName(m) === base)
+    .sort((a, b) => PRECISIONS.indexOf(precisionOf(a)) - PRECISIONS.indexOf(precisionOf(b)));
+  $("precision").replaceChildren(...variants.map((m) => el("option", { value: m.name }, m.agreement
+    ? `${precisionOf(m)} (${percent(m.agreement.cluster_agreement)} agreement)` : precisionOf(m))));
+  $("precision").value = variants[0].name;
+  await selectModel(variants[0].name);
 }
 
 async function selectModel(name) {
@@ -92,6 +114,7 @@ async function selectModel(name) {
   const card = state.card || {};
   $("model-info").textContent = [state.metadata.method, state.metadata.dataset,
     `${state.names.length} clusters`, answer.version && `version ${answer.version}`,
+    answer.precision, agreementText(answer.agreement),
     card.finished === false && "UNFINISHED run"].filter(Boolean).join(" · ");
   state.tree = await json(versioned(modelPath("/tree"))).catch(() => null);
   $("tab-tree").hidden = !state.tree;
@@ -359,7 +382,8 @@ function setUp() {
     clusterFiles([...event.dataTransfer.files]);
   });
   picker.addEventListener("change", () => { clusterFiles([...picker.files]); picker.value = ""; });
-  $("model").addEventListener("change", (event) => selectModel(event.target.value));
+  $("model").addEventListener("change", (event) => selectBase(event.target.value));
+  $("precision").addEventListener("change", (event) => selectModel(event.target.value));
   loadModels().catch((err) => status(`Cannot list models: ${err.message}`));
   loadBulk();
 }

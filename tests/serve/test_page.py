@@ -1,7 +1,7 @@
 """The gateway's page in a real headless Chromium (Debian's, driven by playwright) against a real gateway process.
 
 Models: the tiny digits runs of the demo's method (CC) and of CoHiClust, exported with the embedding map
-(UMAP). Screenshots go to build/page/ so a person can look at them.
+(UMAP), and CC's int8 model beside its fp32 one. Screenshots go to build/page/ so a person can look at them.
 """
 
 from __future__ import annotations
@@ -40,12 +40,16 @@ def browser():
 
 @pytest.fixture(scope="module")
 def repository(tiny_run, tmp_path_factory) -> Path:
-    """CC (the demo's method) and CoHiClust, exported with their embedding maps, in one repository."""
-    from export.pipeline import export_run
+    """CC (the demo's method) and CoHiClust, exported with their embedding maps, and CC at int8, in one repository."""
+    from export.agreement import Thresholds
+    from export.pipeline import PrecisionOptions, export_run
+    from tests.support.serving import TINY_MIN_AGREEMENT
 
     root = tmp_path_factory.mktemp("page-repository")
     for method in ("cc", "cohiclust"):
         export_run(tiny_run(method), root, None, projection="umap", log=lambda msg: None)
+    export_run(tiny_run("cc"), root, None, log=lambda msg: None,
+               precision=PrecisionOptions("int8", Thresholds(min_agreement=TINY_MIN_AGREEMENT)))
     return root
 
 
@@ -142,6 +146,21 @@ def test_upload_rename_browse_and_map(browser, url, digits_upload):
     policy = page.request.get(url + "/").headers["content-security-policy"]
     assert "default-src 'self'" in policy and "'unsafe-inline'" not in policy
     assert page.evaluate("window.refused") == []
+    page.close()
+
+
+def test_the_precision_picker_switches_to_the_int8_model(browser, url, digits_upload):
+    page = _open(browser, url, "cc_digits")
+    assert page.locator("#precision option").all_inner_texts()[0] == "fp32"
+    label = page.locator("#precision option[value='cc_digits_int8']").inner_text()
+    assert label.startswith("int8 (") and label.endswith("% agreement)")
+    assert page.locator("#model option[value='cc_digits_int8']").count() == 0  # one entry per exported model
+    page.select_option("#precision", "cc_digits_int8")
+    page.wait_for_selector("#model-info[data-model='cc_digits_int8']", state="attached")
+    assert "int8" in page.inner_text("#model-info") and "cluster agreement with fp32" in page.inner_text("#model-info")
+    with page.expect_request(lambda request: "/cluster?" in request.url) as sent:
+        _upload(page, digits_upload[:2])
+    assert "model=cc_digits_int8" in sent.value.url and page.locator("#results li.answer").count() == 2
     page.close()
 
 

@@ -206,6 +206,9 @@ def test_images_stay_at_the_stored_side_and_the_parity_sample_is_at_the_model_si
     assert seen == [(120, 3, 32, 32)]  # trained from the 32 px images
     with np.load(tmp_path / "run" / "parity_sample.npz") as sample:
         assert sample["images"].shape == (64, 3, 24, 24) and sample["images"].dtype == np.uint8
+    with np.load(tmp_path / "run" / "calibration_sample.npz") as sample:  # all 120 training images, shuffled
+        assert sample["images"].shape == (120, 3, 24, 24) and sample["images"].dtype == np.uint8
+        assert sorted(sample["index"].tolist()) == list(range(120)) and sample["index"].tolist() != list(range(120))
     result = export_run(tmp_path / "run", tmp_path / "repo", None, log=lambda message: None)
     assert result.parity["passed"] and result.models.metadata.input.height == 24
 
@@ -296,3 +299,27 @@ def test_channel_stats_in_chunks_equal_the_whole_at_once():
     whole = images.double().div(255).transpose(0, 1).reshape(3, -1)
     assert mean == pytest.approx(whole.mean(1).tolist(), abs=1e-12)
     assert std == pytest.approx(whole.std(1).tolist(), abs=1e-9)
+
+
+def test_the_calibration_sample_is_seeded_random_training_images_within_its_byte_budget(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    from train.data.datasets import ImageData
+
+    images = torch.randint(0, 256, (3000, 3, 32, 32), dtype=torch.uint8)
+    data = ImageData(images, None, None, [f"{i}.png" for i in range(3000)], "folder", [])
+
+    def sample(name: str, seed: int) -> dict:
+        trainer.save_calibration_sample(tmp_path / name, data, 16, seed)
+        with np.load(tmp_path / name) as saved:
+            return {k: saved[k] for k in saved.files}
+
+    first, again, other = sample("a.npz", 0), sample("b.npz", 0), sample("c.npz", 1)
+    assert first["images"].shape == (trainer.CALIBRATION_IMAGES, 3, 16, 16)  # at the model's side
+    assert all(np.array_equal(first[k], again[k]) for k in first) and not np.array_equal(first["index"], other["index"])
+    assert len(set(first["index"].tolist())) == trainer.CALIBRATION_IMAGES and first["index"].max() > 2000
+    assert first["sources"][0] == f"{first['index'][0]}.png"
+    np.testing.assert_array_equal(first["images"][5], trainer.resize_images(images[first["index"][5:6]], 16)[0])
+    monkeypatch.setattr(trainer, "CALIBRATION_BYTES", 100 * 3 * 16 * 16)  # room for 100 images at 16 px
+    assert sample("d.npz", 0)["images"].shape[0] == 100
