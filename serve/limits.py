@@ -5,10 +5,12 @@ and no read timeouts: idle clients hold a file descriptor each until the process
 open files", and /healthz with it), and a client that trickles its headers or body is never closed.
 `GuardedH11Protocol` adds, per server (`ConnectionGuard`):
 
-- at most `max_connections` open connections. When one more arrives, the connection that has waited
-  longest without a request in progress (idle between keep-alive requests, or still sending its
-  headers) is closed to make room; with none to close, the newcomer gets a 503 and is closed. Either
-  way the server keeps answering the requests it has, and /healthz gets through an idle flood.
+- at most `max_connections` open connections. When one more arrives, a connection without a request
+  in progress is closed to make room: first the one that has waited longest without ever completing
+  a request (an idle flood is made of these), then the keep-alive client idle the longest since its
+  last answer; with none to close, the newcomer gets a 503 and is closed. Either way the server keeps
+  answering the requests it has, and clients it has served (a load balancer's /healthz) keep their
+  connections through an idle flood.
 - `header_timeout_s`: the request line and headers must arrive within this time of the connection
   (or of the first byte of a keep-alive request), like nginx's client_header_timeout.
 - `body_timeout_s`: at most this long between two reads of a request body, like nginx's
@@ -82,7 +84,9 @@ class ConnectionGuard:
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
         self.metrics = metrics
-        self.waiting: dict[GuardedH11Protocol, None] = {}  # no request in progress; oldest first
+        # No request in progress, oldest first: connections never served, and keep-alive clients served before.
+        self.unserved: dict[GuardedH11Protocol, None] = {}
+        self.served: dict[GuardedH11Protocol, None] = {}
 
     def closed(self, reason: str) -> None:
         if self.metrics is not None:
@@ -93,15 +97,30 @@ class ConnectionGuard:
             self.metrics.connections.set(open_connections)
 
     def make_room(self) -> bool:
-        """Close the connection waiting longest without a request in progress; False if there is none."""
-        while self.waiting:
-            oldest = next(iter(self.waiting))
-            del self.waiting[oldest]
-            if not oldest.transport.is_closing():
-                oldest.transport.close()
-                self.closed("evicted")
-                return True
+        """Close the longest-waiting connection that was never served, else the longest-idle served one;
+        False if every connection has a request in progress."""
+        for waiting in (self.unserved, self.served):
+            while waiting:
+                oldest = next(iter(waiting))
+                del waiting[oldest]
+                if not oldest.transport.is_closing():
+                    oldest.transport.close()
+                    self.closed("evicted")
+                    return True
         return False
+
+    def wait(self, connection: GuardedH11Protocol, served: bool) -> None:
+        """`connection` has no request in progress (again, after an answer when `served`)."""
+        if served:
+            self.unserved.pop(connection, None)
+            self.served.setdefault(connection, None)
+        else:
+            self.unserved.setdefault(connection, None)
+
+    def busy(self, connection: GuardedH11Protocol) -> None:
+        """`connection` has a request in progress, or is gone: it is not to be closed to make room."""
+        self.unserved.pop(connection, None)
+        self.served.pop(connection, None)
 
     def protocol(self) -> type[GuardedH11Protocol]:
         """The protocol class to give uvicorn (`http=`), bound to this guard."""
@@ -129,12 +148,12 @@ class GuardedH11Protocol(H11Protocol):
             transport.close()
             guard.closed("refused")
             return
-        guard.waiting[self] = None
+        guard.wait(self, served=False)
         guard.count(len(self.connections))
         self._start("headers", guard.header_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.guard.waiting.pop(self, None)
+        self.guard.busy(self)
         self._stop()
         super().connection_lost(exc)
         self.guard.count(len(self.connections))
@@ -159,9 +178,9 @@ class GuardedH11Protocol(H11Protocol):
         state = self.conn.their_state
         if state is h11.IDLE:
             if self.cycle is None or self.cycle.response_complete:
-                self.guard.waiting.setdefault(self, None)
+                self.guard.wait(self, served=self.cycle is not None)
             return
-        self.guard.waiting.pop(self, None)  # a request is in progress
+        self.guard.busy(self)  # a request is in progress
         if state is h11.SEND_BODY:
             if self._reading != "body":
                 self._start("body", self.guard.body_timeout_s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gc
+import http.client
 import io
 import json
 import os
@@ -364,6 +365,35 @@ def test_1100_idle_connections_at_a_1024_fd_limit(server):
         assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
         assert server.metric("gateway_open_connections") < 10
     finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_served_keep_alive_client_outlasts_an_idle_flood(server):
+    """Room is made by closing idle connections that never sent a request before clients that were served.
+
+    The served client asks again only after the flood, so it is the connection that has waited longest."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"this process may open {hard} files, the test needs 2048")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048) if hard == resource.RLIM_INFINITY
+                                                else min(max(soft, 2048), hard), hard))
+    served = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    idle = []
+    try:
+        served.request("GET", "/healthz")
+        first = served.getresponse()
+        first.read()
+        assert first.status == 200
+        evicted_before = server.metric("gateway_connections_closed_total", reason="evicted")
+        for _ in range(1100):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+        time.sleep(0.2)
+        assert server.metric("gateway_connections_closed_total", reason="evicted") > evicted_before
+        served.request("GET", "/healthz")  # the same connection, idle all through the flood
+        assert served.getresponse().status == 200
+    finally:
+        served.close()
         for sock in idle:
             sock.close()
 
