@@ -91,7 +91,16 @@ class Config:
     )
     num_clusters: int = field(default=0, metadata={**ARCHITECTURE, "help": "number of clusters; 0 = number of classes"})
     normalize: bool = field(
-        default=False, metadata={**ARCHITECTURE, "help": "standardise inputs with the data set's channel mean/std"}
+        default=False, metadata={**ARCHITECTURE, "help": "standardise inputs per channel: with normalize_mean and "
+                                 "normalize_std when set, else with the data set's own mean/std"}
+    )
+    normalize_mean: str = field(
+        default="", metadata={"help": "with normalize: fixed per-channel means, comma-separated (the official "
+                              "code's constants, e.g. 0.4914,0.4822,0.4465); empty: the data set's"}
+    )
+    normalize_std: str = field(
+        default="", metadata={"help": "with normalize: fixed per-channel standard deviations, comma-separated; "
+                              "given together with normalize_mean"}
     )
     # --- optimisation --------------------------------------------------------------------------
     epochs: int = field(default=1000, metadata={"help": "training epochs"})
@@ -106,6 +115,10 @@ class Config:
     cosine_epochs: int = field(
         default=0, metadata={"help": "cosine schedule: its period after the warm-up, epochs (0 = the rest of the run, "
                              "so it ends at the floor)"}
+    )
+    bn_groups: int = field(
+        default=1, metadata={"help": "BatchNorm statistics over this many equal slices of the batch, as an official "
+                             "recipe run on that many devices without synchronised BatchNorm (1: the whole batch)"}
     )
     # --- augmentation (each image of a batch draws its own parameters) ------------------------
     crop_min_scale: float = field(default=0.08, metadata={"help": "random resized crop: smallest area"})
@@ -142,6 +155,26 @@ class Config:
         default=None, metadata={"help": "where decoded folders are kept; default: .cache/ beside the run directory"}
     )
 
+    def __post_init__(self) -> None:
+        if self.bn_groups < 1:
+            raise ValueError(f"bn_groups must be >= 1, got {self.bn_groups}")
+        self.normalization_constants()  # a ValueError now rather than at the first epoch
+
+    def normalization_constants(self) -> tuple[list[float], list[float]] | None:
+        """The fixed per-channel (mean, std) of normalize_mean / normalize_std, or None when they are unset
+        (then `normalize` standardises with the data set's own statistics)."""
+        if not self.normalize_mean and not self.normalize_std:
+            return None
+        if not (self.normalize_mean and self.normalize_std):
+            raise ValueError("give normalize_mean and normalize_std together (or neither: the data set's statistics)")
+        mean = _channel_values(self.normalize_mean, "normalize_mean")
+        std = _channel_values(self.normalize_std, "normalize_std")
+        if len(mean) != len(std):
+            raise ValueError(f"normalize_mean has {len(mean)} channels, normalize_std {len(std)}")
+        if min(std) <= 0:
+            raise ValueError(f"normalize_std must be positive, got {self.normalize_std!r}")
+        return mean, std
+
     def stored_side(self) -> int:
         """Side of the images kept in memory: stored_size, or image_size when it is 0."""
         return self.stored_size or self.image_size
@@ -160,6 +193,14 @@ class Config:
 
     def save(self, path: Path) -> None:
         files.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _channel_values(text: str, name: str) -> list[float]:
+    """"0.4914, 0.4822,0.4465" -> [0.4914, 0.4822, 0.4465]; ValueError naming the option otherwise."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated numbers, one per channel, got {text!r}") from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config], resolved: Config | None = None,

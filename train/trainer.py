@@ -281,7 +281,7 @@ def train(cfg: Config) -> dict[str, Any]:
     in_channels = data.train.images.shape[1]
     meta = {"in_channels": in_channels, "num_clusters": num_clusters, "class_names": class_names,
             "dataset": cfg.dataset, "image_size": cfg.image_size, "method": cfg.method}
-    mean, std = channel_stats(data.train.images) if cfg.normalize else (None, None)
+    mean, std = (cfg.normalization_constants() or channel_stats(data.train.images)) if cfg.normalize else (None, None)
     run_dir.mkdir(parents=True, exist_ok=True)
     if group.is_main:
         used = data.train.sources + (data.instance.sources if data.instance is not None else [])
