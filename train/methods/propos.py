@@ -11,7 +11,9 @@ BYOL with two extra ingredients and a k-means E-step:
   batch at logit -10 (train/losses/propos.py; the official byol_wrapper.py). Loss = PSA +
   psl_weight * PSL; PSL and the noise are off during the first `psl_warmup_epochs` epochs.
 - E-step: spherical k-means (train/kmeans.py) of the L2-normalised target projections of the
-  whole data set, in eval mode, gives the pseudo-labels PSL looks up by `StepContext.indices`.
+  whole data set, in eval mode, gives the pseudo-labels PSL looks up by `StepContext.indices`. The
+  `paper` presets run it as torch_clustering does on the official 4 processes (10 restarts each: 40,
+  seeds 0-39, every restart on all points); the others run their restarts on a sample.
   With `resample` (the official CIFAR-20 and ImageNet-Dogs configs) every k-means also sets the
   next epoch's sampling: batches drawn with replacement, each image weighted N / (size of its
   pseudo-cluster), so the clusters are drawn evenly (models/basic_template.py).
@@ -41,7 +43,7 @@ from torch import nn
 from train.config import Config, Presets
 from train.ema import ema_update, momentum_at
 from train.heads import mlp
-from train.kmeans import spherical_kmeans
+from train.kmeans import INIT_PER_CLUSTER, SAMPLE_PER_CLUSTER, spherical_kmeans
 from train.losses.propos import psa_loss, psl_loss
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 
@@ -62,6 +64,16 @@ class ProPosConfig(Config):
         default=50, metadata={"help": "first epochs with PSL and the PSA noise off (BYOL only)"}
     )
     kmeans_restarts: int = field(default=10, metadata={"help": "E-step k-means restarts (lowest inertia kept)"})
+    kmeans_sample_per_cluster: int = field(
+        default=SAMPLE_PER_CLUSTER, metadata={"help": "E-step k-means: the restarts run on a random sample of this "
+                                              "many points per cluster, then the best is refined on all points "
+                                              "(0: every restart seeds and iterates on all points, as "
+                                              "torch_clustering)"}
+    )
+    kmeans_restart_seeds: bool = field(
+        default=False, metadata={"help": "E-step k-means: restart i seeds its k-means++ with i at every E-step (as "
+                                 "torch_clustering's random_state 0 + i); false: from the epoch's random stream"}
+    )
     kmeans_iters: int = field(default=300, metadata={"help": "E-step k-means iteration cap"})
     kmeans_tol: float = field(
         default=1e-6, metadata={"help": "E-step k-means: stop when the summed squared centroid shift is below"}
@@ -73,6 +85,31 @@ class ProPosConfig(Config):
         default=False, metadata={"help": "after every k-means, draw the next epoch's batches class-balanced by "
                                  "pseudo-label, with replacement"}
     )
+    v2: bool = field(
+        default=False, metadata={"help": "the official `v2` step (byol_wrapper.py forward_v2): the target's EMA update "
+                                 "before the forward pass, both views in one online pass; false: `forward`, one pass "
+                                 "per direction and the EMA update after the loss"}
+    )
+    symmetric: bool = field(
+        default=True, metadata={"help": "the loss in both directions (view 1 -> 2 and 2 -> 1), as every official "
+                                "config sets; the asymmetric loss is not implemented"}
+    )
+    shuffling_bn: bool = field(
+        default=True, metadata={"help": "the target network's BatchNorm groups see the batch shuffled across them "
+                                "(the official `shuffling_bn`: MoCo's shuffled BatchNorm across devices)"}
+    )
+    test_resized_crop: bool = field(
+        default=False, metadata={"help": "evaluation and k-means see each image resized to 256 px and centre-cropped "
+                                 "to 224 (the official `test_resized_crop`, ImageNet-Dogs)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.symmetric:
+            raise ValueError("ProPos trains the symmetric loss only (every official config sets symmetric: true)")
+        if self.kmeans_sample_per_cluster < 0:
+            raise ValueError(f"kmeans_sample_per_cluster must be >= 0 (0: all points), got "
+                             f"{self.kmeans_sample_per_cluster}")
 
 
 # Colour jitter 0.4/0.4/0.4/0.1 is s = 0.5 (0.8s/0.8s/0.8s/0.2s). lr 0.05 x 512 / 256.
@@ -82,14 +119,23 @@ _PAPER = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, batch_si
 # The official configs (Hzzone/ProPos config/*_propos.yml; values and lines in tests/train/test_presets.py):
 # lr 0.05 x the global batch / 256 (basic_template.py), a cosine over `epochs` after the warm-up (so it ends
 # at 0.6% of lr, the floor eta_min = 0 unreached), per data set batch, EMA schedule and resampling.
-_OFFICIAL = dict(_PAPER, cosine_epochs=1000, lr_min=0.0)
+# Every official config trains on 4 devices without synchronised BatchNorm (num_devices: 4), shuffles the target's
+# batch across them and clusters with torch_clustering in distributed mode: 10 restarts on each of the 4
+# processes, seeds 0-39, every restart on all points (basic_template.py:486-500, torch_clustering kmeans.py:74-75).
+_OFFICIAL = dict(_PAPER, cosine_epochs=1000, lr_min=0.0, bn_groups=4, symmetric=True, shuffling_bn=True,
+                 kmeans_restarts=40, kmeans_sample_per_cluster=0, kmeans_restart_seeds=True)
+CIFAR10_NORM = dict(normalize_mean="0.4914,0.4822,0.4465", normalize_std="0.2023,0.1994,0.2010")
+CIFAR20_NORM = dict(normalize_mean="0.5071,0.4867,0.4408", normalize_std="0.2675,0.2565,0.2761")
+IMAGENET_NORM = dict(normalize_mean="0.485,0.456,0.406", normalize_std="0.229,0.224,0.225")
+"""basic_template.py:292-309 normalize_params; a data set missing from it (imagenet10, imagenetdogs) gets ImageNet's."""
 OFFICIAL_DATA = {
-    "cifar10": dict(_OFFICIAL, backbone="resnet18", stem="cifar", image_size=32, batch_size=512, lr=0.1,
-                    ema_schedule="constant"),
-    "cifar100": dict(_OFFICIAL, backbone="resnet18", stem="cifar", image_size=32, batch_size=256, lr=0.05,
-                     ema_schedule="cosine", resample=True),
-    "imagenet-dogs": dict(_OFFICIAL, backbone="resnet34", stem="imagenet", image_size=224, batch_size=256, lr=0.05,
-                          ema_schedule="cosine", resample=True, blur_p=0.5),
+    "cifar10": dict(_OFFICIAL, **CIFAR10_NORM, backbone="resnet18", stem="cifar", image_size=32, batch_size=512,
+                    lr=0.1, ema_schedule="constant"),
+    "cifar100": dict(_OFFICIAL, **CIFAR20_NORM, backbone="resnet18", stem="cifar", image_size=32, batch_size=256,
+                     lr=0.05, ema_schedule="cosine", resample=True, v2=True),
+    "imagenet-dogs": dict(_OFFICIAL, **IMAGENET_NORM, backbone="resnet34", stem="imagenet", image_size=224,
+                          batch_size=256, lr=0.05, ema_schedule="cosine", resample=True, blur_p=0.5, v2=True,
+                          test_resized_crop=True),
 }
 # Digits (1,797 8x8 images, small CNN): a smaller head, more steps per epoch (batch 128) and a faster
 # target (momentum 0.99: only 14 steps per epoch); NMI .85 in about 3.5 CPU-minutes (paper preset).
@@ -99,8 +145,8 @@ _DIGITS = dict(hidden_dim=512, feature_dim=128, batch_size=128, lr=0.05, weight_
 PRESETS: Presets = {
     "paper": {
         "*": dict(backbone="resnet18", **_PAPER),
-        # no official config: CIFAR-10's recipe, ResNet-34 at the data-set defaults' 96 px
-        **{d: dict(_OFFICIAL, backbone="resnet34") for d in ("stl10", "imagenet10")},
+        # no official config: CIFAR-10's recipe, ResNet-34 at the data-set defaults' 96 px, ImageNet's constants
+        **{d: dict(_OFFICIAL, **IMAGENET_NORM, backbone="resnet34") for d in ("stl10", "imagenet10")},
         **OFFICIAL_DATA,
         "digits": dict(_DIGITS, epochs=60),
     },
@@ -217,8 +263,12 @@ class ProPos(ClusteringMethod):
     @torch.no_grad()
     def e_step(self, ctx: EpochContext) -> None:
         """k-means of the whole data set's target projections -> `centroids` and `pseudo_labels`."""
+        cfg = self.cfg
+        sample = cfg.kmeans_sample_per_cluster or None
         result = spherical_kmeans(ctx.map_images(self.target_features), self.num_clusters,
-                                  restarts=self.cfg.kmeans_restarts, max_iter=self.cfg.kmeans_iters,
-                                  tol=self.cfg.kmeans_tol, generator=ctx.generator)
+                                  restarts=cfg.kmeans_restarts, max_iter=cfg.kmeans_iters, tol=cfg.kmeans_tol,
+                                  generator=ctx.generator, sample_per_cluster=sample,
+                                  init_per_cluster=INIT_PER_CLUSTER if sample else None,
+                                  restart_seeds=range(cfg.kmeans_restarts) if cfg.kmeans_restart_seeds else None)
         self.centroids.copy_(result.centroids)
         self.pseudo_labels = result.labels
