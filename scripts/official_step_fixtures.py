@@ -238,25 +238,32 @@ def cc_network(feature_dim: int) -> nn.Module:
     return network.Network(trunk, feature_dim, CC_CLUSTERS)
 
 
-def cc_case(case: str, repos: dict[str, Path]) -> Fixture:
+def official_cc_trainer(cc: Path) -> tuple[types.ModuleType, dict[str, Any]]:
+    """CC's train.py with the globals its train() reads set as its __main__ block sets them (train.py:103-117):
+    the Network on the small backbone, Adam, InstanceLoss, ClusterLoss; and the official config. Loaded by
+    path, so it works with C3's directory first on sys.path too (its `modules` imports resolve to C3's copies)."""
     stand_in_if_missing("cv2")
-    repo = repos["cc"]
-    official = load_file(repo, "train.py", "official_cc_train")
-    from modules import contrastive_loss
-    from utils.yaml_config_hook import yaml_config_hook
-
-    config = yaml_config_hook(str(repo / "config" / "config.yaml"))
-    x1, x2 = make_views(CC_BATCH, seed=1)
-    model = cc_network(config["feature_dim"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"],
-                                 weight_decay=config["weight_decay"])  # train.py:107
+    trainer = load_file(cc, "train.py", "official_cc_train")
+    losses = load_file(cc, "modules/contrastive_loss.py", "official_cc_losses")
+    config = load_file(cc, "utils/yaml_config_hook.py", "official_cc_config").yaml_config_hook(
+        str(cc / "config" / "config.yaml"))
+    trainer.model = cc_network(config["feature_dim"])
+    trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=config["learning_rate"],
+                                         weight_decay=config["weight_decay"])  # train.py:107
     cpu = torch.device("cpu")
-    official.model, official.optimizer = model, optimizer  # the globals train() reads
+    trainer.criterion_instance = losses.InstanceLoss(CC_BATCH, config["instance_temperature"], cpu)
+    trainer.criterion_cluster = losses.ClusterLoss(CC_CLUSTERS, config["cluster_temperature"], cpu)
+    return trainer, config
+
+
+def cc_case(case: str, repos: dict[str, Path]) -> Fixture:
+    repo = repos["cc"]
+    official, config = official_cc_trainer(repo)
+    model = official.model
+    x1, x2 = make_views(CC_BATCH, seed=1)
     official.data_loader = [((x1, x2), torch.zeros(CC_BATCH, dtype=torch.long))]
-    official.criterion_instance = contrastive_loss.InstanceLoss(CC_BATCH, config["instance_temperature"], cpu)
-    official.criterion_cluster = contrastive_loss.ClusterLoss(CC_CLUSTERS, config["cluster_temperature"], cpu)
     before = state(model)
-    with device_moves_on_cpu(), gradients_at_step(optimizer, model) as grads:
+    with device_moves_on_cpu(), gradients_at_step(official.optimizer, model) as grads:
         official.train()  # train.py:11-27: one batch
     meta = {**provenance(case, repo),
             "exercises": ["train.py:11-27 train(): one batch, optimizer.zero_grad, model(x_i, x_j), instance + "
@@ -284,25 +291,14 @@ loss and its gradient would be exactly 0; after 50 CC steps about half the pairs
 below zeta and the two views of each image above."""
 
 
-def cc_pretrained(repos: dict[str, Path], feature_dim: int) -> nn.Module:
+def cc_pretrained(cc: Path) -> nn.Module:
     """CC's Network after C3_CC_STEPS official CC steps (CC's train.py:11-27, config/config.yaml)."""
-    cc = repos["cc"]
-    trainer = load_file(cc, "train.py", "official_cc_train")  # its `modules` import resolves to C3's copies
-    losses = load_file(cc, "modules/contrastive_loss.py", "official_cc_losses")
-    config = load_file(cc, "utils/yaml_config_hook.py", "official_cc_config").yaml_config_hook(
-        str(cc / "config" / "config.yaml"))
-    model = cc_network(feature_dim)
-    cpu = torch.device("cpu")
-    trainer.model = model
-    trainer.optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"],
-                                         weight_decay=config["weight_decay"])
-    trainer.criterion_instance = losses.InstanceLoss(CC_BATCH, config["instance_temperature"], cpu)
-    trainer.criterion_cluster = losses.ClusterLoss(CC_CLUSTERS, config["cluster_temperature"], cpu)
+    trainer, _ = official_cc_trainer(cc)
     with device_moves_on_cpu(), contextlib.redirect_stdout(io.StringIO()):
         for step in range(C3_CC_STEPS):
             trainer.data_loader = [(make_views(CC_BATCH, seed=1000 + step), None)]
             trainer.train()
-    return model
+    return trainer.model
 
 
 def c3_case(case: str, repos: dict[str, Path]) -> Fixture:
@@ -313,7 +309,7 @@ def c3_case(case: str, repos: dict[str, Path]) -> Fixture:
 
     config = yaml_config_hook(str(repo / "config" / "config.yaml"))
     x1, x2 = make_views(CC_BATCH, seed=2)
-    net = cc_pretrained(repos, config["feature_dim"])  # C3's network is CC's (modules/network.py)
+    net = cc_pretrained(repos["cc"])  # C3's network is CC's (modules/network.py)
     optimizer = torch.optim.Adam(net.parameters(), lr=config["learning_rate"])  # main.py:82
     before = state(net)
     with device_moves_on_cpu(), gradients_at_step(optimizer, net) as grads:
