@@ -222,18 +222,21 @@ def test_the_learning_rates_at_the_step_are_the_official_ones(name):
 # --- the step -------------------------------------------------------------------------------------
 
 PER_VIEW = "the project runs one backbone pass over both views (torch.cat): BatchNorm sees both at once"
+NO_BIAS = "the projection head's first Linear has a bias (model.py:36: none), which shifts BatchNorm's running mean"
 XFAIL = {
     "cc": PER_VIEW,
     "c3": PER_VIEW,
-    "cohiclust_simclr": PER_VIEW + "; in the SimCLR-only phase the tree terms stay in the loss at weight 0, so Adam's "
-                        "weight decay moves the tree head the official code leaves untouched",
-    "cohiclust_tree": PER_VIEW + "; the projection head's first Linear has a bias",
-    "cohiclust_pruned": PER_VIEW + "; the projection head's first Linear has a bias",
-    "propos_psl": "the project passes both views through the online and the target network at once (the official "
-                  "v1 step: one pass per direction) and updates the target after the optimiser step (official: "
-                  "before it, from the online weights it stepped from)",
-    "propos_bn4": "no BatchNorm groups of the official 4 devices, no shuffled BatchNorm for the target, the EMA "
-                  "after the step, and the official GatherLayer hands each device only its own loss's gradient",
+    "cohiclust_simclr": f"{PER_VIEW}; {NO_BIAS}; in the SimCLR-only phase the tree terms stay in the loss at weight 0, "
+                        "so Adam's weight decay moves the tree head the official code leaves untouched",
+    "cohiclust_tree": f"{PER_VIEW}; {NO_BIAS}",
+    "cohiclust_pruned": f"{PER_VIEW}; {NO_BIAS}",
+    "propos_psl": "the project passes both views through the online and the target network at once (the official v1 "
+                  "step: one pass per direction, the target on view 2 then view 1) and updates the target after the "
+                  "optimiser step (official: in the forward, before backward, from the weights the step starts from)",
+    "propos_bn4": "as propos_psl, and: BatchNorm over 4 groups of 4 images (running statistics: group 0's, the "
+                  "official process 0's), the target's groups on the recorded shuffle, and PSL's gradient divided by "
+                  "the 4 processes (the official GatherLayer hands each process only its own loss's gradient, then "
+                  "DDP averages)",
 }
 """Why each case fails on today's step (phase B of issue 26 makes them pass)."""
 
