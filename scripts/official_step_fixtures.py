@@ -75,7 +75,8 @@ SEED = 0
 REPOSITORIES = {"cc": "Yunfan-Li/Contrastive-Clustering", "c3": "Armanfard-Lab/C3",
                 "cohiclust": "MichalZnalezniak/Contrastive-Hierarchical-Clustering", "propos": "Hzzone/ProPos"}
 CASES = {"cc": ("cc",), "c3": ("c3", "cc"), "cohiclust_simclr": ("cohiclust",), "cohiclust_tree": ("cohiclust",),
-         "cohiclust_pruned": ("cohiclust",), "propos_psl": ("propos",), "propos_bn4": ("propos",)}
+         "cohiclust_pruned": ("cohiclust",), "propos_psl": ("propos",), "propos_bn4": ("propos",),
+         "propos_v2": ("propos",)}
 """fixture name -> the repositories it runs, its own first (C3 starts from a model trained by CC's code)."""
 
 
@@ -278,6 +279,7 @@ def cc_case(case: str, repos: dict[str, Path]) -> Fixture:
                        "instance_temperature": config["instance_temperature"],
                        "cluster_temperature": config["cluster_temperature"],
                        "feature_dim": config["feature_dim"], "normalize": False},
+            "dataset": "cifar10",
             "shape": {"backbone": "smallcnn", "image_size": SIDE, "hidden_dim": 4 * SMALLCNN_WIDTH,
                       "num_clusters": CC_CLUSTERS, "batch_size": CC_BATCH},
             "step": {"epoch": 0}}
@@ -327,6 +329,7 @@ def c3_case(case: str, repos: dict[str, Path]) -> Fixture:
             "config": {"optimizer": "adam", "lr": config["learning_rate"], "weight_decay": 0.0,
                        "zeta": config["zeta"], "instance_temperature": 1.0, "feature_dim": config["feature_dim"],
                        "normalize": False},
+            "dataset": "cifar10",
             "shape": {"backbone": "smallcnn", "image_size": SIDE, "hidden_dim": 4 * SMALLCNN_WIDTH,
                       "num_clusters": CC_CLUSTERS, "batch_size": CC_BATCH},
             "step": {"epoch": 0}}
@@ -399,6 +402,7 @@ def cohiclust_case(case: str, repos: dict[str, Path]) -> Fixture:
                        "prune_start_epoch": cfg.training.start_pruning_epochs + 1,
                        "feature_dim": cfg.simclr.feature_dim_projection_head, "normalize": True,
                        "normalize_mean": csv(normalize.mean), "normalize_std": csv(normalize.std)},
+            "dataset": "cifar10",
             "shape": {"backbone": "smallcnn", "image_size": SIDE, "hidden_dim": CHC_HIDDEN,
                       "num_clusters": 2 ** depth - cfg.training.leaves_to_prune, "batch_size": CHC_BATCH},
             "step": {"epoch": epoch - 1, "epochs": cfg.training.epochs}}
@@ -409,16 +413,32 @@ def cohiclust_case(case: str, repos: dict[str, Path]) -> Fixture:
 # --- ProPos --------------------------------------------------------------------------------------
 
 PP_HIDDEN, PP_FEATURES = 64, 32
-PP_ITERS_PER_EPOCH = 60000 // 512
-"""CIFAR-10's official iterations per epoch (train + test, 4 devices x 128, drop_last)."""
 PP_EPOCH = 51
 """The first epoch after the 50 warm-up epochs (1-based, as basic_template.py counts): PSL and the noise on."""
+PP_IMAGES = 60000
+"""CIFAR-10/20 train + test (whole_dataset): the official iterations per epoch are this // the recipe's batch."""
 TARGET_LAG = 0.02
 """Std of the offset of the target network's initial weights from the online network's."""
+
+
+@dataclass(frozen=True)
+class ProPosCase:
+    config: str  # the official config file
+    dataset: str  # the project's name of its data set
+    world: int  # processes
+    per_device: int  # images per process
+    clusters: int
+    labels: tuple[int, ...]  # the global batch's pseudo-labels
+
+
 PP_CASES = {
-    # world size, per-device batch, clusters, the global batch's pseudo-labels
-    "propos_psl": (1, 8, 5, [0, 1, 2, 3, 0, 1, 2, 0]),  # cluster 4 absent from the batch: logit -10
-    "propos_bn4": (4, 4, 3, [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 2, 1, 0]),  # every cluster on every device
+    # CIFAR-10's recipe (v1) on one process; cluster 4 absent from the batch: logit -10
+    "propos_psl": ProPosCase("cifar10_r18_propos.yml", "cifar10", 1, 8, 5, (0, 1, 2, 3, 0, 1, 2, 0)),
+    # the same on the official 4 processes, every cluster on every process
+    "propos_bn4": ProPosCase("cifar10_r18_propos.yml", "cifar10", 4, 4, 3,
+                             (0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 2, 1, 0)),
+    # CIFAR-20's recipe (v2: the EMA update first, both views in one pass; cosine EMA momentum), one process
+    "propos_v2": ProPosCase("cifar20_r18_propos.yml", "cifar100", 1, 8, 5, (0, 1, 2, 3, 0, 1, 2, 0)),
 }
 
 
@@ -450,7 +470,8 @@ def _import_propos(repo: Path) -> types.ModuleType:
 
 def propos_worker(rank: int, case: str, repo: str, port: int, out: str) -> None:
     """One of the official run's processes: DDP over gloo, its slice of the global batch."""
-    world, per_device, clusters, labels = PP_CASES[case]
+    spec = PP_CASES[case]
+    world, per_device, clusters, labels = spec.world, spec.per_device, spec.clusters, list(spec.labels)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
@@ -465,19 +486,19 @@ def propos_worker(rank: int, case: str, repo: str, port: int, out: str) -> None:
     # main.py:31-37: the default and private options, then the config file over them
     default_opt, unknown = byol.TrainTask.build_default_options().parse_known_args("")
     opt = byol.BYOL.build_options().parse_args(unknown, namespace=default_opt)
-    config_file = repo_path / "config" / "cifar10_r18_propos.yml"
-    for k, v in yaml.safe_load(config_file.read_text()).items():
+    for k, v in yaml.safe_load((repo_path / "config" / spec.config).read_text()).items():
         setattr(opt, k, v)
-    recipe_batch = opt.batch_size * opt.num_devices  # 4 x 128
+    recipe_batch = opt.batch_size * opt.num_devices  # 4 x 128 (CIFAR-10), 4 x 64 (CIFAR-20)
+    iters_per_epoch = PP_IMAGES // recipe_batch
     network.backbone_dict["smallcnn"] = [small_backbone, 4 * SMALLCNN_WIDTH]
     opt.encoder_name, opt.hidden_size, opt.feat_dim, opt.batch_size = "smallcnn", PP_HIDDEN, PP_FEATURES, per_device
-    # basic_template.py:30-33 scales the lr by the global batch; the recipe's 512 images (not the fixture's) give 0.1
+    # basic_template.py:30-33 scales the lr by the global batch: the recipe's (not the fixture's) 512 images give 0.1
     opt.learning_rate = opt.learning_rate * recipe_batch / 256
 
     torch.manual_seed(SEED)  # main.py:52: every process seeds the same
     task = byol.BYOL.__new__(byol.BYOL)  # TrainTask.__init__ loads data and loggers; its step state is set here
     task.opt, task.logger, task.num_cluster = opt, _NullLogger(), clusters
-    task.cur_epoch, task.iter_per_epoch, task.verbose = PP_EPOCH, PP_ITERS_PER_EPOCH, rank == 0
+    task.cur_epoch, task.iter_per_epoch, task.verbose = PP_EPOCH, iters_per_epoch, rank == 0
     byol.convert_to_ddp = nn.parallel.DistributedDataParallel  # ops.py convert_to_ddp, on the CPU
     with device_moves_on_cpu():
         task.set_model()  # byol.py:27-57
@@ -497,7 +518,7 @@ def propos_worker(rank: int, case: str, repo: str, port: int, out: str) -> None:
     mine = slice(rank * per_device, (rank + 1) * per_device)
     inputs = ((normalize(x1[mine].clone()), normalize(x2[mine].clone())), torch.zeros(per_device, dtype=torch.long))
     indices = torch.arange(world * per_device)[mine]
-    n_iter = (PP_EPOCH - 1) * PP_ITERS_PER_EPOCH + 1  # the epoch's first iteration (basic_template.py:372-387)
+    n_iter = (PP_EPOCH - 1) * iters_per_epoch + 1  # the epoch's first iteration (basic_template.py:372-387)
 
     noise: list[torch.Tensor] = []
     shuffles: list[torch.Tensor] = []
@@ -531,11 +552,16 @@ def propos_worker(rank: int, case: str, repo: str, port: int, out: str) -> None:
     dist.destroy_process_group()
     if rank != 0:
         return
-    directions = ("12", "21")  # forward_loss(im_q, im_k), then forward_loss(im_k, im_q) (symmetric)
     extra = {"pseudo_labels": np.array(labels, dtype=np.int64), "indices": np.arange(world * per_device)}
-    for i, direction in enumerate(directions):
-        extra[f"noise_{direction}"] = np.concatenate([g["noise"][i] for g in gathered])
-        extra[f"shuffle_{direction}"] = shuffles[i].numpy()
+    if opt.v2:  # one draw per process for q of [view 1; view 2]; one shuffle of the gathered keys [view 2; view 1]
+        halves = [np.split(g["noise"][0], 2) for g in gathered]
+        extra["noise_12"] = np.concatenate([h[0] for h in halves])
+        extra["noise_21"] = np.concatenate([h[1] for h in halves])
+        extra["shuffle_keys"] = shuffles[0].numpy()
+    else:  # forward_loss(im_q, im_k), then forward_loss(im_k, im_q) (symmetric): a draw and a shuffle each
+        for i, direction in enumerate(("12", "21")):
+            extra[f"noise_{direction}"] = np.concatenate([g["noise"][i] for g in gathered])
+            extra[f"shuffle_{direction}"] = shuffles[i].numpy()
     for r, g in enumerate(gathered[1:], start=1):
         extra.update({f"after_rank{r}/{k}": v for k, v in g["buffers"].items()})
     meta = {**provenance(case, repo_path),
@@ -544,6 +570,9 @@ def propos_worker(rank: int, case: str, repo: str, port: int, out: str) -> None:
                 "the DDP forward, loss = contrastive + cluster_loss_weight * cluster, scaler (backward, SGD step)",
                 "byol.py:117-139 adjust_learning_rate (cosine, predictor lr x lambda_predictor_lr, EMA momentum)",
                 "byol.py:27-57 set_model: BYOLWrapper, SGD over collect_params (basic_template.py:559-570)",
+                "byol_wrapper.py:220-254 forward_v2: the EMA update of the target first, both views in one online "
+                "pass, the keys [view 2; view 1] shuffled through one target pass, PSA over both, PSL per view"
+                if opt.v2 else
                 "byol_wrapper.py:185-218 forward (v1, symmetric): forward_loss per direction, then the EMA "
                 "update of the target before backward and step",
                 "byol_wrapper.py:135-183 forward_k (shuffling_bn: _batch_shuffle_ddp, moco_wrapper.py:77-122), "
@@ -552,7 +581,7 @@ def propos_worker(rank: int, case: str, repo: str, port: int, out: str) -> None:
                 "device's batch at -10)", "basic_template.py:30-33 lr x global batch / 256, 292-309 Normalize",
                 "utils/grad_scaler.py NativeScalerWithGradNormCount (amp off)", "config/cifar10_r18_propos.yml"],
             "official": {"world_size": world, "per_device_batch": per_device, "num_cluster": clusters,
-                         "cur_epoch": PP_EPOCH, "n_iter": n_iter, "iter_per_epoch": PP_ITERS_PER_EPOCH,
+                         "cur_epoch": PP_EPOCH, "n_iter": n_iter, "iter_per_epoch": iters_per_epoch,
                          "learning_rate": opt.learning_rate, "lr_at_step": lrs[False],
                          "predictor_lr_at_step": lrs[True], "ema_momentum": momentum, "target_lag": TARGET_LAG,
                          "momentum": opt.momentum, "weight_decay": opt.weight_decay,
@@ -571,10 +600,11 @@ def propos_worker(rank: int, case: str, repo: str, port: int, out: str) -> None:
                        "shuffling_bn": opt.shuffling_bn, "v2": opt.v2, "normalize": True,
                        "normalize_mean": csv(normalize.mean), "normalize_std": csv(normalize.std),
                        **({"bn_groups": world} if world > 1 else {})},
+            "dataset": spec.dataset,
             "shape": {"backbone": "smallcnn", "image_size": SIDE, "hidden_dim": PP_HIDDEN,
                       "feature_dim": PP_FEATURES, "num_clusters": clusters, "batch_size": world * per_device,
                       **({} if world > 1 else {"bn_groups": 1})},
-            "step": {"epoch": PP_EPOCH - 1, "steps_per_epoch": PP_ITERS_PER_EPOCH}}
+            "step": {"epoch": PP_EPOCH - 1, "steps_per_epoch": iters_per_epoch}}
     Fixture(x1, x2, before, grads, after, meta, extra).save(Path(out))
 
 
@@ -582,7 +612,7 @@ def run_propos(case: str, repo: Path, out: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(propos_worker, args=(case, str(repo), port, str(out)), nprocs=PP_CASES[case][0])
+    torch.multiprocessing.spawn(propos_worker, args=(case, str(repo), port, str(out)), nprocs=PP_CASES[case].world)
 
 
 # --- driver --------------------------------------------------------------------------------------
