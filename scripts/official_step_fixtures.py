@@ -227,6 +227,10 @@ def csv(values: Any) -> str:
 
 CC_CLUSTERS = 10
 CC_BATCH = 8
+CC_SHAPE = {"dataset": "cifar10", "step": {"epoch": 0},
+            "shape": {"backbone": "smallcnn", "image_size": SIDE, "hidden_dim": 4 * SMALLCNN_WIDTH,
+                      "num_clusters": CC_CLUSTERS, "batch_size": CC_BATCH}}
+"""What the CC and C3 fixtures share in their meta: the project's data set, the step's epoch, the sizes."""
 
 
 def cc_network(feature_dim: int) -> nn.Module:
@@ -279,10 +283,7 @@ def cc_case(case: str, repos: dict[str, Path]) -> Fixture:
                        "instance_temperature": config["instance_temperature"],
                        "cluster_temperature": config["cluster_temperature"],
                        "feature_dim": config["feature_dim"], "normalize": False},
-            "dataset": "cifar10",
-            "shape": {"backbone": "smallcnn", "image_size": SIDE, "hidden_dim": 4 * SMALLCNN_WIDTH,
-                      "num_clusters": CC_CLUSTERS, "batch_size": CC_BATCH},
-            "step": {"epoch": 0}}
+            **CC_SHAPE}
     return Fixture(x1, x2, before, grads, state(model), meta)
 
 
@@ -329,10 +330,7 @@ def c3_case(case: str, repos: dict[str, Path]) -> Fixture:
             "config": {"optimizer": "adam", "lr": config["learning_rate"], "weight_decay": 0.0,
                        "zeta": config["zeta"], "instance_temperature": 1.0, "feature_dim": config["feature_dim"],
                        "normalize": False},
-            "dataset": "cifar10",
-            "shape": {"backbone": "smallcnn", "image_size": SIDE, "hidden_dim": 4 * SMALLCNN_WIDTH,
-                      "num_clusters": CC_CLUSTERS, "batch_size": CC_BATCH},
-            "step": {"epoch": 0}}
+            **CC_SHAPE}
     return Fixture(x1, x2, before, grads, state(net), meta)
 
 
