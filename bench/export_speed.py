@@ -263,11 +263,11 @@ def _tensorrt_plans(encoder: Path, head: Path, max_batch: int):
     if problem:
         print(f"TensorRT: skipped ({problem.split('. ')[0]})")
         return None
-    from export.trt_build import build_engine
+    from export.trt_build import PlanOptions, build_engine
 
     trt = require_tensorrt()
-    runners = [PlanRunner(build_engine(p, max_batch, max(1, max_batch // 2), False, 2048, None)[0])
-               for p in (encoder, head)]
+    options = PlanOptions(max_batch=max_batch, opt_batch=max(1, max_batch // 2))
+    runners = [PlanRunner(build_engine(p, options)[0]) for p in (encoder, head)]
     return trt.__version__, *runners
 
 

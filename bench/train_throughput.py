@@ -4,9 +4,9 @@ Measures, in one run on one device, for each configuration BACKBONE:STEM:SIZE[:B
   (a) the data path alone: index a uint8 batch on the device and augment two views per image,
   (b) the backbone alone: forward + backward + optimiser step on fixed tensors of the same shape
       (both views, 2 x BATCH images),
-  (c) the full training step as the trainer runs it: (a), the method's forward, its outputs gathered
-      and its loss (train.trainer.step_losses), backward, optimiser step (train.trainer.build_optimizer),
-      the method's on_step_end,
+  (c) the full training step as the trainer runs it: (a), the method's forward and its outputs gathered
+      (train.trainer.step_outputs), its loss, backward, optimiser step (train.trainer.build_optimizer),
+      the method's on_step_end with the outputs,
 and prints the ratio (c)/(b): near 1 means augmentation, heads and losses cost little next to the
 backbone. As in the trainer: bf16 autocast and channels_last on CUDA (the method config's `amp` and
 `channels_last`), and with `--compile true` torch.compile of the whole method for (c) and of the
@@ -21,7 +21,6 @@ around each timed block.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from contract.cli import parse_bool  # noqa: E402
 from train.data.augment import AugmentParams, BatchAugment  # noqa: E402
 from train.methods import get_method, make_config  # noqa: E402
 from train.methods.base import StepContext  # noqa: E402
-from train.trainer import build_optimizer, step_losses  # noqa: E402
+from train.trainer import autocast_for, build_optimizer, step_outputs  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -88,10 +87,7 @@ def measure(shape: Shape, channels: int, args: argparse.Namespace,
     step_model = torch.compile(model) if cfg.compile else model
     backbone = torch.compile(model.backbone) if cfg.compile else model.backbone
     optimizer = build_optimizer(cfg, model)
-    use_amp = cfg.amp and gpu
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    autocast = autocast_for(cfg, device)
 
     def data_path():
         idx = torch.randint(0, data.shape[0], (b,), generator=g, device=device)
@@ -116,11 +112,12 @@ def measure(shape: Shape, channels: int, args: argparse.Namespace,
         idx, x1, x2 = data_path()
         ctx = StepContext(0, 1, 0, 1, g, idx)
         with autocast():
-            losses = step_losses(model, step_model, x1, x2, ctx)
+            outputs = step_outputs(step_model, x1, x2, ctx)
+            losses = model.loss(outputs, ctx)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
-        model.on_step_end(ctx)
+        model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
 
     t_data = timed(data_path, args.steps, args.warmup, device)
     t_backbone = timed(backbone_step, args.steps, args.warmup, device)

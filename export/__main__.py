@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "onnx":
         return 0
     try:
-        tensorrt.convert_repository(args.output, args.fp16, args.max_batch, args.opt_batch, args.workspace_mb,
-                                    names=[result.name])
+        plans = tensorrt.PlanOptions(fp16=args.fp16, max_batch=args.max_batch, opt_batch=args.opt_batch,
+                                     workspace_mb=args.workspace_mb)
+        tensorrt.convert_repository(args.output, plans, names=[result.name])
     except tensorrt.TensorRTUnavailable as exc:
         print(f"error: --engine {args.engine}: the ONNX repositories are written; {exc}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ file and settings is kept (its stamp, model.plan.json, says so): the serving con
 at every start; --force rebuilds.
 
 Three modules: export/trt_runtime.py (is TensorRT usable, CUDA calls, running a plan),
-export/trt_build.py (building and inspecting plans: `TensorRTEngines`) and this one, the repository
+export/trt_build.py (building and inspecting plans: `PlanOptions`, `TensorRTEngines`) and this one, the repository
 rewrite, which needs no GPU itself: it takes the engines object as an argument.
 
 A plan only runs on the GPU model and TensorRT version it was built with, so build it where it is
@@ -28,6 +28,7 @@ Imports neither torch nor onnx: runs with tensorrt, numpy, protobuf and tritoncl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 from collections.abc import Callable
@@ -48,22 +49,22 @@ from export.triton import (
     specs_from_config,
     write_config,
 )
+from export.trt_build import DEFAULT_WORKSPACE_MB, PlanOptions, TensorRTEngines
 from export.trt_runtime import TensorRTUnavailable, missing_requirements, require_tensorrt
 from export.versions import export_lock
 
-DEFAULT_WORKSPACE_MB = 2048
 STAMP_SUFFIX = ".json"
-__all__ = ["TensorRTUnavailable", "convert_model", "convert_repository", "missing_requirements"]
+__all__ = ["PlanOptions", "TensorRTUnavailable", "convert_model", "convert_repository", "missing_requirements"]
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def wanted_stamp(engines, onnx_file: Path, fp16: bool, max_batch: int, opt_batch: int) -> dict[str, Any]:
+def wanted_stamp(engines, onnx_file: Path, options: PlanOptions) -> dict[str, Any]:
     """What a plan must have been built from to be reused: TensorRT version, GPU, ONNX file, settings."""
     return {"tensorrt_version": engines.version, "gpu": engines.gpu, "onnx_sha256": sha256(onnx_file),
-            "fp16_requested": fp16, "max_batch": max_batch, "opt_batch": opt_batch}
+            "fp16_requested": options.fp16, "max_batch": options.max_batch, "opt_batch": options.opt_batch}
 
 
 def up_to_date(plan_file: Path, wanted: dict[str, Any]) -> bool:
@@ -94,92 +95,81 @@ def merge_metadata(meta: ModelMetadata, plans: dict[str, dict[str, Any]], report
                         parity={**meta.parity, "tensorrt": report})
 
 
-def build_component(engines, model_dir: Path, version: int, model: str, fp16: bool, max_batch: int,
-                    opt_batch: int, workspace_mb: int, timing_cache: Path | None, force: bool,
+def build_component(engines, model_dir: Path, version: int, model: str, options: PlanOptions,
                     log: Callable[[str], None]) -> tuple[bytes, dict[str, Any]]:
     """One model version's plan (reused when up to date) and its stamp; rewrites the model's config.pbtxt
-    to tensorrt_plan (batching, instances and version policy kept)."""
+    to tensorrt_plan (batching, instances and version policy kept). options: with max_batch and opt_batch set."""
     onnx_file, plan_file = model_dir / str(version) / ONNX_MODEL_FILE, model_dir / str(version) / PLAN_MODEL_FILE
     stamp_file = plan_file.with_name(plan_file.name + STAMP_SUFFIX)
-    wanted = wanted_stamp(engines, onnx_file, fp16, max_batch, opt_batch)
-    if not force and up_to_date(plan_file, wanted):
+    wanted = wanted_stamp(engines, onnx_file, options)
+    if not options.force and up_to_date(plan_file, wanted):
         log(f"{model} v{version}: plan up to date ({engines.gpu}, TensorRT {engines.version})")
         return plan_file.read_bytes(), files.read_json(stamp_file)
     log(f"{model} v{version}: building a TensorRT {engines.version} plan on {engines.gpu} "
-        f"(batch 1/{opt_batch}/{max_batch}, {'fp16' if fp16 else 'fp32'}) ...")
+        f"(batch 1/{options.opt_batch}/{options.max_batch}, {'fp16' if options.fp16 else 'fp32'}) ...")
     old = read_config(model_dir)
-    plan, build = engines.build(onnx_file, max_batch, opt_batch, fp16, workspace_mb, timing_cache, log)
+    plan, build = engines.build(onnx_file, options, log)
     inputs, outputs = engines.specs(plan)
     same_specs(inputs, specs_from_config(old.input), model)
     same_specs(outputs, specs_from_config(old.output), model)
     files.write_bytes(plan_file, plan)
     stamp = {**wanted, **build}
     files.write_json(stamp_file, stamp)
-    write_config(model_dir, component_config(model, inputs, outputs, max_batch, FLAVOURS["tensorrt"],
+    write_config(model_dir, component_config(model, inputs, outputs, options.max_batch, FLAVOURS["tensorrt"],
                                              options_from_config(old)))
     return plan, stamp
 
 
-def convert_model(engines, repository: Path, name: str, fp16: bool, max_batch: int | None, opt_batch: int | None,
-                  workspace_mb: int, timing_cache: Path | None, force: bool,
+def convert_model(engines, repository: Path, name: str, options: PlanOptions,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every version of NAME: plans, configs, the TensorRT parity check, the merged metadata.
 
     Returns the report of the latest version; raises ParityError on the first version that fails."""
     ensemble = read_config(repository / name)
-    max_batch = max_batch or ensemble.max_batch_size
-    opt_batch = opt_batch or max(1, max_batch // 2)
-    if not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"need 1 <= opt batch ({opt_batch}) <= max batch ({max_batch})")
-    if ensemble.max_batch_size != max_batch:
-        ensemble.max_batch_size = max_batch
+    options = options.for_max_batch(ensemble.max_batch_size)
+    if ensemble.max_batch_size != options.max_batch:
+        ensemble.max_batch_size = options.max_batch
         write_config(repository / name, ensemble)
     report: dict[str, Any] = {}
     for version in complete_versions(repository, name):
-        report = convert_version(engines, repository, name, version, fp16, max_batch, opt_batch, workspace_mb,
-                                 timing_cache, force, log)
+        report = convert_version(engines, repository, name, version, options, log)
     return report
 
 
-def convert_version(engines, repository: Path, name: str, version: int, fp16: bool, max_batch: int,
-                    opt_batch: int, workspace_mb: int, timing_cache: Path | None, force: bool,
+def convert_version(engines, repository: Path, name: str, version: int, options: PlanOptions,
                     log: Callable[[str], None]) -> dict[str, Any]:
     """Plans of one version of NAME, checked on that version's parity sample, recorded in its metadata."""
     ensemble_dir = repository / name / str(version)
     meta = ModelMetadata.read(ensemble_dir / METADATA_FILE)
     plans, stamps = {}, {}
     for model in (meta.encoder, meta.head):
-        plans[model], stamps[model] = build_component(engines, repository / model, version, model, fp16, max_batch,
-                                                      opt_batch, workspace_mb, timing_cache, force, log)
+        plans[model], stamps[model] = build_component(engines, repository / model, version, model, options, log)
     precision = stamps[meta.head].get("precision", "fp32")
     report: dict[str, Any] = {"passed": None, "problems": ["no parity sample stored"]}
     sample = ensemble_dir / PARITY_SAMPLE_FILE
     if sample.is_file():
-        report = engines.parity(plans[meta.encoder], plans[meta.head], sample, max_batch, precision)
+        report = engines.parity(plans[meta.encoder], plans[meta.head], sample, options.max_batch, precision)
         log(f"{name} v{version}: TensorRT parity {'PASSED' if report['passed'] else 'FAILED'}: "
             + ", ".join(f"{k} {v}" for k, v in report["outputs"].items()))
     parity_file = ensemble_dir / PARITY_FILE
     parity_all = files.read_json(parity_file) if parity_file.is_file() else {}
     files.write_json(parity_file, {**parity_all, "tensorrt": report})
-    merge_metadata(meta, stamps, report, max_batch).write(ensemble_dir / METADATA_FILE)
+    merge_metadata(meta, stamps, report, options.max_batch).write(ensemble_dir / METADATA_FILE)
     if report["passed"] is False:
         check(report, f"{name} version {version} (TensorRT plan vs PyTorch)")
     return report
 
 
-def convert_repository(repository: Path, fp16: bool = False, max_batch: int | None = None,
-                       opt_batch: int | None = None, workspace_mb: int = DEFAULT_WORKSPACE_MB,
-                       timing_cache: Path | None = None, force: bool = False, names: list[str] | None = None,
+def convert_repository(repository: Path, options: PlanOptions | None = None, names: list[str] | None = None,
                        log: Callable[[str], None] = print, engines=None) -> dict[str, dict[str, Any]]:
     """Convert every exported model of `repository` (or `names`) to TensorRT plans, in place.
 
+    options: default PlanOptions(); their timing_cache defaults to REPOSITORY/.trt_timing_cache.
     `engines` builds and checks the plans (default: export.trt_build.TensorRTEngines, which needs
     TensorRT and a GPU: TensorRTUnavailable otherwise).
     """
     if engines is None:
         require_tensorrt()
-        from export.trt_build import TensorRTEngines
-
         engines = TensorRTEngines()
     repository = Path(repository)
     models = [p.name for p in list_models(repository)]
@@ -191,10 +181,10 @@ def convert_repository(repository: Path, fp16: bool = False, max_batch: int | No
     if not models:
         raise FileNotFoundError(f"{repository} holds no exported model (no */<version>/{METADATA_FILE}); "
                                 "export one with `python -m export --engine onnx`")
-    timing_cache = timing_cache or repository / ".trt_timing_cache"
+    options = options or PlanOptions()
+    options = dataclasses.replace(options, timing_cache=options.timing_cache or repository / ".trt_timing_cache")
     with export_lock(repository):
-        return {name: convert_model(engines, repository, name, fp16, max_batch, opt_batch, workspace_mb,
-                                    timing_cache, force, log) for name in models}
+        return {name: convert_model(engines, repository, name, options, log) for name in models}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,9 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing-cache", type=Path, help="default: REPOSITORY/.trt_timing_cache")
     parser.add_argument("--force", action="store_true", help="rebuild plans that are up to date")
     args = parser.parse_args(argv)
+    options = PlanOptions(fp16=args.fp16, max_batch=args.max_batch, opt_batch=args.opt_batch,
+                          workspace_mb=args.workspace_mb, timing_cache=args.timing_cache, force=args.force)
     try:
-        convert_repository(args.repository, args.fp16, args.max_batch, args.opt_batch, args.workspace_mb,
-                           args.timing_cache, args.force, args.name)
+        convert_repository(args.repository, options, args.name)
     except TensorRTUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

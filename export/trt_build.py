@@ -1,12 +1,15 @@
 """TensorRT builds: ONNX file -> serialized plan (one optimisation profile), and a plan's own I/O.
 
+`PlanOptions` are the settings a plan is built with (the flags of `python -m export.tensorrt`).
 `TensorRTEngines` is what export/tensorrt.py builds, inspects and checks plans through; the
 repository rewrite takes any object with the same three methods (tests pass a CPU stand-in).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,37 @@ from export.parity import FP32_TOLERANCE, compare, read_sample
 from export.trt_runtime import PlanRunner, cuda_gpu, numpy_dtype, require_tensorrt
 
 FP16_TOLERANCE = 2e-2
+DEFAULT_WORKSPACE_MB = 2048
 
 
-def build_engine(onnx_path: Path, max_batch: int, opt_batch: int, fp16: bool, workspace_mb: int,
-                 timing_cache: Path | None, log: Callable[[str], None] = print) -> tuple[bytes, dict[str, Any]]:
+@dataclass(frozen=True)
+class PlanOptions:
+    """How TensorRT plans are built. max_batch and opt_batch may be left open (None) until a model's
+    config gives them: `for_max_batch` fills them in; building needs both."""
+
+    fp16: bool = False  # allow FP16 kernels (TensorRT 10; TensorRT 11 follows the ONNX graph's types)
+    max_batch: int | None = None  # profile max batch (None: the model config's max_batch_size)
+    opt_batch: int | None = None  # profile optimum batch (None: max_batch // 2)
+    workspace_mb: int = DEFAULT_WORKSPACE_MB  # builder workspace limit, MiB
+    timing_cache: Path | None = None  # builder timing cache file, read and updated (None: none)
+    force: bool = False  # rebuild plans whose stamp says they are up to date
+
+    def for_max_batch(self, config_max_batch: int) -> PlanOptions:
+        """These options with max_batch (default: `config_max_batch`) and opt_batch (default: max/2) set;
+        ValueError unless 1 <= opt_batch <= max_batch."""
+        max_batch = self.max_batch or config_max_batch
+        opt_batch = self.opt_batch or max(1, max_batch // 2)
+        if not 1 <= opt_batch <= max_batch:
+            raise ValueError(f"need 1 <= opt batch ({opt_batch}) <= max batch ({max_batch})")
+        return dataclasses.replace(self, max_batch=max_batch, opt_batch=opt_batch)
+
+
+def build_engine(onnx_path: Path, options: PlanOptions,
+                 log: Callable[[str], None] = print) -> tuple[bytes, dict[str, Any]]:
     """ONNX file -> serialized plan, with one optimisation profile (1, opt, max) on every input."""
+    if options.max_batch is None or options.opt_batch is None:
+        raise ValueError("building a plan needs max_batch and opt_batch (PlanOptions.for_max_batch)")
+    max_batch, opt_batch, timing_cache = options.max_batch, options.opt_batch, options.timing_cache
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -35,7 +64,7 @@ def build_engine(onnx_path: Path, max_batch: int, opt_batch: int, fp16: bool, wo
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path}: " + "; ".join(errors))
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -43,7 +72,7 @@ def build_engine(onnx_path: Path, max_batch: int, opt_batch: int, fp16: bool, wo
         profile.set_shape(tensor.name, (1, *rest), (opt_batch, *rest), (max_batch, *rest))
     config.add_optimization_profile(profile)
     precision = "fp32"
-    if fp16:
+    if options.fp16:
         if hasattr(trt.BuilderFlag, "FP16"):
             config.set_flag(trt.BuilderFlag.FP16)
             precision = "fp16"
@@ -64,7 +93,7 @@ def build_engine(onnx_path: Path, max_batch: int, opt_batch: int, fp16: bool, wo
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
         timing_cache.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(plan)), {"precision": precision, "max_batch": max_batch, "opt_batch": opt_batch,
-                                     "workspace_mb": workspace_mb}
+                                     "workspace_mb": options.workspace_mb}
 
 
 def engine_specs(plan: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -107,9 +136,8 @@ class TensorRTEngines:
         self.version = self.trt.__version__
         self.gpu = cuda_gpu()[0] or "?"
 
-    def build(self, onnx_path: Path, max_batch: int, opt_batch: int, fp16: bool, workspace_mb: int,
-              timing_cache: Path | None, log: Callable[[str], None]) -> tuple[bytes, dict[str, Any]]:
-        return build_engine(onnx_path, max_batch, opt_batch, fp16, workspace_mb, timing_cache, log)
+    def build(self, onnx_path: Path, options: PlanOptions, log: Callable[[str], None]) -> tuple[bytes, dict[str, Any]]:
+        return build_engine(onnx_path, options, log)
 
     def specs(self, plan: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
         return engine_specs(plan)

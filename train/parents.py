@@ -6,12 +6,17 @@ parent run under the runs root whose config agrees on the data set and on every 
 (train/config.py `architecture_fields`, read off the config dataclasses). With none, the run stops
 before any work (exit 2) and says the exact command that trains the parent, unless
 `--train-parent true` asks to train it first.
+
+The trainer calls `resolve_parent` while it sets a fresh run up (before any data is read) and
+`load_parent` while it restores the model; it hands `resolve_parent` its own `train` for training the
+parent first, so this module never imports the trainer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +95,9 @@ def _describe(values: dict[str, Any], keys: list[str]) -> str:
     return ", ".join(names.get(k, k + " {}").format(values.get(k)) for k in keys)
 
 
-def resolve_parent(cfg: Config, parent: str, run_dir: Path, log) -> Path:
-    """The parent checkpoint for a fresh run in run_dir; trains the parent first only with --train-parent."""
+def resolve_parent(cfg: Config, parent: str, run_dir: Path, log: Callable[[str], None],
+                   train: Callable[[Config], object]) -> Path:
+    """The parent checkpoint for a fresh run in run_dir; only with --train-parent, `train` trains the parent first."""
     root = run_dir.parent
     found = find_parent(cfg, parent, root)
     if found is not None:
@@ -108,8 +114,6 @@ def resolve_parent(cfg: Config, parent: str, run_dir: Path, log) -> Path:
     parent_cfg = parent_config(cfg, parent, parent_dir)
     log(f"{cfg.method}: no finished {parent} run under {root}/: training it first ({parent_cfg.epochs} epochs) "
         f"as `{command}`")
-    from train.trainer import train  # the trainer imports this module
-
     train(parent_cfg)
     return checkpoint_path(parent_dir)
 

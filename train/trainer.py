@@ -1,4 +1,7 @@
-"""The training loop every method shares. Read top to bottom: setup, train_one_epoch, evaluate, finish.
+"""The training loop every method shares. Read top to bottom: the pieces (data, evaluation, one training
+epoch), then `train` in four steps: `set_up` (device and processes, checks, data, model), `restore` (the
+checkpoint it resumes from, or the parent run it starts from), `fit` (the epochs and their checkpoints)
+and `finish` (the final evaluation and the run's artefacts).
 
 Data lives on the training device as uint8 (N, C, S, S) at its stored side S; each step indexes a
 batch and augments two views there, cropped to the model's input size (train/data/augment.py), and
@@ -15,8 +18,9 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +30,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from contract import files
 from contract.names import (
+    ASSIGNMENTS_FILE,
     CHECKPOINT_FILE,
     CLUSTER_SAMPLES_FILE,
     CLUSTER_STATS_FILE,
     CONFIG_FILE,
+    CONFUSION_FILE,
+    GALLERY_FILE,
     IMAGES_USED_FILE,
     INIT_FILE,
     MAP_POINTS,
     METRICS_FILE,
     PARITY_SAMPLE_FILE,
     RESULTS_FILE,
+    TENSORBOARD_DIR,
 )
 from train import metrics, report
 from train.checkpoint import read_checkpoint, save_checkpoint
@@ -181,12 +189,10 @@ def evaluate(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg
     return outputs, scores
 
 
-def step_losses(model: ClusteringMethod, ddp_model, x1: torch.Tensor, x2: torch.Tensor,
-                ctx: StepContext) -> dict[str, torch.Tensor]:
-    """One training step's losses: the method's forward (under DDP), its outputs gathered across processes
-    with gradients, so every method's loss sees the global batch, then the method's loss."""
-    outputs = ddp_model(x1, x2, ctx)
-    return model.loss({k: gather_with_grad(v) for k, v in outputs.items()}, ctx)
+def step_outputs(ddp_model, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+    """The method's forward on two views (under DDP), every output gathered across processes with gradients:
+    what the method's `loss` and `on_step_end` see, so both work on the global batch."""
+    return {k: gather_with_grad(v) for k, v in ddp_model(x1, x2, ctx).items()}
 
 
 def epoch_steps(images: torch.Tensor, cfg: Config) -> int:
@@ -205,44 +211,128 @@ def epoch_order(images: torch.Tensor, cfg: Config, generator: torch.Generator,
     return torch.multinomial(weights.to(images.device, torch.float64), draws, replacement=True, generator=generator)
 
 
-def train_one_epoch(model, ddp_model, optimizer, scheduler, augment: BatchAugment, images: torch.Tensor,
-                    cfg: Config, epoch: int, group: ProcessGroup, autocast, *, phase: str = "train",
-                    first_step: int = 0, steps_per_epoch: int | None = None,
-                    weights: torch.Tensor | None = None) -> dict[str, float]:
-    """One pass over `images` (uint8, stored side). phase "train" (the method's loss) or "instance" (the
-    instance-loss-only pass); first_step: this pass's first step within the epoch; steps_per_epoch: of all
-    the epoch's passes (default: this one's); weights: sampling weights (None: a permutation)."""
+@dataclass
+class TrainState:
+    """What the training steps work with; restore builds it, fit advances it, every checkpoint saves it."""
+
+    cfg: Config
+    model: ClusteringMethod
+    ddp_model: Any  # the model as its forward runs: under DistributedDataParallel and torch.compile when on
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    augment: BatchAugment
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    group: ProcessGroup
+    steps_per_epoch: int  # optimiser steps of an epoch, all its passes together
+    epochs_done: int = 0
+    train_seconds: float = 0.0
+
+
+def train_one_epoch(state: TrainState, images: torch.Tensor, epoch: int, *, phase: str = "train",
+                    first_step: int = 0, weights: torch.Tensor | None = None) -> dict[str, float]:
+    """One pass over `images` (uint8, stored side); returns its mean losses. phase "train" (the method's loss)
+    or "instance" (the instance-loss-only pass); first_step: this pass's first step within the epoch;
+    weights: sampling weights (None: a permutation)."""
+    cfg, model, group = state.cfg, state.model, state.group
     device = images.device
     stream = 0 if phase == "train" else INSTANCE_STREAM
     order_gen = epoch_generator(cfg.seed, epoch, stream, device)   # same on every process
     aug_gen = epoch_generator(cfg.seed, epoch, stream + 1 + group.rank, device)
     steps = epoch_steps(images, cfg)
-    per_epoch = steps_per_epoch or steps
     order = epoch_order(images, cfg, order_gen, weights)
     sums: dict[str, float] = {}
     model.train()
     for i in range(steps):
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][group.rank::group.world_size]
         batch = images[idx]
-        x1, x2 = augment(batch, aug_gen), augment(batch, aug_gen)
+        x1, x2 = state.augment(batch, aug_gen), state.augment(batch, aug_gen)
         if cfg.channels_last and device.type == "cuda":
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
-        ctx = StepContext(epoch, cfg.epochs, epoch * per_epoch + first_step + i, per_epoch, aug_gen, idx, phase)
-        with autocast():
-            losses = step_losses(model, ddp_model, x1, x2, ctx)
-        optimizer.zero_grad(set_to_none=True)
+        ctx = StepContext(epoch, cfg.epochs, epoch * state.steps_per_epoch + first_step + i, state.steps_per_epoch,
+                          aug_gen, idx, phase)
+        with state.autocast():
+            outputs = step_outputs(state.ddp_model, x1, x2, ctx)
+            losses = model.loss(outputs, ctx)
+        state.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        optimizer.step()
-        scheduler.step()
-        model.on_step_end(ctx)
+        state.optimizer.step()
+        state.scheduler.step()
+        model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
     return {k: v / max(1, steps) for k, v in sums.items()}
 
 
+@dataclass
+class Run:
+    """One run as set-up leaves it: where, on what, with which data and a freshly initialised model."""
+
+    cfg: Config
+    method: type[ClusteringMethod]
+    device: torch.device
+    group: ProcessGroup
+    dir: Path
+    log: Callable[[str], None]  # prints on the main process only
+    data: RunData
+    images: torch.Tensor  # the train splits, uint8 on the device
+    eval_images: torch.Tensor  # the eval splits (the same tensor when the splits agree)
+    instance_images: torch.Tensor | None  # the instance splits, or None
+    model: ClusteringMethod
+    meta: dict[str, Any]  # what every checkpoint records about the data and the model
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    checkpoint: dict[str, Any] | None  # the run directory's last checkpoint: the run resumes from it
+    parent_file: Path | None  # a fresh run of a method with a parent: the checkpoint it starts from
+
+
 def train(cfg: Config) -> dict[str, Any]:
-    """Train (or resume) one run; returns the contents of results.json."""
+    """Train (or resume) one run; returns the contents of results.json (on other processes than the main one: {})."""
+    run = set_up(cfg)
+    state = restore(run)
+    fit(run, state)
+    return finish(run, state) if run.group.is_main else {}
+
+
+def set_up(cfg: Config) -> Run:
+    """Device and process group, the checks, the parent run (before any data is read), the data and the model."""
     method = get_method(cfg.method)
+    device, group = join_process_group(cfg)
+    if cfg.batch_size % group.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide by the {group.world_size} processes")
+    if cfg.init and method.parent is None:
+        raise ValueError(f"--init: {cfg.method} starts from no other run (only methods with a parent do)")
+    run_dir = cfg.resolved_run_dir()
+    log = (lambda msg: print(msg, flush=True)) if group.is_main else (lambda msg: None)
+    checkpoint = read_checkpoint(run_dir / CHECKPOINT_FILE) if (run_dir / CHECKPOINT_FILE).exists() else None
+    # before any data is read: a fresh run of a method with a parent needs its parent run (--train-parent: trains it)
+    parent_file = (resolve_parent(cfg, method.parent, run_dir, log, train) if method.parent and checkpoint is None
+                   else None)
+    if cfg.instance_splits and not method.instance_pass:
+        raise ValueError(f"--instance-splits: {cfg.method} has no instance loss to train alone "
+                         f"(methods with one: {', '.join(sorted(n for n, m in METHODS.items() if m.instance_pass))})")
+    decoder = FolderDecoder(cfg.resolved_cache_dir(), cfg.max_images, cfg.seed, str(device), log=log)
+    data = load_run_data(cfg, decoder)  # DoesNotFit before decoding
+    num_clusters = check_data(cfg, data, log)
+    mean, std = (cfg.normalization_constants() or channel_stats(data.train.images)) if cfg.normalize else (None, None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if group.is_main:
+        used = data.train.sources + (data.instance.sources if data.instance is not None else [])
+        files.write_text(run_dir / IMAGES_USED_FILE, "".join(f"{source}\n" for source in used))
+    in_channels = data.train.images.shape[1]
+    meta = {"in_channels": in_channels, "num_clusters": num_clusters,
+            "class_names": data.eval.class_names or data.train.class_names,
+            "dataset": cfg.dataset, "image_size": cfg.image_size, "method": cfg.method}
+    torch.manual_seed(cfg.seed)
+    model = method(cfg, in_channels, num_clusters, mean, std)
+    images = data.train.images.to(device)
+    return Run(cfg, method, device, group, run_dir, log, data, images,
+               eval_images=images if data.eval is data.train else data.eval.images.to(device),
+               instance_images=None if data.instance is None else data.instance.images.to(device),
+               model=model, meta=meta, autocast=autocast_for(cfg, device), checkpoint=checkpoint,
+               parent_file=parent_file)
+
+
+def join_process_group(cfg: Config) -> tuple[torch.device, ProcessGroup]:
+    """The training device and this process's place among torchrun's processes; sets torch's CPU threads."""
     device = pick_device(cfg.device)
     group = init_from_env(device.type)
     if group.world_size > 1 and device.type == "cuda":
@@ -250,135 +340,142 @@ def train(cfg: Config) -> dict[str, Any]:
         torch.cuda.set_device(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.batch_size % group.world_size:
-        raise ValueError(f"batch_size {cfg.batch_size} must divide by the {group.world_size} processes")
-    if cfg.init and method.parent is None:
-        raise ValueError(f"--init: {cfg.method} starts from no other run (only methods with a parent do)")
-    run_dir = cfg.resolved_run_dir()
-    log = (lambda msg: print(msg, flush=True)) if group.is_main else (lambda msg: None)
-    ckpt_file = run_dir / CHECKPOINT_FILE
-    state = read_checkpoint(ckpt_file) if ckpt_file.exists() else None
-    # before any data is read: a fresh run of a method with a parent needs that parent run first
-    parent_file = resolve_parent(cfg, method.parent, run_dir, log) if method.parent and state is None else None
+    return device, group
 
-    if cfg.instance_splits and not method.instance_pass:
-        raise ValueError(f"--instance-splits: {cfg.method} has no instance loss to train alone "
-                         f"(methods with one: {', '.join(sorted(n for n, m in METHODS.items() if m.instance_pass))})")
 
-    decoder = FolderDecoder(cfg.resolved_cache_dir(), cfg.max_images, cfg.seed, str(device), log=log)
-    data = load_run_data(cfg, decoder)  # DoesNotFit before decoding
+def check_data(cfg: Config, data: RunData, log: Callable[[str], None]) -> int:
+    """Logs the images skipped as unreadable; ValueError without a cluster count or with too few images for a
+    batch. Returns the number of clusters (--num-clusters, else the data set's class count)."""
     for part in {id(d): d for d in (data.train, data.eval, data.instance) if d is not None}.values():
         for skipped in part.skipped:
             log(f"skipped unreadable image {skipped}")
-    class_names = data.eval.class_names or data.train.class_names
-    num_clusters = cfg.num_clusters or len(class_names or [])
+    num_clusters = cfg.num_clusters or len(data.eval.class_names or data.train.class_names or [])
     if num_clusters < 2:
         raise ValueError(f"{cfg.dataset} has no class labels: give --num-clusters")
     for name, part in (("train", data.train), ("instance", data.instance)):
         if part is not None and part.images.shape[0] < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the {name} splits "
                              f"{','.join(part.splits)} ({part.images.shape[0]} images)")
-    in_channels = data.train.images.shape[1]
-    meta = {"in_channels": in_channels, "num_clusters": num_clusters, "class_names": class_names,
-            "dataset": cfg.dataset, "image_size": cfg.image_size, "method": cfg.method}
-    mean, std = (cfg.normalization_constants() or channel_stats(data.train.images)) if cfg.normalize else (None, None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if group.is_main:
-        used = data.train.sources + (data.instance.sources if data.instance is not None else [])
-        files.write_text(run_dir / IMAGES_USED_FILE, "".join(f"{source}\n" for source in used))
+    return num_clusters
 
-    use_amp = cfg.amp and device.type == "cuda"
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+def autocast_for(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context the forward passes run in: bf16 autocast on CUDA with --amp, else nothing."""
+    if cfg.amp and device.type == "cuda":
+        return partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
-    torch.manual_seed(cfg.seed)
-    model = method(cfg, in_channels, num_clusters, mean, std)
-    images = data.train.images.to(device)
-    eval_images = images if data.eval is data.train else data.eval.images.to(device)
-    instance_images = None if data.instance is None else data.instance.images.to(device)
-    if state is not None:
-        if state["method"] != cfg.method:
-            raise ValueError(f"{ckpt_file} holds a {state['method']} run, not {cfg.method}: use another --run-dir")
-        model.load_state_dict(state["model"])
-    model.to(device)
-    if parent_file is not None:
-        init = load_parent(model, parent_file, cfg, method.parent)
-        if group.is_main:
-            init["before"] = evaluate(model, data.eval, eval_images, cfg, autocast)[1]
-            log(f"{cfg.method}: {method.parent} model {parent_file} (epoch {init['epoch']}) before training: "
-                f"{_summary(init['before'])}")
-            files.write_json(run_dir / INIT_FILE, init)
-    if cfg.channels_last and device.type == "cuda":
+
+def restore(run: Run) -> TrainState:
+    """The state the first epoch starts from: the run directory's checkpoint (weights, optimiser, schedule,
+    random state, epochs done), or on a fresh run of a method with a parent the parent's weights, scored
+    "before" training. Writes config.json and the parity sample (so an unfinished run exports too)."""
+    cfg, model, checkpoint = run.cfg, run.model, run.checkpoint
+    if checkpoint is not None:
+        if checkpoint["method"] != cfg.method:
+            raise ValueError(f"{run.dir / CHECKPOINT_FILE} holds a {checkpoint['method']} run, not {cfg.method}: "
+                             "use another --run-dir")
+        model.load_state_dict(checkpoint["model"])
+    model.to(run.device)
+    if run.parent_file is not None:
+        start_from_parent(run)
+    if cfg.channels_last and run.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
-    instance_steps = 0 if instance_images is None else epoch_steps(instance_images, cfg)
-    steps_per_epoch = instance_steps + epoch_steps(images, cfg)
+    instance_steps = 0 if run.instance_images is None else epoch_steps(run.instance_images, cfg)
+    steps_per_epoch = instance_steps + epoch_steps(run.images, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    start_epoch, train_seconds = 0, 0.0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start_epoch, train_seconds = state["epoch"], state.get("train_seconds", 0.0)
-        changed = {k: (v, getattr(cfg, k)) for k, v in state["config"].items()
-                   if hasattr(cfg, k) and getattr(cfg, k) != v}
-        if changed:
-            log("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-        log(f"{run_dir} already finished {start_epoch} epochs: evaluating it again" if start_epoch >= cfg.epochs
-            else f"resuming {run_dir} from epoch {start_epoch}/{cfg.epochs}")
-    if group.is_main and (state is None or start_epoch < cfg.epochs):  # a finished run keeps its config.json
-        cfg.save(run_dir / CONFIG_FILE)
-    if group.is_main and not (run_dir / PARITY_SAMPLE_FILE).is_file():  # lets an unfinished run export too
-        save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data.eval, cfg.image_size)
-
-    ddp_model = DistributedDataParallel(model) if group.world_size > 1 else model
+    epochs_done, train_seconds = 0, 0.0
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        epochs_done, train_seconds = checkpoint["epoch"], checkpoint.get("train_seconds", 0.0)
+        log_resume(run, epochs_done)
+    if run.group.is_main and (checkpoint is None or epochs_done < cfg.epochs):  # a finished run keeps its config.json
+        cfg.save(run.dir / CONFIG_FILE)
+    if run.group.is_main and not (run.dir / PARITY_SAMPLE_FILE).is_file():  # lets an unfinished run export too
+        save_parity_sample(run.dir / PARITY_SAMPLE_FILE, run.data.eval, cfg.image_size)
+    ddp_model = DistributedDataParallel(model) if run.group.world_size > 1 else model
     if cfg.compile:
         ddp_model = torch.compile(ddp_model)
-    augment = BatchAugment(AugmentParams.from_config(cfg))
-    writer = _tensorboard(run_dir) if group.is_main else None
-    log(f"{cfg.method} on {cfg.dataset}: {_describe_data(data)}, {num_clusters} clusters, {cfg.backbone} "
-        f"({cfg.stem} stem) at {cfg.image_size} px, {cfg.epochs} epochs, device {device}"
-        + (f" x{group.world_size}" if group.world_size > 1 else ""))
+    return TrainState(cfg, model, ddp_model, optimizer, scheduler, BatchAugment(AugmentParams.from_config(cfg)),
+                      run.autocast, run.group, steps_per_epoch, epochs_done, train_seconds)
+
+
+def start_from_parent(run: Run) -> None:
+    """Load the parent checkpoint into the model; the main process scores it and records both in init.json
+    (finish reports these "before" metrics beside the final ones)."""
+    init = load_parent(run.model, run.parent_file, run.cfg, run.method.parent)
+    if run.group.is_main:
+        init["before"] = evaluate(run.model, run.data.eval, run.eval_images, run.cfg, run.autocast)[1]
+        run.log(f"{run.cfg.method}: {run.method.parent} model {run.parent_file} (epoch {init['epoch']}) "
+                f"before training: {_summary(init['before'])}")
+        files.write_json(run.dir / INIT_FILE, init)
+
+
+def log_resume(run: Run, epochs_done: int) -> None:
+    """Say what a resumed run changed in its settings and where it goes on from."""
+    cfg = run.cfg
+    changed = {k: (v, getattr(cfg, k)) for k, v in run.checkpoint["config"].items()
+               if hasattr(cfg, k) and getattr(cfg, k) != v}
+    if changed:
+        run.log("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    run.log(f"{run.dir} already finished {epochs_done} epochs: evaluating it again" if epochs_done >= cfg.epochs
+            else f"resuming {run.dir} from epoch {epochs_done}/{cfg.epochs}")
+
+
+def fit(run: Run, state: TrainState) -> None:
+    """The epochs left, each followed by its record (metrics.jsonl, TensorBoard) and a checkpoint, and every
+    eval_every epochs by an evaluation."""
+    cfg = run.cfg
+    writer = _tensorboard(run.dir) if run.group.is_main else None
+    run.log(f"{cfg.method} on {cfg.dataset}: {_describe_data(run.data)}, {run.model.num_clusters} clusters, "
+            f"{cfg.backbone} ({cfg.stem} stem) at {cfg.image_size} px, {cfg.epochs} epochs, device {run.device}"
+            + (f" x{run.group.world_size}" if run.group.world_size > 1 else ""))
 
     from tqdm import tqdm  # here, not at the top: bench/train_throughput.py imports this module on bare GPU machines
 
-    bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs, desc="epochs",
-               disable=not (cfg.progress and group.is_main), dynamic_ncols=True)
+    bar = tqdm(range(state.epochs_done, cfg.epochs), initial=state.epochs_done, total=cfg.epochs, desc="epochs",
+               disable=not (cfg.progress and run.group.is_main), dynamic_ncols=True)
     for epoch in bar:
-        t0 = time.perf_counter()
-        ctx = EpochContext(epoch, cfg.epochs, images, epoch_generator(cfg.seed, epoch, 10_000, device),
-                           lambda fn: map_batches(model, fn, images, cfg.eval_batch_size, autocast, cfg.image_size),
-                           run_dir)
-        model.on_epoch_start(ctx)
-        losses: dict[str, float] = {}
-        if instance_images is not None:  # CC on STL-10: the instance loss alone over the unlabelled split first
-            instance = train_one_epoch(model, ddp_model, optimizer, scheduler, augment, instance_images, cfg, epoch,
-                                       group, autocast, phase="instance", steps_per_epoch=steps_per_epoch)
-            losses.update({f"instance_pass_{k}": v for k, v in instance.items()})
-        losses.update(train_one_epoch(model, ddp_model, optimizer, scheduler, augment, images, cfg, epoch, group,
-                                      autocast, first_step=instance_steps, steps_per_epoch=steps_per_epoch,
-                                      weights=model.sample_weights()))
-        model.on_epoch_end(ctx)
-        train_seconds += time.perf_counter() - t0
-        record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **losses,
-                                  "train_seconds": round(train_seconds, 2)}
-        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs and group.is_main:
-            record.update(evaluate(model, data.eval, eval_images, cfg, autocast)[1])
-        if group.is_main:
-            save_checkpoint({"method": cfg.method, "config": cfg.to_dict(), "meta": meta, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "epoch": epoch + 1, "train_seconds": train_seconds,
-                             "rng": {"torch": torch.get_rng_state()}}, ckpt_file)
-            _log_record(run_dir, writer, record)
+        record = fit_epoch(run, state, epoch)
+        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.epochs and run.group.is_main:
+            record.update(evaluate(state.model, run.data.eval, run.eval_images, cfg, run.autocast)[1])
+        if run.group.is_main:
+            save_checkpoint({"method": cfg.method, "config": cfg.to_dict(), "meta": run.meta,
+                             "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                             "scheduler": state.scheduler.state_dict(), "epoch": state.epochs_done,
+                             "train_seconds": state.train_seconds, "rng": {"torch": torch.get_rng_state()}},
+                            run.dir / CHECKPOINT_FILE)
+            _log_record(run.dir, writer, record)
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("loss", "nmi", "acc")})
     bar.close()
-    results: dict[str, Any] = {}
-    if group.is_main:
-        results = finish(model, data.eval, eval_images, cfg, run_dir, autocast, train_seconds)
-        if writer is not None:
-            writer.close()
-    return results
+    if writer is not None:
+        writer.close()
+
+
+def fit_epoch(run: Run, state: TrainState, epoch: int) -> dict[str, Any]:
+    """One epoch: the method's epoch hooks around the instance-loss-only pass (CC on STL-10: over the
+    unlabelled split first) and the training pass. Returns the epoch's record for metrics.jsonl."""
+    cfg, model = run.cfg, state.model
+    t0 = time.perf_counter()
+    ctx = EpochContext(epoch, cfg.epochs, run.images, epoch_generator(cfg.seed, epoch, 10_000, run.device),
+                       lambda fn: map_batches(model, fn, run.images, cfg.eval_batch_size, run.autocast, cfg.image_size),
+                       run.dir)
+    model.on_epoch_start(ctx)
+    losses: dict[str, float] = {}
+    instance_steps = 0
+    if run.instance_images is not None:
+        instance = train_one_epoch(state, run.instance_images, epoch, phase="instance")
+        losses.update({f"instance_pass_{k}": v for k, v in instance.items()})
+        instance_steps = epoch_steps(run.instance_images, cfg)
+    losses.update(train_one_epoch(state, run.images, epoch, first_step=instance_steps, weights=model.sample_weights()))
+    model.on_epoch_end(ctx)
+    state.epochs_done = epoch + 1
+    state.train_seconds += time.perf_counter() - t0
+    return {"epoch": epoch + 1, "lr": state.scheduler.get_last_lr()[0], **losses,
+            "train_seconds": round(state.train_seconds, 2)}
 
 
 def _describe_data(data: RunData) -> str:
@@ -394,33 +491,33 @@ def _describe_data(data: RunData) -> str:
     return text
 
 
-def finish(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: Config, run_dir: Path,
-           autocast, train_seconds: float) -> dict[str, Any]:
-    """Final evaluation and the run directory's artefacts."""
-    outputs, scores = evaluate(model, data, images, cfg, autocast)
+def finish(run: Run, state: TrainState) -> dict[str, Any]:
+    """Final evaluation and the run directory's artefacts; returns what results.json holds."""
+    cfg, model, data, images, run_dir = run.cfg, state.model, run.data.eval, run.eval_images, run.dir
+    outputs, scores = evaluate(model, data, images, cfg, run.autocast)
     clusters = outputs["cluster"].numpy()
     labels = data.labels.numpy() if data.labels is not None else None
     confidence = outputs["probabilities"].max(1).values.numpy()
-    report.write_assignments(run_dir / "assignments.csv", data.sources, clusters, confidence, labels, data.class_names)
-    report.plot_gallery(run_dir / "gallery.png", data.images.numpy(), clusters, seed=cfg.seed,
+    report.write_assignments(run_dir / ASSIGNMENTS_FILE, data.sources, clusters, confidence, labels, data.class_names)
+    report.plot_gallery(run_dir / GALLERY_FILE, data.images.numpy(), clusters, seed=cfg.seed,
                         num_clusters=model.num_clusters)
     if labels is not None:
-        report.plot_confusion(run_dir / "confusion.png", labels, clusters, data.class_names)
+        report.plot_confusion(run_dir / CONFUSION_FILE, labels, clusters, data.class_names)
     save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data, cfg.image_size, model)
     save_cluster_stats(run_dir, data, outputs)
     scores.update(model.write_artifacts(run_dir, outputs, data.labels, data.images))
     init_file = run_dir / INIT_FILE
-    if get_method(cfg.method).parent and init_file.is_file():
+    if run.method.parent and init_file.is_file():  # a resumed run too: init.json holds the parent's scores
         init = files.read_json(init_file)
         scores.update(init_checkpoint=init["checkpoint"], before=init["before"],
                       after={k: v for k, v in scores.items() if k in ("nmi", "acc", "ari", "clusters_used")})
         print(f"{cfg.method} from {init['checkpoint']}: before {_summary(init['before'])}; "
               f"after {_summary(scores['after'])}", flush=True)
     results = {"finished": True, "method": cfg.method, "dataset": cfg.dataset, "backbone": cfg.backbone,
-               "epochs": cfg.epochs, "num_images": int(images.shape[0]), "train_seconds": round(train_seconds, 1),
-               "metrics": scores, "skipped_images": data.skipped}
+               "epochs": cfg.epochs, "num_images": int(images.shape[0]),
+               "train_seconds": round(state.train_seconds, 1), "metrics": scores, "skipped_images": data.skipped}
     files.write_json(run_dir / RESULTS_FILE, results)
-    print(f"finished {cfg.method} on {cfg.dataset} in {train_seconds:.0f} s: {_summary(scores)}"
+    print(f"finished {cfg.method} on {cfg.dataset} in {state.train_seconds:.0f} s: {_summary(scores)}"
           f"  ({scores['clusters_used']} clusters used) -> {run_dir}", flush=True)
     return results
 
@@ -475,7 +572,7 @@ def _summary(scores: dict[str, Any] | None) -> str:
 def _tensorboard(run_dir: Path):
     from torch.utils.tensorboard import SummaryWriter  # imported lazily: it is slow to import
 
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / TENSORBOARD_DIR))
 
 
 def _log_record(run_dir: Path, writer, record: dict[str, Any]) -> None:

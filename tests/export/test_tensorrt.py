@@ -16,7 +16,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export import parity
 from export.onnx_export import graph_specs
-from export.tensorrt import convert_repository, up_to_date, wanted_stamp
+from export.tensorrt import PlanOptions, convert_repository, up_to_date, wanted_stamp
 from export.triton import read_config
 from tests.support.serving import exported
 
@@ -36,10 +36,10 @@ class CPUEngines:
         path.write_bytes(plan)
         return path
 
-    def build(self, onnx_path, max_batch, opt_batch, fp16, workspace_mb, timing_cache, log):
+    def build(self, onnx_path, options, log):
         self.built.append(onnx_path.parent.parent.name)
-        return onnx_path.read_bytes(), {"precision": "fp16" if fp16 else "fp32", "max_batch": max_batch,
-                                        "opt_batch": opt_batch, "workspace_mb": workspace_mb}
+        return onnx_path.read_bytes(), {"precision": "fp16" if options.fp16 else "fp32", "max_batch": options.max_batch,
+                                        "opt_batch": options.opt_batch, "workspace_mb": options.workspace_mb}
 
     def specs(self, plan):
         inputs, outputs = graph_specs(self._file(plan, "specs.onnx"))
@@ -68,7 +68,7 @@ def repository(tiny_run, tmp_path_factory, tmp_path):
 def test_conversion_rewrites_configs_stamps_plans_and_merges_metadata(repository, tmp_path):
     repo, name = repository
     engines = CPUEngines(tmp_path)
-    reports = convert_repository(repo, max_batch=32, engines=engines, log=lambda msg: None)
+    reports = convert_repository(repo, PlanOptions(max_batch=32), engines=engines, log=lambda msg: None)
     assert reports[name]["passed"] and sorted(engines.built) == [f"{name}_encoder", f"{name}_head"]
     for part in ("encoder", "head"):
         model_dir = repo / f"{name}_{part}"
@@ -122,13 +122,13 @@ def test_up_to_date_plans_are_kept_and_changed_settings_rebuild(repository, tmp_
     again = CPUEngines(tmp_path)
     convert_repository(repo, engines=again, log=lambda msg: None)
     assert again.built == []  # same GPU, TensorRT, ONNX file and settings
-    convert_repository(repo, fp16=True, engines=again, log=lambda msg: None)
+    convert_repository(repo, PlanOptions(fp16=True), engines=again, log=lambda msg: None)
     assert len(again.built) == 2
     forced = CPUEngines(tmp_path)
-    convert_repository(repo, fp16=True, force=True, engines=forced, log=lambda msg: None)
+    convert_repository(repo, PlanOptions(fp16=True, force=True), engines=forced, log=lambda msg: None)
     assert len(forced.built) == 2
     plan = repo / f"{name}_head" / "1" / "model.plan"
-    wanted = wanted_stamp(forced, plan.with_name("model.onnx"), True, 64, 32)
+    wanted = wanted_stamp(forced, plan.with_name("model.onnx"), PlanOptions(fp16=True, max_batch=64, opt_batch=32))
     assert up_to_date(plan, wanted)
     assert not up_to_date(plan, {**wanted, "gpu": "another GPU"})
     plan.with_name("model.plan.json").unlink()
@@ -149,3 +149,13 @@ def test_failed_plan_parity_raises_and_is_recorded(repository, tmp_path):
         convert_repository(repo, engines=CPUEngines(tmp_path, fail_parity=True), log=lambda msg: None)
     meta = json.loads((repo / name / "1" / "metadata.json").read_text())
     assert meta["tensorrt"]["parity"]["passed"] is False
+
+
+def test_plan_options_fill_the_batches_from_the_config_and_refuse_an_opt_above_the_max(repository, tmp_path):
+    assert (PlanOptions().for_max_batch(64).max_batch, PlanOptions().for_max_batch(64).opt_batch) == (64, 32)
+    assert PlanOptions(max_batch=8).for_max_batch(64).opt_batch == 4 and PlanOptions().for_max_batch(1).opt_batch == 1
+    repo, name = repository
+    engines = CPUEngines(tmp_path)
+    with pytest.raises(ValueError, match=r"opt batch \(16\) <= max batch \(8\)"):
+        convert_repository(repo, PlanOptions(max_batch=8, opt_batch=16), engines=engines, log=lambda msg: None)
+    assert engines.built == [] and read_config(repo / name).max_batch_size == 64

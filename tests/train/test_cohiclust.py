@@ -219,12 +219,14 @@ def epoch_context(images: torch.Tensor, epoch: int, epochs: int, tmp_path: Path)
 
 
 def train_steps(model: CoHiClust, epoch: int, batches: list[torch.Tensor]) -> None:
-    """The trainer's calls for an epoch's training batches: forward then loss, model in train mode."""
+    """The trainer's calls for an epoch's training batches: forward, loss, on_step_end, model in train mode."""
     model.train()
     g = torch.Generator().manual_seed(epoch)
     for batch in batches:
         step = StepContext(epoch, 20, 0, len(batches), g, torch.arange(batch.shape[0]))
-        model.loss(model(batch, batch.flip(3), step), step)
+        outputs = model(batch, batch.flip(3), step)
+        model.loss(outputs, step)
+        model.on_step_end(step, {k: v.detach() for k, v in outputs.items()})
     model.eval()
 
 
@@ -252,6 +254,20 @@ def test_pruning_statistic_is_the_epochs_mean_of_masked_training_leaf_probabilit
     assert (~model.leaf_mask).nonzero().squeeze(1).tolist() == sorted([0, expected])
     model.on_epoch_start(epoch_context(batches[0], 2, 10, tmp_path))  # a new epoch starts from nothing
     assert model.epoch_batches == 0 and not model.epoch_leaf_mass.any()
+
+
+def test_the_loss_leaves_the_pruning_statistic_to_on_step_end(tmp_path):
+    """loss() is a function of its outputs: the leaf masses are gathered by the step hook, once a step."""
+    model = make_model(tmp_path, simclr_epochs=0, prune_start_epoch=1, epochs=10).train()
+    batch = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+    step = StepContext(0, 10, 0, 1, torch.Generator(), torch.arange(6))
+    outputs = model(batch, batch.flip(3), step)
+    model.loss(outputs, step)
+    assert model.epoch_batches == 0 and not model.epoch_leaf_mass.any()
+    model.on_step_end(step, {k: v.detach() for k, v in outputs.items()})
+    leaves = torch.cat([outputs["p1"], outputs["p2"]])[:, level_slice(model.depth)].detach()
+    assert model.epoch_batches == 1
+    torch.testing.assert_close(model.epoch_leaf_mass, leaves.mean(0))
 
 
 def test_pruning_schedule_and_assignments(tmp_path):

@@ -11,7 +11,7 @@ from train.checkpoint import load_run
 from train.losses.drc import cluster_regularization
 from train.methods.base import StepContext
 from train.methods.drc import DRC
-from train.trainer import step_losses
+from train.trainer import step_outputs
 
 
 def test_cluster_regularization_hand_computed():
@@ -49,7 +49,7 @@ def test_drc_loss_matches_slow_reference(tmp_path):
     model = DRC(tiny_config("drc", tmp_path, balance_weight=0.3), in_channels=1, num_clusters=4)
     x1, x2 = torch.rand(6, 1, 16, 16), torch.rand(6, 1, 16, 16)
     step = StepContext(0, 1, 0, 1, torch.Generator(), torch.arange(6))
-    losses = step_losses(model, model, x1, x2, step)
+    losses = model.loss(step_outputs(model, x1, x2, step), step)
     with torch.no_grad():
         a1, a2 = model.assignment_head(model.backbone(torch.cat([x1, x2]))).chunk(2)  # BN: one batch, as forward
     assert losses["loss"].item() == pytest.approx(slow_drc_loss(a1, a2, 0.5, 1.0, 0.3), rel=1e-5)

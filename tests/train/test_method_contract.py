@@ -19,7 +19,7 @@ from train.config import Config
 from train.methods import METHODS, check_method, get_method, make_config, register
 from train.methods.base import ClusteringMethod, StepContext
 from train.methods.cc import CC
-from train.trainer import step_losses
+from train.trainer import step_outputs
 
 B = 8
 
@@ -42,7 +42,8 @@ def test_forward_gives_per_sample_tensors_and_loss_a_scalar_with_gradients(metho
     assert outputs and all(v.shape[0] in (B, 2 * B) for v in outputs.values())  # gatherable along dim 0
     losses = model.loss(outputs, _step(g))
     assert losses["loss"].dim() == 0 and torch.isfinite(losses["loss"])
-    losses = step_losses(model, model, x1, x2, _step(g))  # what the trainer runs
+    step = _step(g)
+    losses = model.loss(step_outputs(model, x1, x2, step), step)  # what the trainer runs
     losses["loss"].backward()
     trained = [p for g_ in model.param_groups() for p in g_["params"]]
     with_grad = [p.grad for p in trained if p.grad is not None]

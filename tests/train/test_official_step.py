@@ -5,7 +5,7 @@ checkouts of the official repositories; their README lists the official lines ea
 fixed input views, the official initial weights, the gradients the official optimiser stepped with,
 and every parameter and BatchNorm buffer after the step. Here the project's model gets the same
 initial weights (OFFICIAL_TO_PROJECT maps the names), runs the project's own trainer step on the same
-views (`step_losses`, backward, `build_optimizer`'s optimiser, `on_step_end`: `project_step`) and
+views (`step_outputs`, backward, `build_optimizer`'s optimiser, `on_step_end`: `project_step`) and
 every gradient, parameter and buffer must agree within 1e-5, relative to the largest value of its
 tensor (fp32, CPU). Augmentation is outside this test (tests/train/test_augment.py).
 
@@ -30,7 +30,7 @@ import train.backbones
 from train.config import Config
 from train.methods import get_method, make_config
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
-from train.trainer import build_optimizer, lr_factor, step_losses
+from train.trainer import build_optimizer, lr_factor, step_outputs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official_step"
 RTOL = 1e-5
@@ -136,12 +136,13 @@ def project_step(model: ClusteringMethod, cfg: Config, fx: Fixture) -> dict[str,
     if fx.method == "cohiclust":
         model.on_epoch_start(epoch_ctx)
     model.train()
-    losses = step_losses(model, model, fx.x1, fx.x2, ctx)
+    outputs = step_outputs(model, fx.x1, fx.x2, ctx)
+    losses = model.loss(outputs, ctx)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
     optimizer.step()
-    model.on_step_end(ctx)
+    model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
     if fx.method == "cohiclust":
         model.on_epoch_end(epoch_ctx)
     return grads

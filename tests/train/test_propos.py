@@ -20,7 +20,7 @@ from train.kmeans import assign, centroids_of
 from train.losses.propos import psa_loss, psl_loss
 from train.methods.base import EpochContext, StepContext
 from train.methods.propos import ProPos
-from train.trainer import epoch_order, map_batches, step_losses
+from train.trainer import epoch_order, map_batches, step_outputs
 
 
 def slow_psa(p: torch.Tensor, k: torch.Tensor) -> float:
@@ -165,7 +165,8 @@ def test_training_step_with_psl_on_cpu(tmp_path):
     x1, x2 = torch.rand(8, 1, 16, 16, generator=g), torch.rand(8, 1, 16, 16, generator=g)
     assert model.sample_weights() is None   # resampling is off
     step = StepContext(epoch=1, epochs=2, step=3, steps_per_epoch=4, generator=g, indices=torch.arange(8) * 3)
-    losses = step_losses(model, model, x1, x2, step)
+    outputs = step_outputs(model, x1, x2, step)
+    losses = model.loss(outputs, step)
     assert losses["psl"].item() > 0 and torch.isfinite(losses["loss"])
     losses["loss"].backward()
     assert all(p.grad is None for p in model.backbone.parameters())
@@ -174,7 +175,7 @@ def test_training_step_with_psl_on_cpu(tmp_path):
     with torch.no_grad():
         for p in model.online_backbone.parameters():
             p.add_(1.0)
-    model.on_step_end(step)
+    model.on_step_end(step, outputs)
     m = cfg.ema_momentum
     for b, t, o in zip(before, model.backbone.parameters(), model.online_backbone.parameters(), strict=True):
         torch.testing.assert_close(t, m * b + (1 - m) * o)

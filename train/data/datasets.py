@@ -11,6 +11,22 @@ Each format has named splits (DatasetInfo.splits); `splits` picks which are load
 
     data = load_dataset("cifar10", "~/data", 32)                  # train+test: (60000, 3, 32, 32) uint8
     unlabelled = load_dataset("stl10", "~/data", 96, ["unlabelled"])   # (100000, 3, 96, 96), no labels
+
+`DATASETS` is the one table of formats: each `DatasetInfo` row holds the format's loader, its
+splits, the layout it expects on disk and the run settings it implies (`defaults`).
+
+Adding a data-set format:
+1. A loader `(info, data_dir, size, splits) -> ImageData`. Binary formats read their arrays and return
+   `_from_arrays(...)` (it resizes through `prepare` and checks the labels); folders of image files list
+   paths and labels and return `_decode_files(...)`, and take `decoder=` too. Anything missing or
+   malformed raises `_fail(info, problem)`: a DataError that names the expected layout. A format with
+   a single split wraps its loader in `_one_split`.
+2. One `DatasetInfo(...)` row in `_FORMATS`: name (what --dataset takes), load, folder=True for image
+   files (decoded in parallel, cached, sampled by --max-images), channels, classes, native side,
+   description (--help), expected (error messages), splits, default_splits, and `defaults`:
+   stored_size, image_size, stem and the augmentations that suit it.
+3. A writer of a few files in the real format in tests/train/formats.py and tests in
+   tests/train/test_datasets.py (loads, labels, the errors for missing files).
 """
 
 from __future__ import annotations
@@ -20,9 +36,10 @@ import pickle
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,79 +67,32 @@ class ImageData:
     splits: tuple[str, ...] = ()  # the splits loaded, in order
 
 
-@dataclass(frozen=True)
+Loader = Callable[..., ImageData]
+"""(info, data_dir, size, splits) -> ImageData; a folder format's loader also takes decoder= (a cache.FolderDecoder)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class DatasetInfo:
+    """One data-set format: what it is, where its loader looks, its splits, and the run settings it implies."""
+
     name: str
+    load: Loader
+    folder: bool = False  # files of images, decoded by a cache.FolderDecoder (sampled by --max-images, cached)
     channels: int
     num_classes: int | None  # None: depends on the data (folder)
     native_size: int | None  # side of the stored images; None when they vary
     description: str
-    expected: str  # the on-disk layout load_dataset looks for
+    expected: str  # the on-disk layout the loader looks for
     splits: tuple[str, ...] = ("all",)  # the format's splits
     default_splits: tuple[str, ...] = ()  # loaded when none are named; empty: every split
+    defaults: dict[str, Any] = field(default_factory=dict, hash=False)
+    """Config defaults every method shares on this data set (over the config's own defaults, under the
+    method's presets for it and the command line): `stored_size`, the side the images are kept at in
+    memory (the data set's own; 256 px for the ImageNet subsets, whose files vary), `image_size`, the
+    model's input, the stem and which augmentations make sense. They are the native resolution with
+    the CIFAR stem (what the `native` and `fast` presets run); the `paper` presets set the official
+    code's resolution and stem per method."""
 
-
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(
-        "cifar10", 3, 10, 32, "CIFAR-10 train+test: 60k 32x32 RGB images, 10 classes",
-        "cifar-10-batches-py/ with data_batch_1 .. data_batch_5 and test_batch (python pickles), "
-        "batches.meta optional; data_dir is that folder or its parent",
-        ("train", "test"),
-    ),
-    "cifar100": DatasetInfo(
-        "cifar100", 3, 20, 32, "CIFAR-100 train+test: 60k 32x32 RGB images, the 20 superclasses",
-        "cifar-100-python/ with train and test (python pickles), meta optional; "
-        "data_dir is that folder or its parent",
-        ("train", "test"),
-    ),
-    "stl10": DatasetInfo(
-        "stl10", 3, 10, 96, "STL-10 labelled train+test: 13k 96x96 RGB images, 10 classes "
-        "(split unlabelled: 100k more, no labels)",
-        "stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin (unlabeled_X.bin for the "
-        "unlabelled split), class_names.txt optional; data_dir is that folder or its parent",
-        ("train", "test", "unlabelled"), ("train", "test"),
-    ),
-    "mnist": DatasetInfo(
-        "mnist", 1, 10, 28, "MNIST train+test: 70k 28x28 grey digits, 10 classes",
-        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        "t10k-labels-idx1-ubyte (each optionally .gz) in data_dir, data_dir/raw or data_dir/MNIST/raw",
-        ("train", "test"),
-    ),
-    "fashion-mnist": DatasetInfo(
-        "fashion-mnist", 1, 10, 28, "Fashion-MNIST train+test: 70k 28x28 grey clothes, 10 classes",
-        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-        "t10k-labels-idx1-ubyte (each optionally .gz) in data_dir, data_dir/raw or "
-        "data_dir/FashionMNIST/raw",
-        ("train", "test"),
-    ),
-    "imagenet10": DatasetInfo(
-        "imagenet10", 3, 10, None, "ImageNet-10: 13k ImageNet images of 10 classes",
-        "10 class folders <data_dir>/<class>/*.JPEG (or <data_dir>/train/<class>/...)",
-        ("train",),
-    ),
-    "imagenet-dogs": DatasetInfo(
-        "imagenet-dogs", 3, 15, None, "ImageNet-Dogs: 19.5k ImageNet images of 15 dog breeds",
-        "15 class folders <data_dir>/<class>/*.JPEG (or <data_dir>/train/<class>/...)",
-        ("train",),
-    ),
-    "tiny-imagenet": DatasetInfo(
-        "tiny-imagenet", 3, 200, 64, "Tiny-ImageNet train split: 100k 64x64 RGB images, 200 classes "
-        "(split val: 10k more)",
-        "tiny-imagenet-200/ with train/<wnid>/images/*.JPEG for 200 wnids (and, for the val split, "
-        "val/images/*.JPEG and val/val_annotations.txt: file<TAB>wnid<TAB>bbox), words.txt optional; "
-        "data_dir is that folder or its parent",
-        ("train", "val"), ("train",),
-    ),
-    "folder": DatasetInfo(
-        "folder", 3, None, None, "any directory of images; one class per subdirectory if it has them",
-        "image files (" + ", ".join(sorted(IMAGE_EXTENSIONS)) + ") under data_dir, searched "
-        "recursively; either all in <data_dir>/<class>/... (labelled) or none in class subfolders",
-    ),
-    "digits": DatasetInfo(
-        "digits", 1, 10, 8, "scikit-learn's 1797 8x8 handwritten digits, 10 classes",
-        "nothing on disk: read from sklearn.datasets.load_digits (data_dir is ignored)",
-    ),
-}
 
 CIFAR10_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -507,37 +477,106 @@ def _load_folder(info: DatasetInfo, data_dir: str | Path | None, image_size: int
     return _decode_files(info, paths, labels, class_names, image_size, decoder)
 
 
-FOLDER_DATASETS = frozenset({"imagenet10", "imagenet-dogs", "tiny-imagenet", "folder"})
-"""Data sets of image files: decoded by a cache.FolderDecoder."""
-
-Loader = Callable[..., ImageData]
-"""(info, data_dir, size, splits) -> ImageData; the loaders of FOLDER_DATASETS also take decoder=."""
-
-
 def _one_split(load: Callable[..., ImageData]) -> Loader:
     """A loader of a format with a single split (load_dataset has checked that it is the one asked for)."""
     return lambda info, data_dir, size, splits, **decoding: load(info, data_dir, size, **decoding)
 
 
-_LOADERS: dict[str, Loader] = {
-    "cifar10": partial(
-        _load_cifar, folder="cifar-10-batches-py",
-        split_files={"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]},
-        meta="batches.meta", label_key=b"labels", names_key=b"label_names", default_names=CIFAR10_CLASSES,
+# Digits and MNIST are not mirror-symmetric (no flips) and have no colour; small images get the
+# CIFAR stem. Handwriting needs per-image affine and elastic distortion instead of strong crops,
+# or contrastive training collapses onto stroke thickness. The jitter keeps its fixed order: the
+# digits recipes were measured with it.
+_HANDWRITING = dict(flip_p=0.0, gray_p=0.0, crop_min_scale=0.6, rotate_degrees=12.0, shear_degrees=12.0,
+                    translate=0.08, elastic_alpha=0.08, jitter_strength=0.4, jitter_p=0.5, jitter_order="fixed")
+_IDX_EXPECTED = ("train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte "
+                 "(each optionally .gz) in data_dir, data_dir/raw or data_dir/{}/raw")
+
+
+def _cifar(name: str, num_classes: int, description: str, files: str, **layout: Any) -> DatasetInfo:
+    """A CIFAR data set: 32 px RGB python pickles of a train and a test split in one folder; layout: the
+    `_load_cifar` keywords (folder, split_files, meta, label_key, names_key, default_names)."""
+    return DatasetInfo(
+        name=name, channels=3, num_classes=num_classes, native_size=32, description=description,
+        expected=f"{layout['folder']}/ with {files} (python pickles), {layout['meta']} optional; "
+                 "data_dir is that folder or its parent",
+        splits=("train", "test"), load=partial(_load_cifar, **layout),
+        defaults=dict(image_size=32, stored_size=32, stem="cifar"),
+    )
+
+
+def _imagenet_subset(name: str, num_classes: int, description: str) -> DatasetInfo:
+    """ImageNet images of `num_classes` classes, one folder each. Crops are taken from a 256 px copy
+    (shorter side 256, centre square), not from a 96 px pre-resize."""
+    return DatasetInfo(
+        name=name, channels=3, num_classes=num_classes, native_size=None, description=description,
+        expected=f"{num_classes} class folders <data_dir>/<class>/*.JPEG (or <data_dir>/train/<class>/...)",
+        splits=("train",), load=_one_split(_load_class_folders), folder=True,
+        defaults=dict(image_size=96, stored_size=256, stem="cifar", blur_p=0.5),
+    )
+
+
+_FORMATS = [
+    _cifar("cifar10", 10, "CIFAR-10 train+test: 60k 32x32 RGB images, 10 classes",
+           "data_batch_1 .. data_batch_5 and test_batch", folder="cifar-10-batches-py",
+           split_files={"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]},
+           meta="batches.meta", label_key=b"labels", names_key=b"label_names", default_names=CIFAR10_CLASSES),
+    _cifar("cifar100", 20, "CIFAR-100 train+test: 60k 32x32 RGB images, the 20 superclasses", "train and test",
+           folder="cifar-100-python", split_files={"train": ["train"], "test": ["test"]}, meta="meta",
+           label_key=b"coarse_labels", names_key=b"coarse_label_names", default_names=CIFAR100_SUPERCLASSES),
+    DatasetInfo(
+        name="stl10", channels=3, num_classes=10, native_size=96,
+        description="STL-10 labelled train+test: 13k 96x96 RGB images, 10 classes "
+                    "(split unlabelled: 100k more, no labels)",
+        expected="stl10_binary/ with train_X.bin, train_y.bin, test_X.bin, test_y.bin (unlabeled_X.bin for the "
+                 "unlabelled split), class_names.txt optional; data_dir is that folder or its parent",
+        splits=("train", "test", "unlabelled"), default_splits=("train", "test"),
+        load=_load_stl10,
+        defaults=dict(image_size=96, stored_size=96, stem="cifar"),
     ),
-    "cifar100": partial(
-        _load_cifar, folder="cifar-100-python", split_files={"train": ["train"], "test": ["test"]}, meta="meta",
-        label_key=b"coarse_labels", names_key=b"coarse_label_names", default_names=CIFAR100_SUPERCLASSES,
+    DatasetInfo(
+        name="mnist", channels=1, num_classes=10, native_size=28,
+        description="MNIST train+test: 70k 28x28 grey digits, 10 classes",
+        expected=_IDX_EXPECTED.format("MNIST"), splits=("train", "test"),
+        load=partial(_load_idx, folder="MNIST", class_names=MNIST_CLASSES),
+        defaults=dict(image_size=28, stored_size=28, **_HANDWRITING),
     ),
-    "stl10": _load_stl10,
-    "mnist": partial(_load_idx, folder="MNIST", class_names=MNIST_CLASSES),
-    "fashion-mnist": partial(_load_idx, folder="FashionMNIST", class_names=FASHION_MNIST_CLASSES),
-    "imagenet10": _one_split(_load_class_folders),
-    "imagenet-dogs": _one_split(_load_class_folders),
-    "tiny-imagenet": _load_tiny_imagenet,
-    "folder": _one_split(_load_folder),
-    "digits": _one_split(_load_digits),
-}
+    DatasetInfo(
+        name="fashion-mnist", channels=1, num_classes=10, native_size=28,
+        description="Fashion-MNIST train+test: 70k 28x28 grey clothes, 10 classes",
+        expected=_IDX_EXPECTED.format("FashionMNIST"), splits=("train", "test"),
+        load=partial(_load_idx, folder="FashionMNIST", class_names=FASHION_MNIST_CLASSES),
+        defaults=dict(image_size=28, stored_size=28, gray_p=0.0),
+    ),
+    _imagenet_subset("imagenet10", 10, "ImageNet-10: 13k ImageNet images of 10 classes"),
+    _imagenet_subset("imagenet-dogs", 15, "ImageNet-Dogs: 19.5k ImageNet images of 15 dog breeds"),
+    DatasetInfo(
+        name="tiny-imagenet", channels=3, num_classes=200, native_size=64,
+        description="Tiny-ImageNet train split: 100k 64x64 RGB images, 200 classes (split val: 10k more)",
+        expected="tiny-imagenet-200/ with train/<wnid>/images/*.JPEG for 200 wnids (and, for the val split, "
+                 "val/images/*.JPEG and val/val_annotations.txt: file<TAB>wnid<TAB>bbox), words.txt optional; "
+                 "data_dir is that folder or its parent",
+        splits=("train", "val"), default_splits=("train",),
+        load=_load_tiny_imagenet, folder=True,
+        defaults=dict(image_size=64, stored_size=64, stem="cifar"),
+    ),
+    DatasetInfo(
+        name="folder", channels=3, num_classes=None, native_size=None,
+        description="any directory of images; one class per subdirectory if it has them",
+        expected="image files (" + ", ".join(sorted(IMAGE_EXTENSIONS)) + ") under data_dir, searched "
+                 "recursively; either all in <data_dir>/<class>/... (labelled) or none in class subfolders",
+        load=_one_split(_load_folder), folder=True,
+        defaults=dict(image_size=96, stem="cifar"),
+    ),
+    DatasetInfo(
+        name="digits", channels=1, num_classes=10, native_size=8,
+        description="scikit-learn's 1797 8x8 handwritten digits, 10 classes",
+        expected="nothing on disk: read from sklearn.datasets.load_digits (data_dir is ignored)",
+        load=_one_split(_load_digits),
+        defaults=dict(backbone="smallcnn", image_size=16, batch_size=256, **_HANDWRITING),
+    ),
+]
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in _FORMATS}
+"""Every data-set format by its name (`--dataset`), in the order --help lists them."""
 
 
 def resolve_splits(name: str, splits: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -565,12 +604,13 @@ def load_dataset(name: str, data_dir: str | Path | None, size: int, splits: Sequ
     chosen = resolve_splits(name, splits)
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
-    if name in FOLDER_DATASETS:
-        data = _LOADERS[name](DATASETS[name], data_dir, size, chosen, decoder=decoder or FolderDecoder())
+    info = DATASETS[name]
+    if info.folder:
+        data = info.load(info, data_dir, size, chosen, decoder=decoder or FolderDecoder())
     elif decoder is not None and decoder.max_images:
-        raise DataError(f"--max-images samples folders of image files ({', '.join(sorted(FOLDER_DATASETS))}), "
-                        f"not {name}")
+        folders = sorted(n for n, i in DATASETS.items() if i.folder)
+        raise DataError(f"--max-images samples folders of image files ({', '.join(folders)}), not {name}")
     else:
-        data = _LOADERS[name](DATASETS[name], data_dir, size, chosen)
+        data = info.load(info, data_dir, size, chosen)
     data.splits = chosen
     return data

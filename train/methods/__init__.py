@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from train.config import REQUIRED_PRESETS, Config, resolve_config
-from train.data.defaults import DATASET_DEFAULTS
+from train.data.datasets import DATASETS
 from train.methods.base import ClusteringMethod
 from train.methods.c3 import C3
 from train.methods.cc import CC
@@ -68,7 +68,8 @@ def make_config(method: str, **overrides: Any) -> Config:
     """
     cls = get_method(method)
     dataset = overrides.get("dataset") or cls.Config.dataset
-    return resolve_config(cls.Config, cls.PRESETS, DATASET_DEFAULTS.get(dataset, {}), {**overrides, "method": method})
+    dataset_defaults = DATASETS[dataset].defaults if dataset in DATASETS else {}
+    return resolve_config(cls.Config, cls.PRESETS, dataset_defaults, {**overrides, "method": method})
 
 
 for _name, _cls in METHODS.items():

@@ -9,11 +9,15 @@ for adding one):
   minimise. Built from the pure functions in train/losses.
 - `head_outputs(features)`: the fixed inference contract that export wraps as is:
   features (B, F) -> {"embedding": (B, D) L2-normalised, "probabilities": (B, K),
-  "cluster": (B,) int64, ...method extras}. Pure tensor operations, so it traces to ONNX.
+  "cluster": (B,) int64, ...the extras `extra_outputs()` declares}. Pure tensor operations, so it
+  traces to ONNX.
 - State needed at inference (pruning masks, centroids) lives in buffers.
-- Hooks: `on_epoch_start` / `on_epoch_end` (whole-data-set work: k-means, pruning), `on_step_end`
-  (EMA). `EpochContext.map_images` runs the model in eval mode. `sample_weights` may ask the
-  trainer for a weighted draw of the next epoch's batches (ProPos's class-balanced resampling).
+- Hooks: `on_epoch_start` / `on_epoch_end` (whole-data-set work: k-means, pruning),
+  `on_step_end(step, outputs)` after every optimiser step (EMA; statistics of the training batches,
+  such as CoHiClust's leaf masses): outputs are the step's forward outputs, gathered across
+  processes, as `loss` saw them, detached. `EpochContext.map_images` runs the model in eval mode.
+  `sample_weights` may ask the trainer for a weighted draw of the next epoch's batches (ProPos's
+  class-balanced resampling).
 - A method whose loss has an instance part that can train alone sets `instance_pass`: with
   `--instance-splits` its `loss` then sees steps with `step.phase == "instance"` (CC on STL-10).
 - A method that fine-tunes another method's trained model names it in `parent` (C3: "cc"); the
@@ -30,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from contract.metadata import ExtraOutput
 from train.backbones import build_backbone
 from train.config import Config, Presets
 
@@ -87,6 +92,11 @@ class ClusteringMethod(nn.Module):
     def head_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def extra_outputs(self) -> tuple[ExtraOutput, ...]:
+        """What `head_outputs` gives beyond embedding, probabilities and cluster: name, dtype and shape per
+        image of each. Export refuses a head that differs; every later stage passes them on by name."""
+        return ()
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, C, S, S) in [0, 1] -> head outputs (see module docstring)."""
@@ -106,8 +116,9 @@ class ClusteringMethod(nn.Module):
     def on_epoch_end(self, ctx: EpochContext) -> None:
         """Called after every epoch's last step, before the checkpoint is written."""
 
-    def on_step_end(self, step: StepContext) -> None:
-        """Called after every optimiser step."""
+    def on_step_end(self, step: StepContext, outputs: dict[str, torch.Tensor]) -> None:
+        """Called after every optimiser step of training. outputs: what `forward` returned for this step,
+        gathered across processes (the global batch `loss` saw), detached; the losses are the trainer's."""
 
     def sample_weights(self) -> torch.Tensor | None:
         """Per-image weights (N,) of the training data for drawing the next epoch's batches with

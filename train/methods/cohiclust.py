@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contract.files import write_json
+from contract.metadata import ExtraOutput
 from contract.names import TREE_FILE
 from train import report
 from train.config import ARCHITECTURE, Config, Presets
@@ -47,6 +48,9 @@ from train.losses.cohiclust import (
 from train.losses.contrastive import nt_xent
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.metrics import clustering_metrics
+
+PATH = "path"
+"""The extra head output: per image, the heap ids of its cluster's leaf and its ancestors (B, L) int64."""
 
 
 @dataclass
@@ -163,8 +167,6 @@ class CoHiClust(ClusteringMethod):
         simclr = nt_xent(z1, z2, self.cfg.temperature)
         tree = tree_loss(p1, p2, node_mask, self.cfg.self_pairs_negative)
         balance = tree_regularizer(torch.cat([p1, p2]), node_mask)
-        if self.training:
-            self.record_leaf_mass(torch.cat([p1, p2]))
         # Weight 0 rather than skipping the tree terms: DDP wants a gradient for every parameter.
         tree_weight = 0.0 if step.epoch < self.cfg.simclr_epochs else 1.0
         loss = simclr + tree_weight * (tree + 2.0**-self.depth * balance)
@@ -186,16 +188,20 @@ class CoHiClust(ClusteringMethod):
             "embedding": F.normalize(self.projection_head(features), dim=1),
             "probabilities": probabilities,
             "cluster": cluster,
-            "path": path,
+            PATH: path,
         }
 
-    @torch.no_grad()
-    def record_leaf_mass(self, p: torch.Tensor) -> None:
-        """Add a training batch's mean masked leaf probabilities to the epoch's pruning statistic.
+    def extra_outputs(self) -> tuple[ExtraOutput, ...]:
+        return (ExtraOutput(PATH, "int64", (self.depth,), "tree node ids (heap order) of the cluster's leaf and "
+                            "its ancestors, level 1 to L"),)
 
-        p: (2B, 2^(L+1) - 1) node probabilities of both views (official: tree_losses.py accumulates
-        the mean of the masked leaf level of every batch)."""
-        leaves = p[:, level_slice(self.depth)].float() * self.leaf_mask
+    @torch.no_grad()
+    def on_step_end(self, step: StepContext, outputs: dict[str, torch.Tensor]) -> None:
+        """Add the training batch's mean masked leaf probabilities to the epoch's pruning statistic.
+
+        outputs["p1"], ["p2"]: (B, 2^(L+1) - 1) node probabilities of the two views, gathered (official:
+        tree_losses.py accumulates the mean of the masked leaf level of every batch)."""
+        leaves = torch.cat([outputs["p1"], outputs["p2"]])[:, level_slice(self.depth)].float() * self.leaf_mask
         self.epoch_leaf_mass = self.epoch_leaf_mass.to(leaves.device) + leaves.mean(0)
         self.epoch_batches += 1
 
@@ -228,7 +234,7 @@ class CoHiClust(ClusteringMethod):
                         images: torch.Tensor) -> dict[str, Any]:
         """tree.json (surviving nodes, parents, sizes, assignment per level), tree.png; metrics per level."""
         depth = self.depth
-        paths = outputs["path"].numpy()  # (N, L)
+        paths = outputs[PATH].numpy()  # (N, L)
         node_mask = node_mask_from_leaves(self.leaf_mask).cpu().numpy()
         sizes = np.bincount(paths.reshape(-1), minlength=node_mask.size)
         sizes[0] = paths.shape[0]

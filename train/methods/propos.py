@@ -249,7 +249,7 @@ class ProPos(ClusteringMethod):
         sizes = torch.bincount(self.pseudo_labels, minlength=self.num_clusters)
         return self.pseudo_labels.numel() / sizes[self.pseudo_labels].float()
 
-    def on_step_end(self, step: StepContext) -> None:
+    def on_step_end(self, step: StepContext, outputs: dict[str, torch.Tensor]) -> None:
         total = step.epochs * step.steps_per_epoch
         momentum = momentum_at(self.cfg.ema_momentum, step.step, total, self.cfg.ema_schedule)
         ema_update(self.backbone, self.online_backbone, momentum)
