@@ -142,7 +142,10 @@ class Config:
     # --- run control ---------------------------------------------------------------------------
     eval_every: int = field(default=10, metadata={"help": "evaluate every N epochs (0 = only at the end)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
+    amp: bool = field(
+        default=False, metadata={"help": "bf16 autocast of the forward passes, on CUDA and on the CPU (false: fp32, as "
+                                 "every official code trains)"}
+    )
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format on CUDA"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     eval_batch_size: int = field(default=1024, metadata={"help": "batch size for evaluation"})
@@ -158,6 +161,9 @@ class Config:
     def __post_init__(self) -> None:
         if self.bn_groups < 1:
             raise ValueError(f"bn_groups must be >= 1, got {self.bn_groups}")
+        if self.batch_size % self.bn_groups:
+            raise ValueError(f"batch_size {self.batch_size} does not split into bn_groups {self.bn_groups} equal "
+                             f"BatchNorm groups")
         self.normalization_constants()  # a ValueError now rather than at the first epoch
 
     def normalization_constants(self) -> tuple[list[float], list[float]] | None:

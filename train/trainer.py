@@ -53,7 +53,7 @@ from train.data.augment import AugmentParams, BatchAugment, resize_images
 from train.data.cache import FolderDecoder
 from train.data.datasets import ImageData, load_dataset, resolve_splits
 from train.distributed import ProcessGroup, gather_with_grad, init_from_env
-from train.methods import METHODS, get_method
+from train.methods import METHODS, build_training_model, get_method
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.parents import load_parent, resolve_parent
 
@@ -249,18 +249,27 @@ def train_one_epoch(state: TrainState, images: torch.Tensor, epoch: int, *, phas
         if cfg.channels_last and device.type == "cuda":
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
         ctx = StepContext(epoch, cfg.epochs, epoch * state.steps_per_epoch + first_step + i, state.steps_per_epoch,
-                          aug_gen, idx, phase)
-        with state.autocast():
-            outputs = step_outputs(state.ddp_model, x1, x2, ctx)
-            losses = model.loss(outputs, ctx)
-        state.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        state.optimizer.step()
-        state.scheduler.step()
-        model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
+                          aug_gen, idx, phase, shared_generator=order_gen)
+        for k, v in train_step(state, x1, x2, ctx).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
     return {k: v / max(1, steps) for k, v in sums.items()}
+
+
+def train_step(state: TrainState, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+    """One optimiser step on two augmented views (B, C, S, S) of this process's batch: the method's forward and
+    gather (`step_outputs`), its loss, backward, the optimiser and schedule steps, then `on_step_end` with the
+    outputs. Returns the losses, detached; the gradients the optimiser stepped with stay in the parameters'
+    .grad until the next step."""
+    model = state.model
+    with state.autocast():
+        outputs = step_outputs(state.ddp_model, x1, x2, ctx)
+        losses = model.loss(outputs, ctx)
+    state.optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
+    return {k: v.detach() for k, v in losses.items()}
 
 
 @dataclass
@@ -298,6 +307,9 @@ def set_up(cfg: Config) -> Run:
     device, group = join_process_group(cfg)
     if cfg.batch_size % group.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {group.world_size} processes")
+    if cfg.bn_groups % group.world_size:
+        raise ValueError(f"bn_groups {cfg.bn_groups} must divide by the {group.world_size} processes: each process "
+                         f"normalises its own share of the BatchNorm groups")
     if cfg.init and method.parent is None:
         raise ValueError(f"--init: {cfg.method} starts from no other run (only methods with a parent do)")
     run_dir = cfg.resolved_run_dir()
@@ -322,7 +334,7 @@ def set_up(cfg: Config) -> Run:
             "class_names": data.eval.class_names or data.train.class_names,
             "dataset": cfg.dataset, "image_size": cfg.image_size, "method": cfg.method}
     torch.manual_seed(cfg.seed)
-    model = method(cfg, in_channels, num_clusters, mean, std)
+    model = build_training_model(cfg, in_channels, num_clusters, mean, std, processes=group.world_size)
     images = data.train.images.to(device)
     return Run(cfg, method, device, group, run_dir, log, data, images,
                eval_images=images if data.eval is data.train else data.eval.images.to(device),
@@ -360,9 +372,10 @@ def check_data(cfg: Config, data: RunData, log: Callable[[str], None]) -> int:
 
 
 def autocast_for(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """The context the forward passes run in: bf16 autocast on CUDA with --amp, else nothing."""
-    if cfg.amp and device.type == "cuda":
-        return partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+    """The context the forward passes run in: bf16 autocast with --amp (on CUDA and on the CPU alike), else
+    nothing (fp32, as every official code trains)."""
+    if cfg.amp:
+        return partial(torch.autocast, device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
@@ -381,26 +394,35 @@ def restore(run: Run) -> TrainState:
         start_from_parent(run)
     if cfg.channels_last and run.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
     instance_steps = 0 if run.instance_images is None else epoch_steps(run.instance_images, cfg)
-    steps_per_epoch = instance_steps + epoch_steps(run.images, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    epochs_done, train_seconds = 0, 0.0
+    state = train_state(cfg, model, run.group, run.autocast, instance_steps + epoch_steps(run.images, cfg))
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+        state.scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
-        epochs_done, train_seconds = checkpoint["epoch"], checkpoint.get("train_seconds", 0.0)
-        log_resume(run, epochs_done)
-    if run.group.is_main and (checkpoint is None or epochs_done < cfg.epochs):  # a finished run keeps its config.json
+        state.epochs_done, state.train_seconds = checkpoint["epoch"], checkpoint.get("train_seconds", 0.0)
+        log_resume(run, state.epochs_done)
+    if run.group.is_main and (checkpoint is None or state.epochs_done < cfg.epochs):  # a finished run keeps config.json
         cfg.save(run.dir / CONFIG_FILE)
     if run.group.is_main and not (run.dir / PARITY_SAMPLE_FILE).is_file():  # lets an unfinished run export too
         save_parity_sample(run.dir / PARITY_SAMPLE_FILE, run.data.eval, cfg.image_size)
-    ddp_model = DistributedDataParallel(model) if run.group.world_size > 1 else model
+    return state
+
+
+def train_state(cfg: Config, model: ClusteringMethod, group: ProcessGroup,
+                autocast: Callable[[], contextlib.AbstractContextManager], steps_per_epoch: int) -> TrainState:
+    """A fresh state for the model's training: its optimiser and schedule, the forward under
+    DistributedDataParallel with several processes (looking for unused parameters only for a method whose
+    steps may leave some without a gradient) and torch.compile with cfg.compile."""
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
+    ddp_model = model
+    if group.world_size > 1:
+        ddp_model = DistributedDataParallel(model, find_unused_parameters=model.some_steps_skip_parameters())
     if cfg.compile:
         ddp_model = torch.compile(ddp_model)
     return TrainState(cfg, model, ddp_model, optimizer, scheduler, BatchAugment(AugmentParams.from_config(cfg)),
-                      run.autocast, run.group, steps_per_epoch, epochs_done, train_seconds)
+                      autocast, group, steps_per_epoch)
 
 
 def start_from_parent(run: Run) -> None:

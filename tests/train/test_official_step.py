@@ -4,10 +4,12 @@ The fixtures (tests/train/fixtures/official_step/, made by scripts/official_step
 checkouts of the official repositories; their README lists the official lines each case runs) hold
 fixed input views, the official initial weights, the gradients the official optimiser stepped with,
 and every parameter and BatchNorm buffer after the step. Here the project's model gets the same
-initial weights (OFFICIAL_TO_PROJECT maps the names), runs the project's own trainer step on the same
-views (`step_outputs`, backward, `build_optimizer`'s optimiser, `on_step_end`: `project_step`) and
-every gradient, parameter and buffer must agree within 1e-5, relative to the largest value of its
-tensor (fp32, CPU). Augmentation is outside this test (tests/train/test_augment.py).
+initial weights (OFFICIAL_TO_PROJECT maps the names), runs the trainer's own step on the same views
+(train/trainer.py `train_step` on a `train_state` of the model: forward and gather, the loss, backward,
+`build_optimizer`'s optimiser, the schedule, `on_step_end`; `project_step`) with the official run's random
+draws (ProPos's noise and shuffles, handed over through the step context: `RecordedDraws`), and every
+gradient, parameter and buffer must agree within 1e-5, relative to the largest value of its tensor (fp32,
+CPU). Augmentation is outside this test (tests/train/test_augment.py).
 
 The official backbones are swapped for the project's SmallCNN at width 8 in both (the fixtures would
 weigh tens of MB with ResNets); everything else is the official code's, at the `paper` presets'
@@ -16,9 +18,10 @@ hyper-parameters (test_the_fixture_runs_the_paper_preset).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,10 @@ import torch
 
 import train.backbones
 from train.config import Config
-from train.methods import get_method, make_config
+from train.distributed import ProcessGroup
+from train.methods import build_training_model, make_config
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
-from train.trainer import build_optimizer, lr_factor, step_outputs
+from train.trainer import lr_factor, train_state, train_step
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official_step"
 RTOL = 1e-5
@@ -104,12 +108,12 @@ def fixture_config(fx: Fixture) -> Config:
 
 
 def build_project_model(fx: Fixture, monkeypatch: pytest.MonkeyPatch) -> tuple[ClusteringMethod, Config]:
-    """The project's model of the fixture's method, holding the official initial weights."""
+    """The project's model of the fixture's method as the trainer builds it, holding the official initial weights."""
     cfg = fixture_config(fx)
     monkeypatch.setattr(train.backbones, "SmallCNN",
                         functools.partial(train.backbones.SmallCNN, width=fx.meta["smallcnn_width"]))
     mean, std = (cfg.normalization_constants() if cfg.normalize else None) or (None, None)
-    model = get_method(fx.method)(cfg, 3, fx.meta["shape"]["num_clusters"], mean, std)
+    model = build_training_model(cfg, 3, fx.meta["shape"]["num_clusters"], mean, std)
     weights = {project_name(fx.method, k): v for k, v in fx.before.items()}
     if "leaf_mask_before" in fx.extra:
         weights["leaf_mask"] = fx.extra["leaf_mask_before"]
@@ -118,46 +122,60 @@ def build_project_model(fx: Fixture, monkeypatch: pytest.MonkeyPatch) -> tuple[C
     return model, cfg
 
 
+@dataclass
+class RecordedDraws(StepContext):
+    """A step context whose random draws are the official run's (ProPos): `normal` serves the recorded noise
+    rows in the order drawn, `permutation` the recorded shuffles of the target's batch."""
+
+    noise: torch.Tensor | None = None
+    permutations: list[torch.Tensor] = field(default_factory=list)
+
+    def normal(self, like: torch.Tensor) -> torch.Tensor:
+        assert self.noise is not None and self.noise.shape[0] >= like.shape[0], "more noise drawn than recorded"
+        rows, self.noise = self.noise[:like.shape[0]], self.noise[like.shape[0]:]
+        assert rows.shape == like.shape, (rows.shape, like.shape)
+        return rows.to(like)
+
+    def permutation(self, n: int, device: torch.device) -> torch.Tensor:
+        assert self.permutations, "more shuffles drawn than recorded"
+        drawn = self.permutations.pop(0)
+        assert drawn.numel() == n, (drawn.numel(), n)
+        return drawn.to(device)
+
+
+def step_context(fx: Fixture, cfg: Config) -> RecordedDraws:
+    """The fixture's step: its epoch and step counters, its batch, and (ProPos) the official draws: the noise of
+    direction 1 -> 2, then 2 -> 1 (v2: one draw for [view 1; view 2], the same rows), the shuffles in order."""
+    info = fx.meta["step"]
+    per_epoch = info.get("steps_per_epoch", 1)
+    shuffles = [fx.extra[k] for k in ("shuffle_12", "shuffle_21", "shuffle_keys") if k in fx.extra]
+    noise = torch.cat([fx.extra["noise_12"], fx.extra["noise_21"]]) if "noise_12" in fx.extra else None
+    return RecordedDraws(info["epoch"], info.get("epochs", cfg.epochs), info["epoch"] * per_epoch, per_epoch,
+                         torch.Generator().manual_seed(0), torch.arange(fx.x1.shape[0]), noise=noise,
+                         permutations=shuffles)
+
+
 def project_step(model: ClusteringMethod, cfg: Config, fx: Fixture) -> dict[str, torch.Tensor]:
-    """The trainer's step as train_one_epoch runs it (train/trainer.py), on the fixture's views; returns the
-    gradients the optimiser stepped with, by parameter name. CoHiClust's epoch hooks run around it (they
-    reset and use the pruning statistic)."""
-    step_info = fx.meta["step"]
-    per_epoch = step_info.get("steps_per_epoch", 1)
-    epoch, epochs = step_info["epoch"], step_info.get("epochs", cfg.epochs)
-    batch = fx.x1.shape[0]
-    ctx = StepContext(epoch, epochs, epoch * per_epoch, per_epoch, torch.Generator().manual_seed(0),
-                      torch.arange(batch))
-    epoch_ctx = EpochContext(epoch, epochs, torch.zeros(0, 3, 16, 16, dtype=torch.uint8), ctx.generator,
+    """The trainer's step (train/trainer.py `train_step`) on the fixture's views, the schedule at the fixture's
+    step; returns the gradients the optimiser stepped with, by parameter name. CoHiClust's epoch hooks run around
+    it (they reset and use the pruning statistic)."""
+    ctx = step_context(fx, cfg)
+    state = train_state(cfg, model, ProcessGroup(), contextlib.nullcontext, ctx.steps_per_epoch)
+    for group in state.optimizer.param_groups:  # the schedule at this step (the trainer's LambdaLR)
+        group["lr"] = group["initial_lr"] * lr_factor(cfg, ctx.step, ctx.steps_per_epoch)
+    epoch_ctx = EpochContext(ctx.epoch, ctx.epochs, torch.zeros(0, 3, 16, 16, dtype=torch.uint8), ctx.generator,
                              map_images=None, run_dir=Path("."))
-    optimizer = build_optimizer(cfg, model)
-    for group in optimizer.param_groups:  # the schedule's factor at this step (train/trainer.py LambdaLR)
-        group["lr"] *= lr_factor(cfg, ctx.step, per_epoch)
     if fx.method == "cohiclust":
         model.on_epoch_start(epoch_ctx)
     model.train()
-    outputs = step_outputs(model, fx.x1, fx.x2, ctx)
-    losses = model.loss(outputs, ctx)
-    optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
+    train_step(state, fx.x1, fx.x2, ctx)
+    if fx.method == "propos":
+        assert ctx.noise is None or ctx.noise.shape[0] == 0, "recorded noise left undrawn"
+        assert not ctx.permutations, "recorded shuffles left undrawn"
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
-    optimizer.step()
-    model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
     if fx.method == "cohiclust":
         model.on_epoch_end(epoch_ctx)
     return grads
-
-
-def official_noise(fx: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ProPos: the project's PSA noise draw returns the official draws (direction 1 -> 2 rows, then 2 -> 1)."""
-    noise = torch.cat([fx.extra["noise_12"], fx.extra["noise_21"]])
-    randn = torch.randn
-
-    def official_randn(*shape, **kwargs):
-        size = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
-        return noise.clone() if tuple(size) == tuple(noise.shape) else randn(*shape, **kwargs)
-
-    monkeypatch.setattr(torch, "randn", official_randn)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, floor: float = 0.0) -> None:
@@ -184,12 +202,7 @@ def test_every_official_weight_has_a_project_counterpart_of_its_shape(name, monk
         assert torch.equal(ours[project_name(fx.method, official)], value.to(ours[project_name(fx.method, official)]))
 
 
-@pytest.mark.parametrize("name", [
-    *[c for c in CASES if not c.startswith("cohiclust")],
-    *[pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="the project's projection head has a bias in its "
-                   "first Linear; the official one has none (model.py:36 bias=False)"))
-      for c in CASES if c.startswith("cohiclust")],
-])
+@pytest.mark.parametrize("name", CASES)
 def test_every_project_weight_has_an_official_counterpart(name, monkeypatch):
     fx = load_fixture(name)
     model, _ = build_project_model(fx, monkeypatch)
@@ -223,36 +236,12 @@ def test_the_learning_rates_at_the_step_are_the_official_ones(name):
 
 # --- the step -------------------------------------------------------------------------------------
 
-PER_VIEW = "the project runs one backbone pass over both views (torch.cat): BatchNorm sees both at once"
-NO_BIAS = "the projection head's first Linear has a bias (model.py:36: none), which shifts BatchNorm's running mean"
-XFAIL = {
-    "cc": PER_VIEW,
-    "c3": PER_VIEW,
-    "cohiclust_simclr": f"{PER_VIEW}; {NO_BIAS}; in the SimCLR-only phase the tree terms stay in the loss at weight 0, "
-                        "so Adam's weight decay moves the tree head the official code leaves untouched",
-    "cohiclust_tree": f"{PER_VIEW}; {NO_BIAS}",
-    "cohiclust_pruned": f"{PER_VIEW}; {NO_BIAS}",
-    "propos_psl": "the project passes both views through the online and the target network at once (the official v1 "
-                  "step: one pass per direction, the target on view 2 then view 1) and updates the target after the "
-                  "optimiser step (official: in the forward, before backward, from the weights the step starts from)",
-    "propos_bn4": "as propos_psl, and: BatchNorm over 4 groups of 4 images (running statistics: group 0's, the "
-                  "official process 0's), the target's groups on the recorded shuffle, and PSL's gradient divided by "
-                  "the 4 processes (the official GatherLayer hands each process only its own loss's gradient, then "
-                  "DDP averages)",
-    "propos_v2": "the project updates the target after the optimiser step (the official v2 step: at the start of the "
-                 "forward, byol_wrapper.py:221-224)",
-}
-"""Why each case fails on today's step (phase B of issue 26 makes them pass)."""
-
-
-@pytest.mark.parametrize("name", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=XFAIL[c]))
-                                  if c in XFAIL else c for c in CASES])
+@pytest.mark.parametrize("name", CASES)
 def test_one_step_matches_the_official_step(name, monkeypatch):
     fx = load_fixture(name)
     model, cfg = build_project_model(fx, monkeypatch)
     if fx.method == "propos":
         model.pseudo_labels = fx.extra["pseudo_labels"]
-        official_noise(fx, monkeypatch)
     grads = project_step(model, cfg, fx)
     skip = GRADIENT_IS_ROUNDING.get(fx.method, ())
     for official, expected in fx.grads.items():

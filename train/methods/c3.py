@@ -61,8 +61,8 @@ class C3(CC):
         return self
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
-        z1, z2 = self.instance_head(self.backbone(torch.cat([x1, x2]))).chunk(2)
-        return {"z1": z1, "z2": z2}
+        # one backbone pass per view, as the official train.py: BatchNorm normalises each view apart
+        return {"z1": self.instance_head(self.backbone(x1)), "z2": self.instance_head(self.backbone(x2))}
 
     def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
         return {"loss": zeta_instance_loss(outputs["z1"], outputs["z2"], self.cfg.zeta, self.cfg.instance_temperature)}

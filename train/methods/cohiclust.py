@@ -2,8 +2,10 @@
 
 Projection head 512 (BN, ReLU) -> 128 trained with SimCLR's NT-Xent (temperature 0.5), and a tree
 head Linear(d -> 2^L - 1) + sigmoid: a soft binary tree of depth L whose node probabilities are
-products along the paths (train/losses/cohiclust.py). Loss = SimCLR for the first `simclr_epochs`,
-then SimCLR + tree loss + 2^-L x balance regulariser. From epoch `prune_start_epoch` (counted from 1)
+products along the paths (train/losses/cohiclust.py). Loss = SimCLR alone for the first `simclr_epochs`
+(the tree head left out: no gradient, untouched), then SimCLR + tree loss + 2^-L x balance regulariser.
+The projection head's first Linear has no bias (official model.py:36); each view passes through the model
+on its own. From epoch `prune_start_epoch` (counted from 1)
 on, the end of each epoch removes the surviving leaf with the smallest mass, until 2^L - prune =
 num_clusters leaves are left. As in the official code (tree_losses.py, main.py), the mass of a leaf is
 the epoch's mean of its masked probability over the training batches (both augmented views, train
@@ -143,7 +145,8 @@ class CoHiClust(ClusteringMethod):
         super().__init__(cfg, in_channels, num_clusters, mean, std)
         dim = self.backbone.out_dim
         self.depth = cfg.depth
-        self.projection_head = mlp(dim, cfg.hidden_dim, cfg.feature_dim, batch_norm=True)
+        # no bias before the BatchNorm, as the official model.py:36 (a bias there would shift its running mean)
+        self.projection_head = mlp(dim, cfg.hidden_dim, cfg.feature_dim, batch_norm=True, first_bias=False)
         self.tree_head = nn.Sequential(nn.Linear(dim, 2**cfg.depth - 1), nn.Sigmoid())
         self.register_buffer("leaf_mask", torch.ones(2**cfg.depth, dtype=torch.bool))
         # this epoch's sum over training batches of the batch-mean masked leaf probabilities, and the batch count:
@@ -156,21 +159,42 @@ class CoHiClust(ClusteringMethod):
         return node_probabilities(self.tree_head(features).float())
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
-        h = self.backbone(torch.cat([x1, x2]))
-        z1, z2 = self.projection_head(h).chunk(2)
-        p1, p2 = self.node_probabilities(h).chunk(2)
-        return {"z1": z1, "z2": z2, "p1": p1, "p2": p2}
+        """z1, z2 (B, feature_dim) projections; after the SimCLR-only epochs also p1, p2 (B, 2^(L+1) - 1) node
+        probabilities. One pass of the whole model per view, as the official main.py (net(pos_1), net(pos_2)):
+        BatchNorm normalises each view apart."""
+        h1, h2 = self.backbone(x1), self.backbone(x2)
+        outputs = {"z1": self.projection_head(h1), "z2": self.projection_head(h2)}
+        if self.tree_on(step):
+            outputs.update(p1=self.node_probabilities(h1), p2=self.node_probabilities(h2))
+        return outputs
+
+    def tree_on(self, step: StepContext) -> bool:
+        """The tree head trains after the SimCLR-only epochs. Before, the loss leaves it out altogether (as the
+        official main.py): with no gradient Adam leaves it untouched, where a gradient of 0 would let the
+        weight decay, normalised by Adam, drive its weights to 0 and the tree to a uniform split it cannot
+        leave."""
+        return step.epoch >= self.cfg.simclr_epochs
+
+    def some_steps_skip_parameters(self) -> bool:
+        return self.cfg.simclr_epochs > 0
 
     def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
-        z1, z2, p1, p2 = outputs["z1"], outputs["z2"], outputs["p1"], outputs["p2"]
+        simclr = nt_xent(outputs["z1"], outputs["z2"], self.cfg.temperature)
+        if not self.tree_on(step):
+            return {"loss": simclr, "simclr": simclr}
+        p1, p2 = outputs["p1"], outputs["p2"]
         node_mask = leaf_level_mask(self.leaf_mask)
-        simclr = nt_xent(z1, z2, self.cfg.temperature)
         tree = tree_loss(p1, p2, node_mask, self.cfg.self_pairs_negative)
         balance = tree_regularizer(torch.cat([p1, p2]), node_mask)
-        # Weight 0 rather than skipping the tree terms: DDP wants a gradient for every parameter.
-        tree_weight = 0.0 if step.epoch < self.cfg.simclr_epochs else 1.0
-        loss = simclr + tree_weight * (tree + 2.0**-self.depth * balance)
+        loss = simclr + tree + 2.0**-self.depth * balance
         return {"loss": loss, "simclr": simclr, "tree": tree, "regularizer": balance}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if "projection_head.0.bias" in state_dict:
+            raise ValueError("a CoHiClust checkpoint of an earlier version of this project: its projection head's "
+                             "first Linear has a bias, which the model no longer has (none in the official "
+                             "model.py:36, so BatchNorm's running mean is the official one); train the run again")
+        return super().load_state_dict(state_dict, strict, assign)
 
     def head_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features (B, F) -> embedding (B, 128), probabilities (B, K) over the K surviving leaves
@@ -201,6 +225,8 @@ class CoHiClust(ClusteringMethod):
 
         outputs["p1"], ["p2"]: (B, 2^(L+1) - 1) node probabilities of the two views, gathered (official:
         tree_losses.py accumulates the mean of the masked leaf level of every batch)."""
+        if "p1" not in outputs:  # a SimCLR-only step: no tree (and no pruning before the tree trains)
+            return
         leaves = torch.cat([outputs["p1"], outputs["p2"]])[:, level_slice(self.depth)].float() * self.leaf_mask
         self.epoch_leaf_mass = self.epoch_leaf_mass.to(leaves.device) + leaves.mean(0)
         self.epoch_batches += 1

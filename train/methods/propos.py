@@ -41,10 +41,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.config import Config, Presets
+from train.distributed import forward_shuffled, world_size
 from train.ema import ema_update, momentum_at
 from train.heads import mlp
 from train.kmeans import INIT_PER_CLUSTER, SAMPLE_PER_CLUSTER, spherical_kmeans
-from train.losses.propos import psa_loss, psl_loss
+from train.losses.propos import psa_loss, psl_loss_per_group
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 
 
@@ -163,6 +164,17 @@ PRESETS: Presets = {
 }
 
 
+def interleave(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, ...), (B, ...) -> (2B, ...): group by group of `groups` equal slices, a's slice then b's."""
+    return torch.stack([a.unflatten(0, (groups, -1)), b.unflatten(0, (groups, -1))], 1).flatten(0, 2)
+
+
+def deinterleave(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of `interleave`: (2B, ...) -> (B, ...), (B, ...)."""
+    pairs = x.unflatten(0, (groups, 2, -1))
+    return pairs[:, 0].flatten(0, 1), pairs[:, 1].flatten(0, 1)
+
+
 class ProPos(ClusteringMethod):
     Config = ProPosConfig
     PRESETS = PRESETS
@@ -184,31 +196,78 @@ class ProPos(ClusteringMethod):
         self.pseudo_labels: torch.Tensor | None = None  # (N,) of the last E-step; not saved
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
-        """Per view (B, D) each: online projections q1, q2, predictions p1, p2 (of the noised q), target
-        projections t1, t2; with PSL on also the batch's pseudo-labels (B,). Kept per view so the gather
-        across processes keeps the views apart."""
-        cfg = self.cfg
-        q = self.online_projector(self.online_backbone(torch.cat([x1, x2])))  # (2B, D)
-        with torch.no_grad():
-            t1, t2 = self.projector(self.backbone(torch.cat([x1, x2]))).chunk(2)
-        if not self.psl_on(step):
-            p1, p2 = self.predictor(q).chunk(2)
-            return {"p1": p1, "p2": p2, "t1": t1, "t2": t2}
-        if self.pseudo_labels is None:
+        """Per view (B, D) each: predictions p1, p2 (of the online projections, noised once PSL is on), target
+        projections t1, t2; with PSL on also the online projections q1, q2 and the batch's pseudo-labels (B,).
+        Kept per view so the gather across processes keeps the views apart.
+
+        The official step (byol_wrapper.py): without `v2` (`forward`, symmetric) one direction after the other,
+        the online network on one view alone and the target on the other alone (view 1 -> 2, then 2 -> 1: so
+        the BatchNorm statistics move in that order), then the target's EMA update, before backward, from the
+        online weights this step starts from; with `v2` (`forward_v2`) the EMA update first, then one online
+        pass over both views and one target pass over both, views swapped. The target's batch is shuffled
+        across the BatchNorm groups of all processes with `shuffling_bn`.
+        """
+        if self.psl_on(step) and self.pseudo_labels is None:
             raise RuntimeError("ProPos has no pseudo-labels: on_epoch_start must run before training steps")
-        noised = q + cfg.noise_sigma * torch.randn(q.shape, generator=step.generator, device=q.device).to(q.dtype) \
-            if cfg.noise_sigma > 0 else q
-        p1, p2 = self.predictor(noised).chunk(2)
-        q1, q2 = q.chunk(2)
-        return {"p1": p1, "p2": p2, "t1": t1, "t2": t2, "q1": q1, "q2": q2, "labels": self.pseudo_labels[step.indices]}
+        if self.cfg.v2:
+            self.update_target(step)
+            outputs = self.both_views_at_once(x1, x2, step)
+        else:
+            outputs = {}
+            for a, b, xa, xb in (("1", "2", x1, x2), ("2", "1", x2, x1)):
+                q = self.online_projector(self.online_backbone(xa))
+                outputs[f"t{b}"] = self.target_projections(xb, step)
+                outputs[f"p{a}"] = self.predictor(self.noised(q, step))
+                outputs[f"q{a}"] = q
+            self.update_target(step)
+        if not self.psl_on(step):
+            return {k: v for k, v in outputs.items() if not k.startswith("q")}
+        return {**outputs, "labels": self.pseudo_labels[step.indices]}
+
+    def both_views_at_once(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
+        """The `v2` passes: online over [view 1; view 2], target over [view 2; view 1], predictor over the noised
+        online projections; each BatchNorm group holds both views of its images (as each official device held
+        both views of its share), so the views are interleaved group by group."""
+        groups = self.batch_groups
+        q1, q2 = deinterleave(self.online_projector(self.online_backbone(interleave(x1, x2, groups))), groups)
+        t2, t1 = deinterleave(self.target_projections(interleave(x2, x1, groups), step), groups)
+        noised = self.noised(torch.cat([q1, q2]), step).chunk(2)
+        p1, p2 = deinterleave(self.predictor(interleave(*noised, groups)), groups)
+        return {"p1": p1, "p2": p2, "t1": t1, "t2": t2, "q1": q1, "q2": q2}
+
+    def noised(self, q: torch.Tensor, step: StepContext) -> torch.Tensor:
+        """PSA's q + sigma * noise once PSL is on; q itself during the warm-up."""
+        if not self.psl_on(step) or self.cfg.noise_sigma == 0:
+            return q
+        return q + self.cfg.noise_sigma * step.normal(q)
+
+    @torch.no_grad()
+    def target_projections(self, x: torch.Tensor, step: StepContext) -> torch.Tensor:
+        """(B, C, S, S) -> (B, D) target projections; with `shuffling_bn` computed on the global batch shuffled
+        (the permutation drawn from the step, the same on every process)."""
+        def target(images: torch.Tensor) -> torch.Tensor:
+            return self.projector(self.backbone(images))
+
+        if not self.cfg.shuffling_bn:
+            return target(x)
+        return forward_shuffled(target, x, step.permutation(x.shape[0] * world_size(), x.device))
+
+    @torch.no_grad()
+    def update_target(self, step: StepContext) -> None:
+        """target <- EMA of the online network, at the momentum of this step (the official n_iter counts from 1)."""
+        total = step.epochs * step.steps_per_epoch
+        momentum = momentum_at(self.cfg.ema_momentum, step.step + 1, total, self.cfg.ema_schedule)
+        ema_update(self.backbone, self.online_backbone, momentum)
+        ema_update(self.projector, self.online_projector, momentum)
 
     def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
         o = outputs
         psa = psa_loss(torch.cat([o["p1"], o["p2"]]), torch.cat([o["t2"], o["t1"]]))  # each view against the other
         if not self.psl_on(step):
             return {"loss": psa, "psa": psa, "psl": torch.zeros_like(psa)}
-        k, t = self.num_clusters, self.cfg.psl_temperature
-        psl = 0.5 * (psl_loss(o["q1"], o["t2"], o["labels"], k, t) + psl_loss(o["q2"], o["t1"], o["labels"], k, t))
+        k, t, groups = self.num_clusters, self.cfg.psl_temperature, self.cfg.bn_groups
+        psl = 0.5 * (psl_loss_per_group(o["q1"], o["t2"], o["labels"], k, t, groups)
+                     + psl_loss_per_group(o["q2"], o["t1"], o["labels"], k, t, groups))
         return {"loss": psa + self.cfg.psl_weight * psl, "psa": psa, "psl": psl}
 
     def psl_on(self, step: StepContext) -> bool:
@@ -248,12 +307,6 @@ class ProPos(ClusteringMethod):
             return None
         sizes = torch.bincount(self.pseudo_labels, minlength=self.num_clusters)
         return self.pseudo_labels.numel() / sizes[self.pseudo_labels].float()
-
-    def on_step_end(self, step: StepContext, outputs: dict[str, torch.Tensor]) -> None:
-        total = step.epochs * step.steps_per_epoch
-        momentum = momentum_at(self.cfg.ema_momentum, step.step, total, self.cfg.ema_schedule)
-        ema_update(self.backbone, self.online_backbone, momentum)
-        ema_update(self.projector, self.online_projector, momentum)
 
     @torch.no_grad()
     def target_features(self, x: torch.Tensor) -> torch.Tensor:
