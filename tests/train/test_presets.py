@@ -129,6 +129,7 @@ def cc_rows() -> list[Official]:
             Official("cc", d, "feature_dim", 128, f"{CC}:config/config.yaml:15"),
             Official("cc", d, "hidden_dim", 512, f"{CC}:modules/network.py:13 (rep_dim of ResNet-34)"),
             Official("cc", d, "bn_groups", 1, f"{CC}:train.py:105 (one device: model.to('cuda'))"),
+            Official("cc", d, "amp", False, f"{CC}:train.py:11-27 (fp32: no autocast)"),
         ]
         if d in CC_SPLITS:
             rows += [Official("cc", d, "train_splits", CC_SPLITS[d][0], f"{CC}:{CC_SPLITS[d][1]}"),
@@ -154,6 +155,7 @@ def c3_rows() -> list[Official]:
             Official("c3", d, "instance_temperature", 1.0, f"{C3}:modules/contrastive_loss.py:7 (z z^T, undivided)"),
             Official("c3", d, "feature_dim", 128, f"{C3}:config/config.yaml:19"),
             Official("c3", d, "bn_groups", 1, f"{C3}:main.py:73 (one device: net.to('cuda'))"),
+            Official("c3", d, "amp", False, f"{C3}:train.py:6-27 (fp32: no autocast)"),
         ]
     rows.append(Official("c3", "cifar10", "train_splits", ("train", "test"), f"{C3}:main.py:45"))
     return rows
@@ -167,6 +169,7 @@ def drc_rows() -> list[Official]:
             Official("drc", d, "backbone", "resnet34", f"{CC}:config/config.yaml:14 (DRC follows CC)"),
             Official("drc", d, "batch_size", 256, f"{CC}:config/config.yaml:7 (DRC follows CC)"),
             Official("drc", d, "lr", 3e-4, f"{CC}:config/config.yaml:20 (DRC follows CC)"),
+            Official("drc", d, "amp", False, f"{CC}:train.py:11-27 (fp32: no autocast; DRC follows CC)"),
         ]
     return rows
 
@@ -226,6 +229,7 @@ def cohiclust_rows() -> list[Official]:
             Official("cohiclust", d, "normalize_mean", CHC_NORMALIZE[d][0], f"{CHC}:utils.py:{crop + 5}"),
             Official("cohiclust", d, "normalize_std", CHC_NORMALIZE[d][1], f"{CHC}:utils.py:{crop + 5}"),
             Official("cohiclust", d, "bn_groups", 1, f"{CHC}:main.py:168 (one device: Model(cfg=cfg).cuda())"),
+            Official("cohiclust", d, "amp", False, f"{CHC}:main.py:20-68 (fp32: no autocast)"),
         ]
         if d in CHC_SPLITS:
             train, evaluated, train_line, eval_line = CHC_SPLITS[d]
@@ -317,6 +321,8 @@ def propos_rows() -> list[Official]:
             Official("propos", d, "bn_groups", 4, f"{cfg}:{line['devices']} (num_devices: 4), "
                                                   f"{PROPOS}:models/propos/byol.py:35 (no syncbn)"),
             Official("propos", d, "shuffling_bn", True, f"{cfg}:{line['shuffle']}"),
+            Official("propos", d, "amp", False, f"{PROPOS}:models/basic_template.py:72 (--amp store_true, not set in "
+                                               f"{cfg}), models/propos/byol.py:103"),
             Official("propos", d, "symmetric", True, f"{cfg}:{line['symmetric']}"),
             Official("propos", d, "v2", line["v2"] is not None,
                      f"{cfg}:{line['v2']}" if line["v2"] else f"{PROPOS}:models/propos/byol.py:83 (store_true; "
@@ -368,6 +374,8 @@ def test_the_table_covers_every_point_of_the_issue():
     assert {("propos", d, f) for d in PP_CFG for f in step} <= keys
     assert {("cohiclust", d, f) for d in CHC_CFG for f in ("normalize_mean", "normalize_std", "bn_groups")} <= keys
     assert {(m, d, "bn_groups") for m in ("cc", "c3") for d in CC_SETS} <= keys
+    assert {(m, d, "amp") for m in ("cc", "c3", "drc") for d in CC_SETS} <= keys  # fp32, as every official code
+    assert {("cohiclust", d, "amp") for d in CHC_CFG} | {("propos", d, "amp") for d in PP_CFG} <= keys
 
 
 @pytest.mark.parametrize("row", TABLE, ids=lambda r: r.id)
@@ -386,6 +394,8 @@ def changed(cfg: Config, field: str) -> Any:
     value = getattr(cfg, field)
     if isinstance(value, bool):
         return not value
+    if field in ("batch_size", "bn_groups"):  # another that still splits into the BatchNorm groups
+        return value * 2
     if isinstance(value, (int, float)):
         return value * 2 + 1
     if field == "instance_splits":

@@ -11,8 +11,9 @@ num_clusters leaves are left. As in the official code (tree_losses.py, main.py),
 the epoch's mean of its masked probability over the training batches (both augmented views, train
 mode), and pruning masks the leaves only: internal nodes keep their probabilities in the losses even
 when every leaf below them is gone. A run shorter than the schedule prunes what is left at the end
-of its last epoch, so a finished model always has num_clusters leaves. The surviving leaves are the
-`leaf_mask` buffer (saved and exported).
+of its last epoch (one that ends within the SimCLR-only epochs by the leaf masses of the whole training
+data, since no training batch gave any), so a finished model always has num_clusters leaves. The
+surviving leaves are the `leaf_mask` buffer (saved and exported).
 
 The `paper` preset is the official code per data set (cfg/<data set>.yaml, main.py, utils.py; each
 value with its source line in tests/train/test_presets.py): CIFAR on its train split with ResNet-50
@@ -252,9 +253,15 @@ class CoHiClust(ClusteringMethod):
         missing = self.pruned_after(ctx.epoch, ctx.epochs) - int((~self.leaf_mask).sum())
         if missing <= 0:
             return
-        if self.epoch_batches == 0:
-            raise RuntimeError("CoHiClust prunes by the epoch's training batches, and this epoch had none")
-        self.prune_smallest(self.epoch_leaf_mass / self.epoch_batches, missing)
+        mass = self.epoch_leaf_mass / self.epoch_batches if self.epoch_batches else self.data_leaf_mass(ctx)
+        self.prune_smallest(mass, missing)
+
+    def data_leaf_mass(self, ctx: EpochContext) -> torch.Tensor:
+        """(2^L,) mean masked leaf probability over the training data in evaluation mode: the pruning statistic
+        of a run that ends within its SimCLR-only epochs (no training batch gave one; the tree is untrained),
+        so that a finished model still has num_clusters leaves."""
+        leaves = ctx.map_images(lambda x: self.node_probabilities(self.backbone(x))[:, level_slice(self.depth)])
+        return (leaves.to(self.leaf_mask.device) * self.leaf_mask).mean(0)
 
     def write_artifacts(self, run_dir: Path, outputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
                         images: torch.Tensor) -> dict[str, Any]:
