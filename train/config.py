@@ -24,6 +24,8 @@ REQUIRED_PRESETS = ("paper", "fast")
 """Every method has these: `paper` is the official code's recipe, `fast` a short schedule."""
 
 
+EVAL_CROP = 224 / 256
+"""torchvision's ImageNet evaluation, Resize(256) + CenterCrop(224), as the fraction of the side it keeps."""
 ARCHITECTURE = {"architecture": True}
 """Field metadata of the fields that shape the model's weights."""
 
@@ -139,6 +141,11 @@ class Config:
     elastic_alpha: float = field(
         default=0.0, metadata={"help": "elastic distortion strength, fraction of the side (0 = off)"}
     )
+    test_resized_crop: bool = field(
+        default=False, metadata={"help": "evaluation and the epoch hooks (k-means) see the central 224/256 of each "
+                                 "image resized to the model size: torchvision's Resize(256) + CenterCrop(224) (the "
+                                 "official ProPos `test_resized_crop`, ImageNet-Dogs); false: the whole image"}
+    )
     # --- run control ---------------------------------------------------------------------------
     eval_every: int = field(default=10, metadata={"help": "evaluate every N epochs (0 = only at the end)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
@@ -180,6 +187,10 @@ class Config:
         if min(std) <= 0:
             raise ValueError(f"normalize_std must be positive, got {self.normalize_std!r}")
         return mean, std
+
+    def eval_crop(self) -> float:
+        """The fraction of each image's side, around its centre, that evaluation sees (test_resized_crop)."""
+        return EVAL_CROP if self.test_resized_crop else 1.0
 
     def stored_side(self) -> int:
         """Side of the images kept in memory: stored_size, or image_size when it is 0."""

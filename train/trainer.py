@@ -148,17 +148,18 @@ def load_run_data(cfg: Config, decoder: FolderDecoder | None = None) -> RunData:
 
 @torch.no_grad()
 def map_batches(model: ClusteringMethod, fn, images: torch.Tensor, batch_size: int, autocast,
-                size: int, to_cpu: bool = False):
+                size: int, to_cpu: bool = False, crop: float = 1.0):
     """fn over float [0, 1] batches of uint8 images resized to size x size, model in eval mode; results concatenated.
 
-    fn returns a tensor or a dict of tensors; floating results come back as float32.
+    fn returns a tensor or a dict of tensors; floating results come back as float32. crop: the central fraction
+    of each image kept before the resize (cfg.eval_crop()).
     """
     was_training = model.training
     model.eval()
     parts = []
     try:
         for start in range(0, images.shape[0], batch_size):
-            batch = resize_images(images[start:start + batch_size], size)
+            batch = resize_images(images[start:start + batch_size], size, crop)
             with autocast():
                 parts.append(fn(batch.float().div(255)))
     finally:
@@ -174,14 +175,14 @@ def map_batches(model: ClusteringMethod, fn, images: torch.Tensor, batch_size: i
 
 
 def predict_dataset(model: ClusteringMethod, images: torch.Tensor, batch_size: int, autocast,
-                    size: int) -> dict[str, torch.Tensor]:
+                    size: int, crop: float = 1.0) -> dict[str, torch.Tensor]:
     """Head outputs for every un-augmented image resized to the model's size x size, on the CPU."""
-    return map_batches(model, model.predict, images, batch_size, autocast, size, to_cpu=True)
+    return map_batches(model, model.predict, images, batch_size, autocast, size, to_cpu=True, crop=crop)
 
 
 def evaluate(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: Config,
              autocast) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    outputs = predict_dataset(model, images, cfg.eval_batch_size, autocast, cfg.image_size)
+    outputs = predict_dataset(model, images, cfg.eval_batch_size, autocast, cfg.image_size, cfg.eval_crop())
     clusters = outputs["cluster"].numpy()
     scores = {"clusters_used": int(np.unique(clusters).size)}
     if data.labels is not None:
@@ -483,7 +484,8 @@ def fit_epoch(run: Run, state: TrainState, epoch: int) -> dict[str, Any]:
     cfg, model = run.cfg, state.model
     t0 = time.perf_counter()
     ctx = EpochContext(epoch, cfg.epochs, run.images, epoch_generator(cfg.seed, epoch, 10_000, run.device),
-                       lambda fn: map_batches(model, fn, run.images, cfg.eval_batch_size, run.autocast, cfg.image_size),
+                       lambda fn: map_batches(model, fn, run.images, cfg.eval_batch_size, run.autocast, cfg.image_size,
+                                              crop=cfg.eval_crop()),
                        run.dir)
     model.on_epoch_start(ctx)
     losses: dict[str, float] = {}

@@ -103,6 +103,20 @@ def test_blur_kernel_is_the_official_23_px_at_224_and_scales_with_the_side():
     assert [blur_kernel_size(side) for side in (96, 448, 32, 8)] == [9, 45, 3, 3]
 
 
+def test_test_resized_crop_keeps_the_central_224_of_256_as_torchvision_centercrop():
+    """ProPos's Dogs evaluation: Resize(256) + CenterCrop(224) of the image; the stored image is the 256 px centre
+    square already, so the evaluation view is its central 224 pixels, untouched at 224 px."""
+    from torchvision.transforms.functional import center_crop
+
+    from train.config import EVAL_CROP
+
+    g = torch.Generator().manual_seed(7)
+    stored = torch.randint(0, 256, (2, 3, 256, 256), generator=g, dtype=torch.uint8)
+    assert torch.equal(resize_images(stored, 224, EVAL_CROP), center_crop(stored, [224, 224]))
+    small = resize_images(stored, 96, EVAL_CROP)  # at another model size: the same centre, resized
+    assert torch.equal(small, resize_images(center_crop(stored, [224, 224]), 96))
+
+
 def test_evaluation_resize_agrees_with_the_gateway_decode():
     """The gateway decodes a file straight to the model size (contract.preprocess); training keeps the
     stored side and resizes on the device. CIFAR (32 -> 224): at most 1 grey level apart. ImageNet

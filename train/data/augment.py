@@ -114,13 +114,19 @@ def supersampling(stored_side: int, out_size: int) -> int:
     return 1 if stored_side <= SUPERSAMPLE_ABOVE * out_size else math.ceil(stored_side / out_size)
 
 
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int, crop: float = 1.0) -> torch.Tensor:
     """The evaluation resize: uint8 (B, C, H, W) -> uint8 (B, C, size, size), on the images' device.
 
     Bilinear (antialiased when shrinking, as PIL's resize that `contract.preprocess` uses), rounded
     to uint8 so the model sees what the gateway gives it: a uint8 image at the model's input size.
-    A no-op at size x size.
+    A no-op at size x size. crop < 1 keeps that fraction of each side around the centre first, as
+    torchvision's CenterCrop places it (ProPos's test_resized_crop: 224/256 of the 256 px square).
     """
+    if crop < 1:
+        height, width = images.shape[-2:]
+        keep_h, keep_w = round(height * crop), round(width * crop)
+        top, left = int(round((height - keep_h) / 2)), int(round((width - keep_w) / 2))
+        images = images[..., top:top + keep_h, left:left + keep_w]
     if tuple(images.shape[-2:]) == (size, size):
         return images
     x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)

@@ -73,7 +73,8 @@ class EpochContext:
     generator: torch.Generator
     map_images: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
     """map_images(fn) runs fn on float [0, 1] batches of the whole training data, resized to the model's
-    input size, model in eval mode, no grad, and concatenates the results (float32)."""
+    input size (as evaluation sees them: their central crop with test_resized_crop), model in eval mode,
+    no grad, and concatenates the results (float32)."""
     run_dir: Path
 
 

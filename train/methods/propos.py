@@ -99,11 +99,6 @@ class ProPosConfig(Config):
         default=True, metadata={"help": "the target network's BatchNorm groups see the batch shuffled across them "
                                 "(the official `shuffling_bn`: MoCo's shuffled BatchNorm across devices)"}
     )
-    test_resized_crop: bool = field(
-        default=False, metadata={"help": "evaluation and k-means see each image resized to 256 px and centre-cropped "
-                                 "to 224 (the official `test_resized_crop`, ImageNet-Dogs)"}
-    )
-
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.symmetric:
