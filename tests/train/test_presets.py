@@ -156,6 +156,7 @@ def c3_rows() -> list[Official]:
             Official("c3", d, "feature_dim", 128, f"{C3}:config/config.yaml:19"),
             Official("c3", d, "bn_groups", 1, f"{C3}:main.py:73 (one device: net.to('cuda'))"),
             Official("c3", d, "amp", False, f"{C3}:train.py:6-27 (fp32: no autocast)"),
+            Official("c3", d, "eval_every", 1, f"{C3}:main.py:85-89 (scored before every epoch)"),
         ]
     rows.append(Official("c3", "cifar10", "train_splits", ("train", "test"), f"{C3}:main.py:45"))
     return rows
