@@ -53,7 +53,7 @@ from train.data.augment import AugmentParams, BatchAugment, resize_images
 from train.data.cache import FolderDecoder
 from train.data.datasets import ImageData, load_dataset, resolve_splits
 from train.distributed import ProcessGroup, gather_with_grad, init_from_env
-from train.methods import METHODS, build_training_model, get_method
+from train.methods import METHODS, build_training_model, get_method, groups_per_process
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.parents import load_parent, resolve_parent
 
@@ -308,9 +308,7 @@ def set_up(cfg: Config) -> Run:
     device, group = join_process_group(cfg)
     if cfg.batch_size % group.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {group.world_size} processes")
-    if cfg.bn_groups % group.world_size:
-        raise ValueError(f"bn_groups {cfg.bn_groups} must divide by the {group.world_size} processes: each process "
-                         f"normalises its own share of the BatchNorm groups")
+    groups_per_process(cfg, group.world_size)  # before any data is read
     if cfg.init and method.parent is None:
         raise ValueError(f"--init: {cfg.method} starts from no other run (only methods with a parent do)")
     run_dir = cfg.resolved_run_dir()

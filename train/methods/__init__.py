@@ -78,13 +78,20 @@ def build_training_model(cfg: Config, in_channels: int, num_clusters: int, mean:
     """cfg.method's model as training runs it on one of `processes` processes: with cfg.bn_groups > 1 every
     BatchNorm normalises bn_groups / processes equal slices of the process's batch (train/batch_norm.py), so
     the bn_groups slices of the global batch are normalised apart, as on the official run's devices."""
-    if cfg.bn_groups % processes:
-        raise ValueError(f"bn_groups {cfg.bn_groups} must divide by the {processes} processes: each process "
-                         f"normalises its own share of the {cfg.bn_groups} BatchNorm groups")
     model = get_method(cfg.method)(cfg, in_channels, num_clusters, mean, std)
-    model.batch_groups = cfg.bn_groups // processes
+    model.batch_groups = groups_per_process(cfg, processes)
     group_batch_norms(model, model.batch_groups)
     return model
+
+
+def groups_per_process(cfg: Config, processes: int) -> int:
+    """cfg.bn_groups / processes; ValueError unless it divides (BatchNorm is not synchronised across processes,
+    so each process's share of the batch is at least one group of its own)."""
+    if cfg.bn_groups % processes:
+        raise ValueError(f"bn_groups {cfg.bn_groups} must divide by the {processes} processes: each process "
+                         f"normalises its own share of the batch (BatchNorm is not synchronised), so give "
+                         f"--bn-groups {processes} or a multiple")
+    return cfg.bn_groups // processes
 
 
 for _name, _cls in METHODS.items():
