@@ -8,8 +8,12 @@ BYOL with two extra ingredients and a k-means E-step:
 - PSA: 2 - 2 cos(predictor(q + sigma * noise), k), symmetric over the two views (q online, k target
   projection of the other view); PSL per direction: per-batch cluster prototypes of one view's q
   against the other view's k, PSL = 0.5 * (PSL(q1, k2) + PSL(q2, k1)), clusters absent from the
-  batch at logit -10 (train/losses/propos.py; the official byol_wrapper.py). Loss = PSA +
+  batch at logit -10 (train/losses/propos.py; the official byol_wrapper.py); with bn_groups > 1 as each
+  official device computes it (`psl_loss_per_group`: its own absent clusters, its gradient to its own
+  share; so the 4-device recipe's effective PSL weight is psl_weight / 4). Loss = PSA +
   psl_weight * PSL; PSL and the noise are off during the first `psl_warmup_epochs` epochs.
+- The step (`forward`) is the official one, v1 or `v2`, with the target's EMA update inside it, and the
+  target's BatchNorm on the batch shuffled across the BatchNorm groups (`shuffling_bn`).
 - E-step: spherical k-means (train/kmeans.py) of the L2-normalised target projections of the
   whole data set, in eval mode, gives the pseudo-labels PSL looks up by `StepContext.indices`. The
   `paper` presets run it as torch_clustering does on the official 4 processes (10 restarts each: 40,
