@@ -4,17 +4,18 @@ Measures, in one run on one device, for each configuration BACKBONE:STEM:SIZE[:B
   (a) the data path alone: index a uint8 batch on the device and augment two views per image,
   (b) the backbone alone: forward + backward + optimiser step on fixed tensors of the same shape
       (both views, 2 x BATCH images),
-  (c) the full training step as the trainer runs it: (a), the method's forward and its outputs gathered
-      (train.trainer.step_outputs), its loss, backward, optimiser step (train.trainer.build_optimizer),
-      the method's on_step_end with the outputs,
+  (c) the full training step as the trainer runs it: (a), then the trainer's own step
+      (train.trainer.train_step on a train_state: the method's forward and its outputs gathered, its loss,
+      backward, optimiser and schedule steps, on_step_end) on the model as the trainer builds it
+      (train.methods.build_training_model: BatchNorm groups when the preset has them),
 and prints the ratio (c)/(b): near 1 means augmentation, heads and losses cost little next to the
-backbone. As in the trainer: bf16 autocast and channels_last on CUDA (the method config's `amp` and
-`channels_last`), and with `--compile true` torch.compile of the whole method for (c) and of the
-backbone for (b) (compilation happens in the warm-up, outside the timing). CUDA is synchronised
-around each timed block.
+backbone. As in the trainer: channels_last on CUDA (the config's `channels_last`), bf16 autocast with
+`--amp true` (the presets train fp32), and with `--compile true` torch.compile of the whole method for (c)
+and of the backbone for (b) (compilation happens in the warm-up, outside the timing). CUDA is
+synchronised around each timed block.
 
     python bench/train_throughput.py                                   # CPU: small CNN at 16 px (digits-sized)
-    python bench/train_throughput.py --device cuda --configs resnet18:cifar:32:512 resnet34:imagenet:224:128
+    python bench/train_throughput.py --device cuda --amp true --configs resnet18:cifar:32:512 resnet34:imagenet:224:128
     python bench/train_throughput.py --device cuda --compile true --configs resnet18:cifar:32:512
 """
 
@@ -32,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contract.cli import parse_bool  # noqa: E402
 from train.data.augment import AugmentParams, BatchAugment  # noqa: E402
-from train.methods import get_method, make_config  # noqa: E402
+from train.distributed import ProcessGroup  # noqa: E402
+from train.methods import build_training_model, make_config  # noqa: E402
 from train.methods.base import StepContext  # noqa: E402
-from train.trainer import autocast_for, build_optimizer, step_outputs  # noqa: E402
+from train.trainer import autocast_for, train_state, train_step  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -73,21 +75,20 @@ def measure(shape: Shape, channels: int, args: argparse.Namespace,
             device: torch.device) -> tuple[float, float, float]:
     """(data path, backbone, full step) images/s of one configuration."""
     cfg = make_config(args.method, dataset=args.dataset, backbone=shape.backbone, stem=shape.stem,
-                      image_size=shape.size, batch_size=shape.batch, compile=args.compile)
+                      image_size=shape.size, batch_size=shape.batch, compile=args.compile, amp=args.amp)
     gpu = device.type == "cuda"
     b = shape.batch
     torch.manual_seed(0)
     data = torch.randint(0, 256, (4 * b, channels, shape.size, shape.size), dtype=torch.uint8, device=device)
     augment = BatchAugment(AugmentParams.from_config(cfg))
     g = torch.Generator(device).manual_seed(0)
-    model = get_method(args.method)(cfg, channels, args.clusters).to(device).train()
+    model = build_training_model(cfg, channels, args.clusters).to(device).train()
     channels_last = cfg.channels_last and gpu
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if cfg.compile else model
-    backbone = torch.compile(model.backbone) if cfg.compile else model.backbone
-    optimizer = build_optimizer(cfg, model)
     autocast = autocast_for(cfg, device)
+    state = train_state(cfg, model, ProcessGroup(), autocast, steps_per_epoch=args.steps + args.warmup)
+    backbone = torch.compile(model.backbone) if cfg.compile else model.backbone
 
     def data_path():
         idx = torch.randint(0, data.shape[0], (b,), generator=g, device=device)
@@ -104,20 +105,13 @@ def measure(shape: Shape, channels: int, args: argparse.Namespace,
     def backbone_step():
         with autocast():
             loss = backbone(fixed).float().pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
+        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        state.optimizer.step()
 
     def full_step():
         idx, x1, x2 = data_path()
-        ctx = StepContext(0, 1, 0, 1, g, idx)
-        with autocast():
-            outputs = step_outputs(step_model, x1, x2, ctx)
-            losses = model.loss(outputs, ctx)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
+        train_step(state, x1, x2, StepContext(0, 1, 0, 1, g, idx))
 
     t_data = timed(data_path, args.steps, args.warmup, device)
     t_backbone = timed(backbone_step, args.steps, args.warmup, device)
@@ -137,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="cifar10", help="data set whose defaults (augmentations) apply")
     parser.add_argument("--clusters", type=int, default=10)
     parser.add_argument("--compile", type=parse_bool, default=False, help="torch.compile as the trainer's --compile")
+    parser.add_argument("--amp", type=parse_bool, default=False, help="bf16 autocast as the trainer's --amp")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
@@ -148,8 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     texts = args.configs or (["resnet18:cifar:32"] if gpu else ["smallcnn:cifar:16"])
     shapes = [Shape.parse(t, args.batch_size) for t in texts]
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; torch {torch.__version__}; method {args.method}; bf16 autocast and channels_last "
-          f"{'on' if gpu else 'off (CUDA only)'}; torch.compile {'on' if args.compile else 'off'}", flush=True)
+    print(f"device: {name}; torch {torch.__version__}; method {args.method}; bf16 autocast "
+          f"{'on' if args.amp else 'off'}; channels_last {'on' if gpu else 'off (CUDA only)'}; torch.compile "
+          f"{'on' if args.compile else 'off'}", flush=True)
     for shape in shapes:
         channels = args.channels or (1 if shape.backbone == "smallcnn" else 3)
         data, backbone, full = measure(shape, channels, args, device)

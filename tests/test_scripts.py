@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,10 @@ ABSENT_ON_GPU_MACHINE = ["tqdm", "tensorboard", "scipy", "sklearn", "matplotlib"
                          "fastapi", "uvicorn", "prometheus_client", "tritonclient", "orjson", "httpx", "pytest"]
 SECTIONS = ["=== 1. environment", "=== 2. training step vs backbone alone, eager",
             "=== 3. k-means on the GPU", "=== 4. onnxruntime CUDA execution provider vs PyTorch eager",
-            "=== 5. training step vs backbone alone, torch.compile"]
+            "=== 5. every method trains 2 epochs on the device and exports with passing parity",
+            "=== 6. CC's CIFAR-10 paper recipe: epoch time projected to 1000 epochs",
+            "=== 7. fp32 vs bf16: CoHiClust's metrics",
+            "=== 8. training step vs backbone alone, torch.compile"]
 
 
 def test_gpu_check_dry_run_prints_every_section():
@@ -30,6 +34,13 @@ def test_gpu_check_dry_run_prints_every_section():
         assert f"{backbone}" in out and "ratio (c)/(b)" in out.split(backbone, 1)[1].splitlines()[0], out
     assert "k=  10: ours" in out and "k=  20: ours" in out, out
     assert "'providers': ['CPUExecutionProvider']" in out and "onnxruntime (shared settings, fused graph)" in out, out
+    # sections 5-7 trained and exported for real (on the CPU, tiny): every method, the paper epoch, both precisions
+    for method in ("cc", "drc", "cohiclust", "propos", "c3"):
+        assert re.search(rf"^{method}: NMI [0-9.]+ .* 2 epochs in [0-9.]+ s; exported, parity passed$", out, re.M), out
+    assert re.search(r"^cc paper recipe \(smallcnn, cifar stem, 16 px, batch 32, amp false\): the second epoch .* "
+                     r"1000 epochs [0-9.]+ h", out, re.M), out
+    for amp in ("false", "true"):
+        assert re.search(rf"^cohiclust --amp {amp}: NMI [0-9.]+ .* 2 epochs in", out, re.M), out
     assert "FAILED" not in out and out.rstrip().splitlines()[-1].startswith("gpu_check: ok"), out
 
 

@@ -97,5 +97,9 @@ def build_backbone(name: str, stem: str, in_channels: int, mean: list[float] | N
         raise ValueError(f"unknown backbone {name!r}; choose from {list(BACKBONES)}")
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose from {list(STEMS)}")
+    for what, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) != in_channels:
+            raise ValueError(f"standardisation {what} has {len(values)} values for {in_channels}-channel images: "
+                             f"give one per channel")
     trunk = SmallCNN(in_channels) if name == "smallcnn" else ResNetTrunk(name, stem, in_channels)
     return Backbone(trunk, mean or [0.0] * in_channels, std or [1.0] * in_channels)

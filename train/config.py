@@ -24,6 +24,8 @@ REQUIRED_PRESETS = ("paper", "fast")
 """Every method has these: `paper` is the official code's recipe, `fast` a short schedule."""
 
 
+EVAL_CROP = 224 / 256
+"""torchvision's ImageNet evaluation, Resize(256) + CenterCrop(224), as the fraction of the side it keeps."""
 ARCHITECTURE = {"architecture": True}
 """Field metadata of the fields that shape the model's weights."""
 
@@ -91,7 +93,16 @@ class Config:
     )
     num_clusters: int = field(default=0, metadata={**ARCHITECTURE, "help": "number of clusters; 0 = number of classes"})
     normalize: bool = field(
-        default=False, metadata={**ARCHITECTURE, "help": "standardise inputs with the data set's channel mean/std"}
+        default=False, metadata={**ARCHITECTURE, "help": "standardise inputs per channel: with normalize_mean and "
+                                 "normalize_std when set, else with the data set's own mean/std"}
+    )
+    normalize_mean: str = field(
+        default="", metadata={"help": "with normalize: fixed per-channel means, comma-separated (the official "
+                              "code's constants, e.g. 0.4914,0.4822,0.4465); empty: the data set's"}
+    )
+    normalize_std: str = field(
+        default="", metadata={"help": "with normalize: fixed per-channel standard deviations, comma-separated; "
+                              "given together with normalize_mean"}
     )
     # --- optimisation --------------------------------------------------------------------------
     epochs: int = field(default=1000, metadata={"help": "training epochs"})
@@ -106,6 +117,10 @@ class Config:
     cosine_epochs: int = field(
         default=0, metadata={"help": "cosine schedule: its period after the warm-up, epochs (0 = the rest of the run, "
                              "so it ends at the floor)"}
+    )
+    bn_groups: int = field(
+        default=1, metadata={"help": "BatchNorm statistics over this many equal slices of the batch, as an official "
+                             "recipe run on that many devices without synchronised BatchNorm (1: the whole batch)"}
     )
     # --- augmentation (each image of a batch draws its own parameters) ------------------------
     crop_min_scale: float = field(default=0.08, metadata={"help": "random resized crop: smallest area"})
@@ -126,10 +141,18 @@ class Config:
     elastic_alpha: float = field(
         default=0.0, metadata={"help": "elastic distortion strength, fraction of the side (0 = off)"}
     )
+    test_resized_crop: bool = field(
+        default=False, metadata={"help": "evaluation and the epoch hooks (k-means) see the central 224/256 of each "
+                                 "image resized to the model size: torchvision's Resize(256) + CenterCrop(224) (the "
+                                 "official ProPos `test_resized_crop`, ImageNet-Dogs); false: the whole image"}
+    )
     # --- run control ---------------------------------------------------------------------------
     eval_every: int = field(default=10, metadata={"help": "evaluate every N epochs (0 = only at the end)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
-    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA"})
+    amp: bool = field(
+        default=False, metadata={"help": "bf16 autocast of the forward passes, on CUDA and on the CPU (false: fp32, as "
+                                 "every official code trains)"}
+    )
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format on CUDA"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     eval_batch_size: int = field(default=1024, metadata={"help": "batch size for evaluation"})
@@ -151,6 +174,31 @@ class Config:
         if self.num_clusters < 0 or self.num_clusters == 1:
             raise ValueError(f"--num-clusters must be 0 (the data set's class count) or at least 2, "
                              f"got {self.num_clusters}")
+        if self.bn_groups < 1:
+            raise ValueError(f"bn_groups must be >= 1, got {self.bn_groups}")
+        if self.batch_size % self.bn_groups:
+            raise ValueError(f"batch_size {self.batch_size} does not split into bn_groups {self.bn_groups} equal "
+                             f"BatchNorm groups")
+        self.normalization_constants()  # a ValueError now rather than at the first epoch
+
+    def normalization_constants(self) -> tuple[list[float], list[float]] | None:
+        """The fixed per-channel (mean, std) of normalize_mean / normalize_std, or None when they are unset
+        (then `normalize` standardises with the data set's own statistics)."""
+        if not self.normalize_mean and not self.normalize_std:
+            return None
+        if not (self.normalize_mean and self.normalize_std):
+            raise ValueError("give normalize_mean and normalize_std together (or neither: the data set's statistics)")
+        mean = _channel_values(self.normalize_mean, "normalize_mean")
+        std = _channel_values(self.normalize_std, "normalize_std")
+        if len(mean) != len(std):
+            raise ValueError(f"normalize_mean has {len(mean)} channels, normalize_std {len(std)}")
+        if min(std) <= 0:
+            raise ValueError(f"normalize_std must be positive, got {self.normalize_std!r}")
+        return mean, std
+
+    def eval_crop(self) -> float:
+        """The fraction of each image's side, around its centre, that evaluation sees (test_resized_crop)."""
+        return EVAL_CROP if self.test_resized_crop else 1.0
 
     def stored_side(self) -> int:
         """Side of the images kept in memory: stored_size, or image_size when it is 0."""
@@ -170,6 +218,14 @@ class Config:
 
     def save(self, path: Path) -> None:
         files.write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _channel_values(text: str, name: str) -> list[float]:
+    """"0.4914, 0.4822,0.4465" -> [0.4914, 0.4822, 0.4465]; ValueError naming the option otherwise."""
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated numbers, one per channel, got {text!r}") from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type[Config], resolved: Config | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,3 +56,23 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
         return x
     return torch.cat(_GatherWithGrad.apply(x), 0)
+
+
+def world_size() -> int:
+    """Processes of the run (1 without torch.distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def forward_shuffled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                     permutation: torch.Tensor) -> torch.Tensor:
+    """fn's rows for this process's x (B, ...), computed on the global batch shuffled by `permutation`
+    (world_size x B,), the same on every process: each process runs fn on its share of the shuffled batch.
+
+    MoCo's shuffled BatchNorm (ProPos's `shuffling_bn`, moco_wrapper.py _batch_shuffle_ddp): the BatchNorm
+    groups of fn see random subsets of the global batch rather than one process's images.
+    """
+    world, rank = world_size(), dist.get_rank() if world_size() > 1 else 0
+    everything = gather_with_grad(x)
+    out = gather_with_grad(fn(everything[permutation.view(world, -1)[rank]]))
+    return out[permutation.argsort()].view(world, -1, *out.shape[1:])[rank]

@@ -6,8 +6,11 @@ sum_i (1 - cos(x_i, c_{label_i})), half the squared Euclidean distance on the sp
 
 - Restarts run on a random sample of at most `sample_per_cluster * k` points (faiss's
   max_points_per_centroid, 256); the restart of lowest inertia on that sample is then refined by
-  Lloyd iterations on all points, from its centroids. With N <= sample_per_cluster * k every
-  restart sees all points and there is nothing to refine.
+  Lloyd iterations on all points, from its centroids. With N <= sample_per_cluster * k, or
+  sample_per_cluster None (torch_clustering's way, ProPos's `paper` preset), every restart sees all
+  points and there is nothing to refine.
+- `restart_seeds`: restart i draws its seeding from a generator of its own seeded restart_seeds[i],
+  as torch_clustering seeds restart i with random_state + i, so every E-step repeats the same seeds.
 - Initialisation: greedy k-means++ (as scikit-learn: each new centroid is the best of 2 + ln k
   candidates drawn with probability proportional to the current objective term), on a random
   subset of at most `init_per_cluster * k` points of the sample (as scikit-learn's MiniBatchKMeans
@@ -30,6 +33,7 @@ sum_i (1 - cos(x_i, c_{label_i})), half the squared Euclidean distance on the sp
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -234,13 +238,15 @@ def _fixed_point(centroids: torch.Tensor, labels: torch.Tensor, sums: torch.Tens
 def spherical_kmeans(x: torch.Tensor, k: int, *, restarts: int = 10, max_iter: int = 300, tol: float = 1e-6,
                      generator: torch.Generator | None = None, chunk_size: int = 8192,
                      sample_per_cluster: int | None = SAMPLE_PER_CLUSTER,
-                     init_per_cluster: int | None = INIT_PER_CLUSTER) -> KMeansResult:
+                     init_per_cluster: int | None = INIT_PER_CLUSTER,
+                     restart_seeds: Sequence[int] | None = None) -> KMeansResult:
     """Spherical k-means of x (N, D) into k clusters (rows are L2-normalised here, in float32).
 
     generator: torch.Generator on x's device (default: a fresh one seeded 0, so runs repeat).
     sample_per_cluster, init_per_cluster: the restarts' sample and the seeding subset, in points
-    per cluster (None: all points). Returns the restart of lowest spherical inertia, refined on
-    all points when the restarts saw a sample.
+    per cluster (None: all points). restart_seeds: one seed per restart for its seeding subset and
+    k-means++ (None: every restart draws from `generator`). Returns the restart of lowest spherical
+    inertia, refined on all points when the restarts saw a sample.
     """
     if x.dim() != 2:
         raise ValueError(f"expected (N, D) points, got shape {tuple(x.shape)}")
@@ -252,6 +258,8 @@ def spherical_kmeans(x: torch.Tensor, k: int, *, restarts: int = 10, max_iter: i
     for name, per_cluster in (("sample_per_cluster", sample_per_cluster), ("init_per_cluster", init_per_cluster)):
         if per_cluster is not None and per_cluster < 1:
             raise ValueError(f"{name} must be >= 1 or None (all points), got {per_cluster}")
+    if restart_seeds is not None and len(restart_seeds) != restarts:
+        raise ValueError(f"restart_seeds has {len(restart_seeds)} seeds for {restarts} restarts")
     if generator is None:
         generator = torch.Generator(x.device).manual_seed(0)
     elif generator.device.type != x.device.type:
@@ -259,9 +267,10 @@ def spherical_kmeans(x: torch.Tensor, k: int, *, restarts: int = 10, max_iter: i
     x = _unit_rows(x)
     sample = _random_rows(x, sample_per_cluster and sample_per_cluster * k, generator)
     best: KMeansResult | None = None
-    for _ in range(restarts):
-        seeds = _random_rows(sample, init_per_cluster and init_per_cluster * k, generator)
-        result = _lloyd(sample, kmeans_plus_plus(seeds, k, generator, chunk_size), max_iter, tol, chunk_size)
+    for restart in range(restarts):
+        g = generator if restart_seeds is None else torch.Generator(x.device).manual_seed(restart_seeds[restart])
+        seeds = _random_rows(sample, init_per_cluster and init_per_cluster * k, g)
+        result = _lloyd(sample, kmeans_plus_plus(seeds, k, g, chunk_size), max_iter, tol, chunk_size)
         if best is None or result.inertia < best.inertia:
             best = result
     assert best is not None

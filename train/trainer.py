@@ -54,7 +54,7 @@ from train.data.augment import AugmentParams, BatchAugment, resize_images
 from train.data.cache import FolderDecoder
 from train.data.datasets import ImageData, load_dataset, resolve_splits
 from train.distributed import ProcessGroup, gather_with_grad, init_from_env
-from train.methods import METHODS, get_method
+from train.methods import METHODS, build_training_model, get_method, groups_per_process
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.parents import load_parent, resolve_parent
 
@@ -153,17 +153,18 @@ def load_run_data(cfg: Config, decoder: FolderDecoder | None = None) -> RunData:
 
 @torch.no_grad()
 def map_batches(model: ClusteringMethod, fn, images: torch.Tensor, batch_size: int, autocast,
-                size: int, to_cpu: bool = False):
+                size: int, to_cpu: bool = False, crop: float = 1.0):
     """fn over float [0, 1] batches of uint8 images resized to size x size, model in eval mode; results concatenated.
 
-    fn returns a tensor or a dict of tensors; floating results come back as float32.
+    fn returns a tensor or a dict of tensors; floating results come back as float32. crop: the central fraction
+    of each image kept before the resize (cfg.eval_crop()).
     """
     was_training = model.training
     model.eval()
     parts = []
     try:
         for start in range(0, images.shape[0], batch_size):
-            batch = resize_images(images[start:start + batch_size], size)
+            batch = resize_images(images[start:start + batch_size], size, crop)
             with autocast():
                 parts.append(fn(batch.float().div(255)))
     finally:
@@ -179,14 +180,14 @@ def map_batches(model: ClusteringMethod, fn, images: torch.Tensor, batch_size: i
 
 
 def predict_dataset(model: ClusteringMethod, images: torch.Tensor, batch_size: int, autocast,
-                    size: int) -> dict[str, torch.Tensor]:
+                    size: int, crop: float = 1.0) -> dict[str, torch.Tensor]:
     """Head outputs for every un-augmented image resized to the model's size x size, on the CPU."""
-    return map_batches(model, model.predict, images, batch_size, autocast, size, to_cpu=True)
+    return map_batches(model, model.predict, images, batch_size, autocast, size, to_cpu=True, crop=crop)
 
 
 def evaluate(model: ClusteringMethod, data: ImageData, images: torch.Tensor, cfg: Config,
              autocast) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    outputs = predict_dataset(model, images, cfg.eval_batch_size, autocast, cfg.image_size)
+    outputs = predict_dataset(model, images, cfg.eval_batch_size, autocast, cfg.image_size, cfg.eval_crop())
     clusters = outputs["cluster"].numpy()
     scores = {"clusters_used": int(np.unique(clusters).size)}
     if data.labels is not None:
@@ -254,18 +255,27 @@ def train_one_epoch(state: TrainState, images: torch.Tensor, epoch: int, *, phas
         if cfg.channels_last and device.type == "cuda":
             x1, x2 = x1.contiguous(memory_format=torch.channels_last), x2.contiguous(memory_format=torch.channels_last)
         ctx = StepContext(epoch, cfg.epochs, epoch * state.steps_per_epoch + first_step + i, state.steps_per_epoch,
-                          aug_gen, idx, phase)
-        with state.autocast():
-            outputs = step_outputs(state.ddp_model, x1, x2, ctx)
-            losses = model.loss(outputs, ctx)
-        state.optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        state.optimizer.step()
-        state.scheduler.step()
-        model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
+                          aug_gen, idx, phase, shared_generator=order_gen)
+        for k, v in train_step(state, x1, x2, ctx).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
     return {k: v / max(1, steps) for k, v in sums.items()}
+
+
+def train_step(state: TrainState, x1: torch.Tensor, x2: torch.Tensor, ctx: StepContext) -> dict[str, torch.Tensor]:
+    """One optimiser step on two augmented views (B, C, S, S) of this process's batch: the method's forward and
+    gather (`step_outputs`), its loss, backward, the optimiser and schedule steps, then `on_step_end` with the
+    outputs. Returns the losses, detached; the gradients the optimiser stepped with stay in the parameters'
+    .grad until the next step."""
+    model = state.model
+    with state.autocast():
+        outputs = step_outputs(state.ddp_model, x1, x2, ctx)
+        losses = model.loss(outputs, ctx)
+    state.optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    state.optimizer.step()
+    state.scheduler.step()
+    model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
+    return {k: v.detach() for k, v in losses.items()}
 
 
 @dataclass
@@ -303,6 +313,7 @@ def set_up(cfg: Config) -> Run:
     device, group = join_process_group(cfg)
     if cfg.batch_size % group.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {group.world_size} processes")
+    groups_per_process(cfg, group.world_size)  # before any data is read
     if cfg.init and method.parent is None:
         raise ValueError(f"--init: {cfg.method} starts from no other run (only methods with a parent do)")
     run_dir = cfg.resolved_run_dir()
@@ -317,7 +328,7 @@ def set_up(cfg: Config) -> Run:
     decoder = FolderDecoder(cfg.resolved_cache_dir(), cfg.max_images, cfg.seed, str(device), log=log)
     data = load_run_data(cfg, decoder)  # DoesNotFit before decoding
     num_clusters = check_data(cfg, data, log)
-    mean, std = channel_stats(data.train.images) if cfg.normalize else (None, None)
+    mean, std = (cfg.normalization_constants() or channel_stats(data.train.images)) if cfg.normalize else (None, None)
     run_dir.mkdir(parents=True, exist_ok=True)
     if group.is_main:
         used = data.train.sources + (data.instance.sources if data.instance is not None else [])
@@ -327,7 +338,7 @@ def set_up(cfg: Config) -> Run:
             "class_names": data.eval.class_names or data.train.class_names,
             "dataset": cfg.dataset, "image_size": cfg.image_size, "method": cfg.method}
     torch.manual_seed(cfg.seed)
-    model = method(cfg, in_channels, num_clusters, mean, std)
+    model = build_training_model(cfg, in_channels, num_clusters, mean, std, processes=group.world_size)
     images = data.train.images.to(device)
     return Run(cfg, method, device, group, run_dir, log, data, images,
                eval_images=images if data.eval is data.train else data.eval.images.to(device),
@@ -368,9 +379,10 @@ def check_data(cfg: Config, data: RunData, log: Callable[[str], None]) -> int:
 
 
 def autocast_for(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """The context the forward passes run in: bf16 autocast on CUDA with --amp, else nothing."""
-    if cfg.amp and device.type == "cuda":
-        return partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+    """The context the forward passes run in: bf16 autocast with --amp (on CUDA and on the CPU alike), else
+    nothing (fp32, as every official code trains)."""
+    if cfg.amp:
+        return partial(torch.autocast, device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
 
@@ -389,26 +401,35 @@ def restore(run: Run) -> TrainState:
         start_from_parent(run)
     if cfg.channels_last and run.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
     instance_steps = 0 if run.instance_images is None else epoch_steps(run.instance_images, cfg)
-    steps_per_epoch = instance_steps + epoch_steps(run.images, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
-    epochs_done, train_seconds = 0, 0.0
+    state = train_state(cfg, model, run.group, run.autocast, instance_steps + epoch_steps(run.images, cfg))
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+        state.scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
-        epochs_done, train_seconds = checkpoint["epoch"], checkpoint.get("train_seconds", 0.0)
-        log_resume(run, epochs_done)
-    if run.group.is_main and (checkpoint is None or epochs_done < cfg.epochs):  # a finished run keeps its config.json
+        state.epochs_done, state.train_seconds = checkpoint["epoch"], checkpoint.get("train_seconds", 0.0)
+        log_resume(run, state.epochs_done)
+    if run.group.is_main and (checkpoint is None or state.epochs_done < cfg.epochs):  # a finished run keeps config.json
         cfg.save(run.dir / CONFIG_FILE)
     if run.group.is_main and not (run.dir / PARITY_SAMPLE_FILE).is_file():  # lets an unfinished run export too
         save_parity_sample(run.dir / PARITY_SAMPLE_FILE, run.data.eval, cfg.image_size)
-    ddp_model = DistributedDataParallel(model) if run.group.world_size > 1 else model
+    return state
+
+
+def train_state(cfg: Config, model: ClusteringMethod, group: ProcessGroup,
+                autocast: Callable[[], contextlib.AbstractContextManager], steps_per_epoch: int) -> TrainState:
+    """A fresh state for the model's training: its optimiser and schedule, the forward under
+    DistributedDataParallel with several processes (looking for unused parameters only for a method whose
+    steps may leave some without a gradient) and torch.compile with cfg.compile."""
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch))
+    ddp_model = model
+    if group.world_size > 1:
+        ddp_model = DistributedDataParallel(model, find_unused_parameters=model.some_steps_skip_parameters())
     if cfg.compile:
         ddp_model = torch.compile(ddp_model)
     return TrainState(cfg, model, ddp_model, optimizer, scheduler, BatchAugment(AugmentParams.from_config(cfg)),
-                      run.autocast, run.group, steps_per_epoch, epochs_done, train_seconds)
+                      autocast, group, steps_per_epoch)
 
 
 def start_from_parent(run: Run) -> None:
@@ -469,7 +490,8 @@ def fit_epoch(run: Run, state: TrainState, epoch: int) -> dict[str, Any]:
     cfg, model = run.cfg, state.model
     t0 = time.perf_counter()
     ctx = EpochContext(epoch, cfg.epochs, run.images, epoch_generator(cfg.seed, epoch, 10_000, run.device),
-                       lambda fn: map_batches(model, fn, run.images, cfg.eval_batch_size, run.autocast, cfg.image_size),
+                       lambda fn: map_batches(model, fn, run.images, cfg.eval_batch_size, run.autocast, cfg.image_size,
+                                              crop=cfg.eval_crop()),
                        run.dir)
     model.on_epoch_start(ctx)
     losses: dict[str, float] = {}

@@ -86,6 +86,20 @@ def test_c3_freezes_the_cluster_head_and_reports_before_and_after(tiny_run, tmp_
     assert results["metrics"]["init_checkpoint"] == str(cc_run / "last.pt")
 
 
+def test_c3_also_reports_the_score_where_the_official_code_scores_last(tiny_run, tmp_path, capsys):
+    """The official main.py evaluates before each epoch: its last figure is after epochs - 1 epochs. With
+    eval_every 1 (the presets') that evaluation is in metrics.jsonl; results.json and the log name it."""
+    results = trainer.train(tiny_config("c3", tmp_path, init=str(tiny_run("cc")), epochs=3, eval_every=1))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    after_two = next(r for r in records if r["epoch"] == 2)
+    official = results["metrics"]["before_last_epoch"]
+    assert official == {"epochs": 2, **{k: after_two[k] for k in ("nmi", "acc", "ari", "clusters_used")}}
+    assert results["metrics"]["after"]["nmi"] == results["metrics"]["nmi"]  # the score after training, apart
+    assert f"c3 after 2 of 3 epochs, where the official code scores last (before each epoch): " \
+           f"NMI {official['nmi']:.4f}" in capsys.readouterr().out
+    assert make_config("c3", dataset="cifar10", preset="paper").eval_every == 1
+
+
 def test_c3_optimiser_leaves_the_cluster_head_out(tmp_path):
     model = C3(tiny_config("c3", tmp_path), in_channels=1, num_clusters=10)
     optimised = {id(p) for g in model.param_groups() for p in g["params"]}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tests.support.runs import tiny_config
+from train.checkpoint import read_checkpoint
 from train.losses.cohiclust import (
     leaf_level_mask,
     level_slice,
@@ -20,8 +21,10 @@ from train.losses.cohiclust import (
     tree_loss,
     tree_regularizer,
 )
+from train.methods import build_training_model
 from train.methods.base import EpochContext, StepContext
 from train.methods.cohiclust import CoHiClust
+from train.trainer import train
 
 EPS = 1e-8
 
@@ -237,13 +240,14 @@ def test_pruning_statistic_is_the_epochs_mean_of_masked_training_leaf_probabilit
     batches = [torch.rand(6, 1, 16, 16, generator=g) for _ in range(3)]
     model.on_epoch_start(epoch_context(batches[0], 1, 10, tmp_path))
     train_steps(model, 1, batches)
-    # slow reference (main.py, tree_losses.py): per batch the mean over both views' rows of the masked
-    # leaf probabilities, summed over the batches, divided by their number; the smallest surviving leaf goes
+    # slow reference (main.py, tree_losses.py): per batch the mean over both views' rows (one pass per view) of
+    # the masked leaf probabilities, summed over the batches, divided by their number; the smallest surviving
+    # leaf goes
     model.train()
     with torch.no_grad():
         means = []
         for batch in batches:
-            h = model.backbone(torch.cat([batch, batch.flip(3)]))
+            h = torch.cat([model.backbone(batch), model.backbone(batch.flip(3))])
             leaves = model.node_probabilities(h)[:, level_slice(model.depth)] * model.leaf_mask
             means.append(leaves.mean(0))
         mass = sum(means) / len(means)
@@ -367,3 +371,31 @@ def test_tiny_run_writes_tree_and_level_metrics(tiny_run):
             assert sum(nodes[c]["size"] for c in node["children"]) == node["size"]
     assert set(tree["assignments"]["4"]) <= set(tree["leaves"])
     assert (run_dir / "tree.png").stat().st_size > 0
+
+
+def test_the_simclr_only_epochs_leave_the_tree_head_as_it_was(tmp_path):
+    """Through the SimCLR-only epochs the loss has no tree term: the tree head gets no gradient, so Adam (weight
+    decay 1e-6) leaves it exactly as initialised while the rest trains; with the tree terms at weight 0 its
+    normalised weight decay moved it by about lr a step, towards 0 (issue 26). A run ending within those epochs
+    still ends with num_clusters leaves."""
+    cfg = tiny_config("cohiclust", tmp_path, epochs=2, simclr_epochs=2, prune_start_epoch=3)
+    assert cfg.weight_decay > 0
+    train(cfg)
+    after = read_checkpoint(tmp_path)["model"]
+    torch.manual_seed(cfg.seed)  # the trainer's initialisation (set_up)
+    initial = build_training_model(cfg, 1, 10).state_dict()
+    for key in ("tree_head.0.weight", "tree_head.0.bias"):
+        assert torch.equal(after[key], initial[key]), key
+    assert not torch.equal(after["projection_head.0.weight"], initial["projection_head.0.weight"])
+    assert not torch.equal(after["backbone.trunk.net.0.0.weight"], initial["backbone.trunk.net.0.0.weight"])
+    assert int(after["leaf_mask"].sum()) == 10
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("tree" not in m and m["loss"] == m["simclr"] for m in metrics)  # the loss is SimCLR's alone
+
+
+def test_a_checkpoint_with_the_old_projection_bias_is_refused_clearly(tmp_path):
+    model = make_model(tmp_path)
+    state = model.state_dict()
+    state["projection_head.0.bias"] = torch.zeros(model.projection_head[0].out_features)
+    with pytest.raises(ValueError, match="earlier version of this project.*bias"):
+        model.load_state_dict(state)

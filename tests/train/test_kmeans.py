@@ -132,3 +132,45 @@ def test_scale_of_the_input_rows_does_not_matter():
                               generator=torch.Generator().manual_seed(1))
     assert torch.equal(unit.labels, scaled.labels)
     torch.testing.assert_close(unit.centroids, scaled.centroids, atol=1e-5, rtol=0)
+
+
+def test_restart_seeds_make_each_restart_a_run_of_its_own_seed():
+    """torch_clustering seeds restart i with random_state + i: the result does not depend on the generator's
+    state, restart i alone is the run of seed i, and the restarts keep the best of those runs."""
+    x, _ = sphere_blobs(900, 6, 8, 0.6, seed=7)
+    full = dict(sample_per_cluster=None, init_per_cluster=None)
+    alone = [spherical_kmeans(x, 6, restarts=1, generator=torch.Generator().manual_seed(s), **full) for s in (3, 4, 5)]
+    assert len({round(r.inertia, 3) for r in alone}) > 1  # the seeds give different runs
+    for generator_seed in (0, 99):
+        seeded = spherical_kmeans(x, 6, restarts=3, restart_seeds=[3, 4, 5],
+                                  generator=torch.Generator().manual_seed(generator_seed), **full)
+        best = min(alone, key=lambda r: r.inertia)
+        assert torch.equal(seeded.labels, best.labels) and seeded.inertia == best.inertia
+    with pytest.raises(ValueError, match="restart_seeds"):
+        spherical_kmeans(x, 6, restarts=2, restart_seeds=[0])
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("paper", dict(restarts=40, sample_per_cluster=None, init_per_cluster=None, restart_seeds=list(range(40)))),
+    ("fast", dict(restarts=3, sample_per_cluster=kmeans.SAMPLE_PER_CLUSTER, init_per_cluster=kmeans.INIT_PER_CLUSTER,
+                  restart_seeds=None)),
+])
+def test_propos_e_step_clusters_as_its_preset_says(preset, expected, monkeypatch, tmp_path):
+    """The `paper` preset's E-step is torch_clustering's on the official 4 processes: 10 restarts each, seeds
+    0-39, every restart on all points; `fast` keeps the restarts on a sample."""
+    import train.methods.propos as propos
+    from train.methods import make_config
+    from train.methods.base import EpochContext
+
+    cfg = make_config("propos", dataset="cifar10", preset=preset, backbone="smallcnn", hidden_dim=16, feature_dim=8)
+    model = propos.ProPos(cfg, 3, 4)
+    features, _ = sphere_blobs(64, 4, 8, 0.3, seed=8)
+    calls = []
+    monkeypatch.setattr(propos, "spherical_kmeans",
+                        lambda x, k, **kwargs: calls.append(kwargs) or spherical_kmeans(x, k, **kwargs))
+    ctx = EpochContext(0, 1, torch.zeros(64, 3, 8, 8, dtype=torch.uint8), torch.Generator(), lambda fn: features,
+                       tmp_path)
+    model.e_step(ctx)
+    got = {k: (list(v) if k == "restart_seeds" and v is not None else v) for k, v in calls[0].items() if k in expected}
+    assert got == expected
+    assert model.pseudo_labels.shape == (64,)

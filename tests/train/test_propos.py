@@ -17,9 +17,9 @@ from train.checkpoint import load_run, read_checkpoint
 from train.data.datasets import load_dataset
 from train.ema import ema_update, momentum_at
 from train.kmeans import assign, centroids_of
-from train.losses.propos import psa_loss, psl_loss
+from train.losses.propos import psa_loss, psl_loss, psl_loss_per_group
 from train.methods.base import EpochContext, StepContext
-from train.methods.propos import ProPos
+from train.methods.propos import ProPos, deinterleave, interleave
 from train.trainer import epoch_order, map_batches, step_outputs
 
 
@@ -32,18 +32,20 @@ def slow_psa(p: torch.Tensor, k: torch.Tensor) -> float:
 
 
 def slow_psl(q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, num_clusters: int, t: float,
-             absent_logit: float | None = -10.0) -> float:
+             absent_logit: float | None = -10.0, own_labels: torch.Tensor | None = None) -> float:
     """PSL of one direction by loops, from the official byol_wrapper.py compute_cluster_loss: per present
     cluster a cross entropy whose negatives are the other present prototypes and, at logit -10 (after
     the temperature), every absent cluster; the mean over the present clusters. absent_logit=None drops
-    the absent clusters instead."""
+    the absent clusters instead. own_labels: one device's labels, which decide what is absent there (the
+    prototypes are the whole batch's)."""
     def proto(z, c):
         rows = [F.normalize(z[i], dim=0) for i in range(len(z)) if labels[i] == c]
         return F.normalize(sum(rows), dim=0) if rows else None
 
     online = [proto(q, c) for c in range(num_clusters)]
     target = [proto(k, c) for c in range(num_clusters)]
-    present = [c for c in range(num_clusters) if online[c] is not None]
+    present = [c for c in range(num_clusters) if online[c] is not None
+               and (own_labels is None or c in own_labels.tolist())]
     total = 0.0
     for j in present:
         pos = float(online[j] @ target[j]) / t
@@ -106,6 +108,46 @@ def test_psl_edge_cases_and_gradients():
         psl_loss(q, k, one_cluster[:3], 3)
 
 
+def test_psl_per_group_is_the_official_multi_device_loss_and_gradient():
+    """On N devices each computes PSL on the whole batch's prototypes with the clusters absent from its own labels,
+    GatherLayer returns it only its own rows' gradient, DDP averages: the mean of the per-device losses, and
+    1/N of the single-device gradient when every device holds every cluster."""
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(16, 6, generator=g), torch.randn(16, 6, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 0, 0, 1, 2, 3, 3, 2, 1, 0])  # device 1 lacks 3, device 0 has all
+    devices, rows = 4, 4
+    value = psl_loss_per_group(q.requires_grad_(True), k, labels, 5, 0.5, devices)
+    value.backward()
+    own = [labels[r * rows:(r + 1) * rows] for r in range(devices)]
+    expected = sum(slow_psl(q.detach(), k, labels, 5, 0.5, own_labels=o) for o in own) / devices
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    grad = torch.zeros_like(q)
+    for r in range(devices):  # device r's loss, its gradient to its own rows only, DDP's mean
+        q_r = q.detach().clone().requires_grad_(True)
+        present = torch.bincount(own[r], minlength=5) > 0
+        psl_loss(q_r, k, labels, 5, 0.5, present=present).backward()
+        grad[r * rows:(r + 1) * rows] = q_r.grad[r * rows:(r + 1) * rows] / devices
+    torch.testing.assert_close(q.grad, grad)
+    # every device holding every cluster: the plain PSL, at a quarter of its gradient
+    balanced = torch.tensor([0, 1, 2, 3] * 4)
+    q.grad = None
+    psl_loss_per_group(q, k, balanced, 4, 0.5, devices).backward()
+    per_group = q.grad.clone()
+    q.grad = None
+    psl_loss(q, k, balanced, 4, 0.5).backward()
+    torch.testing.assert_close(per_group, q.grad / devices)
+    with pytest.raises(ValueError, match="do not split"):
+        psl_loss_per_group(q[:15], k[:15], balanced[:15], 4, 0.5, devices)
+
+
+def test_the_v2_batch_holds_both_views_of_each_group():
+    a, b = torch.arange(8.0), -torch.arange(8.0)
+    both = interleave(a, b, 2)
+    assert both.tolist() == [0, 1, 2, 3, 0, -1, -2, -3, 4, 5, 6, 7, -4, -5, -6, -7]  # group g: [a_g; b_g]
+    assert [t.tolist() for t in deinterleave(both, 2)] == [a.tolist(), b.tolist()]
+    torch.testing.assert_close(interleave(a, b, 1), torch.cat([a, b]))
+
+
 def test_the_method_averages_the_two_directions_and_inits_its_predictor(tmp_path):
     cfg = tiny_config("propos", tmp_path, psl_warmup_epochs=0)
     model = ProPos(cfg, in_channels=1, num_clusters=4)
@@ -165,20 +207,21 @@ def test_training_step_with_psl_on_cpu(tmp_path):
     x1, x2 = torch.rand(8, 1, 16, 16, generator=g), torch.rand(8, 1, 16, 16, generator=g)
     assert model.sample_weights() is None   # resampling is off
     step = StepContext(epoch=1, epochs=2, step=3, steps_per_epoch=4, generator=g, indices=torch.arange(8) * 3)
+    with torch.no_grad():  # a target apart from the online network, so the EMA shows
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+    target_before = [p.clone() for p in model.backbone.parameters()]
+    online_before = [p.clone() for p in model.online_backbone.parameters()]
     outputs = step_outputs(model, x1, x2, step)
+    # the official v1 step: the target's EMA update inside the forward, from the online weights of before the step
+    m = cfg.ema_momentum
+    for b, t, o in zip(target_before, model.backbone.parameters(), online_before, strict=True):
+        torch.testing.assert_close(t, m * b + (1 - m) * o)
     losses = model.loss(outputs, step)
     assert losses["psl"].item() > 0 and torch.isfinite(losses["loss"])
     losses["loss"].backward()
     assert all(p.grad is None for p in model.backbone.parameters())
     assert model.predictor[0].weight.grad is not None
-    before = [p.clone() for p in model.backbone.parameters()]
-    with torch.no_grad():
-        for p in model.online_backbone.parameters():
-            p.add_(1.0)
-    model.on_step_end(step, outputs)
-    m = cfg.ema_momentum
-    for b, t, o in zip(before, model.backbone.parameters(), model.online_backbone.parameters(), strict=True):
-        torch.testing.assert_close(t, m * b + (1 - m) * o)
 
 
 def test_resampling_after_kmeans_draws_the_clusters_evenly(tmp_path):

@@ -14,8 +14,10 @@ import torch
 import train.trainer as trainer
 from tests.support.runs import digit_folder, tiny_config
 from train.__main__ import main
+from train.backbones import Backbone
 from train.checkpoint import load_run, read_checkpoint
 from train.data.datasets import load_dataset
+from train.methods import METHODS
 
 
 def _state(run_dir):
@@ -181,6 +183,33 @@ def test_a_224_px_imagenet_stem_step_on_a_cifar_shaped_batch(tmp_path):
     assert out["embedding"].shape == (2, 128) and out["cluster"].shape == (2,)
 
 
+def test_evaluation_and_the_epoch_hooks_see_the_test_resized_crop(tmp_path, monkeypatch):
+    """test_resized_crop (ProPos on ImageNet-Dogs): the final evaluation and the k-means features of the epoch
+    hooks take the central 224/256 of each image, resized to the model size; the parity sample export checks
+    its graphs on stays what the gateway gives the model (the whole image)."""
+    from train.data.augment import resize_images
+
+    cfg = tiny_config("propos", tmp_path, epochs=1, test_resized_crop=True, kmeans_restarts=1)
+    seen = []
+    real = trainer.map_batches
+
+    def spy(model, fn, images, *args, **kwargs):
+        seen.append((kwargs.get("crop"), images.shape[0]))
+        return real(model, fn, images, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "map_batches", spy)
+    results = trainer.train(cfg)
+    # the k-means before and after the epoch and the final evaluation on all 1797 images; the parity sample's 64
+    assert sorted(seen) == [(224 / 256, 1797)] * 3 + [(1.0, 64)]
+    run = load_run(tmp_path)
+    images = load_dataset("digits", None, 16).images
+    with torch.no_grad():
+        clusters = run.model.predict(resize_images(images, 16, 224 / 256).float().div(255))["cluster"]
+    assert results["metrics"]["clusters_used"] == len(set(clusters.tolist()))
+    with open(tmp_path / "assignments.csv") as f:
+        assert [int(row["cluster"]) for row in csv.DictReader(f)] == clusters.tolist()
+
+
 def test_images_stay_at_the_stored_side_and_the_parity_sample_is_at_the_model_side(tmp_path):
     """CIFAR files at 32 px, model input 24 px: crops and evaluation resize on the device; export checks
     its graphs on 24 px images (what the gateway gives the model)."""
@@ -323,3 +352,27 @@ def test_the_calibration_sample_is_seeded_random_training_images_within_its_byte
     np.testing.assert_array_equal(first["images"][5], trainer.resize_images(images[first["index"][5:6]], 16)[0])
     monkeypatch.setattr(trainer, "CALIBRATION_BYTES", 100 * 3 * 16 * 16)  # room for 100 images at 16 px
     assert sample("d.npz", 0)["images"].shape[0] == 100
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_amp_trains_every_method_in_bf16_on_the_cpu(method, tmp_path, tiny_run, monkeypatch):
+    """--amp true: bf16 autocast on the CPU too (the path a GPU run takes, exercised without one); the
+    default is fp32, as every official code trains."""
+    parent = METHODS[method].parent
+    extra = {"init": str(tiny_run(parent))} if parent else {}  # trained before the recording starts
+    assert tiny_config(method, tmp_path).amp is False
+    dtypes = []
+    forward = Backbone.forward
+
+    def recording(self, x):
+        out = forward(self, x)
+        if self.training:
+            dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(Backbone, "forward", recording)
+    results = trainer.train(tiny_config(method, tmp_path, epochs=1, amp=True, **extra))
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # every training forward ran in bf16
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(record["loss"])
+    assert results["finished"] and results["metrics"]["clusters_used"] >= 1

@@ -26,6 +26,9 @@ a 23 px kernel, sigma 0.1-2 px; at other sides both scale with the side."""
 SUPERSAMPLE_ABOVE = 1.25
 """A crop that shrinks the stored image by more than this is rendered at k x the output side and
 box-filtered (k = ceil(stored / out)), so downscaling does not alias."""
+CROP_RATIO = (3 / 4, 4 / 3)
+CROP_ATTEMPTS = 10
+"""torchvision's RandomResizedCrop: aspect ratios 3/4..4/3, up to 10 draws of a box that fits."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,48 @@ def _bernoulli(n: int, p: float, g: torch.Generator, device: torch.device) -> to
     return torch.rand(n, generator=g, device=device) < p
 
 
+@dataclass
+class CropBoxes:
+    """One crop box per image, in pixels of the stored image (float tensors holding whole numbers)."""
+
+    top: torch.Tensor  # (B,)
+    left: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+
+
+def crop_boxes(n: int, height: int, width: int, min_scale: float, g: torch.Generator, device: torch.device,
+               ratio: tuple[float, float] = CROP_RATIO, attempts: int = CROP_ATTEMPTS) -> CropBoxes:
+    """torchvision's RandomResizedCrop.get_params for n images of height x width, batched on the device.
+
+    Per image up to `attempts` draws of an area (a uniform fraction min_scale..1 of the image's) and a
+    log-uniform aspect ratio; the first draw whose rounded width and height fit in the image is the box, at
+    a uniform whole-pixel position. An image with none gets torchvision's fallback: the centred box of the
+    image's own ratio clamped to `ratio`, as large as fits.
+    """
+    draws = (n, attempts)
+    area = height * width * (torch.rand(draws, generator=g, device=device) * (1 - min_scale) + min_scale)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(torch.rand(draws, generator=g, device=device) * (log_hi - log_lo) + log_lo)
+    w = torch.sqrt(area * aspect).round()
+    h = torch.sqrt(area / aspect).round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(1, keepdim=True)  # the first draw that fits (0 when none does)
+    found = fits.any(1)
+    if width / height < ratio[0]:
+        fallback_w, fallback_h = width, round(width / ratio[0])
+    elif width / height > ratio[1]:
+        fallback_w, fallback_h = round(height * ratio[1]), height
+    else:
+        fallback_w, fallback_h = width, height
+    w = torch.where(found, w.gather(1, first).squeeze(1), float(fallback_w))
+    h = torch.where(found, h.gather(1, first).squeeze(1), float(fallback_h))
+    position = torch.rand(2, n, generator=g, device=device)
+    top = torch.where(found, (position[0] * (height - h + 1)).floor(), ((height - h) / 2).floor())
+    left = torch.where(found, (position[1] * (width - w + 1)).floor(), ((width - w) / 2).floor())
+    return CropBoxes(top, left, h, w)
+
+
 def blur_kernel_size(side: int) -> int:
     """Odd Gaussian kernel side for images of `side` px: 23 at 224, scaled with the side, at least 3."""
     return max(3, 2 * round((BLUR_KERNEL_AT_224 * side / 224 - 1) / 2) + 1)
@@ -69,13 +114,19 @@ def supersampling(stored_side: int, out_size: int) -> int:
     return 1 if stored_side <= SUPERSAMPLE_ABOVE * out_size else math.ceil(stored_side / out_size)
 
 
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int, crop: float = 1.0) -> torch.Tensor:
     """The evaluation resize: uint8 (B, C, H, W) -> uint8 (B, C, size, size), on the images' device.
 
     Bilinear (antialiased when shrinking, as PIL's resize that `contract.preprocess` uses), rounded
     to uint8 so the model sees what the gateway gives it: a uint8 image at the model's input size.
-    A no-op at size x size.
+    A no-op at size x size. crop < 1 keeps that fraction of each side around the centre first, as
+    torchvision's CenterCrop places it (ProPos's test_resized_crop: 224/256 of the 256 px square).
     """
+    if crop < 1:
+        height, width = images.shape[-2:]
+        keep_h, keep_w = round(height * crop), round(width * crop)
+        top, left = int(round((height - keep_h) / 2)), int(round((width - keep_w) / 2))
+        images = images[..., top:top + keep_h, left:left + keep_w]
     if tuple(images.shape[-2:]) == (size, size):
         return images
     x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -198,16 +249,15 @@ class BatchAugment:
     def geometric(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Random resized crop, flip, rotation, shear, translation and elastic field in one resample.
 
-        x: (B, C, H, W) at the stored side -> (B, C, out_size, out_size); the crop box is a fraction of
-        the stored image (area crop_min_scale..1, aspect 3/4..4/3), whatever its side.
+        x: (B, C, H, W) at the stored side -> (B, C, out_size, out_size); the crop box is torchvision's
+        (`crop_boxes`: area crop_min_scale..1 of the stored image, aspect 3/4..4/3, whole pixels).
         """
         p, n, dev = self.p, x.shape[0], x.device
-        area = _uniform(n, p.crop_min_scale, 1.0, g, dev)
-        log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), g, dev)
-        w = torch.sqrt(area * log_ratio.exp()).clamp(max=1.0)  # crop side / image side
-        h = torch.sqrt(area / log_ratio.exp()).clamp(max=1.0)
-        cx = (torch.rand(n, generator=g, device=dev) * 2 - 1) * (1 - w)
-        cy = (torch.rand(n, generator=g, device=dev) * 2 - 1) * (1 - h)
+        height, width = x.shape[2:]
+        box = crop_boxes(n, height, width, p.crop_min_scale, g, dev)
+        w, h = box.width / width, box.height / height  # crop side / image side
+        cx = (2 * box.left + box.width) / width - 1  # the box's centre, in grid_sample's [-1, 1] coordinates
+        cy = (2 * box.top + box.height) / height - 1
         cx = cx + _uniform(n, -p.translate, p.translate, g, dev) * 2
         cy = cy + _uniform(n, -p.translate, p.translate, g, dev) * 2
         angle = torch.deg2rad(_uniform(n, -p.rotate_degrees, p.rotate_degrees, g, dev))

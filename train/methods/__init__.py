@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from train.batch_norm import group_batch_norms
 from train.config import REQUIRED_PRESETS, Config, resolve_config
 from train.data.datasets import DATASETS
 from train.methods.base import ClusteringMethod
@@ -70,6 +71,27 @@ def make_config(method: str, **overrides: Any) -> Config:
     dataset = overrides.get("dataset") or cls.Config.dataset
     dataset_defaults = DATASETS[dataset].defaults if dataset in DATASETS else {}
     return resolve_config(cls.Config, cls.PRESETS, dataset_defaults, {**overrides, "method": method})
+
+
+def build_training_model(cfg: Config, in_channels: int, num_clusters: int, mean: list[float] | None = None,
+                         std: list[float] | None = None, processes: int = 1) -> ClusteringMethod:
+    """cfg.method's model as training runs it on one of `processes` processes: with cfg.bn_groups > 1 every
+    BatchNorm normalises bn_groups / processes equal slices of the process's batch (train/batch_norm.py), so
+    the bn_groups slices of the global batch are normalised apart, as on the official run's devices."""
+    model = get_method(cfg.method)(cfg, in_channels, num_clusters, mean, std)
+    model.batch_groups = groups_per_process(cfg, processes)
+    group_batch_norms(model, model.batch_groups)
+    return model
+
+
+def groups_per_process(cfg: Config, processes: int) -> int:
+    """cfg.bn_groups / processes; ValueError unless it divides (BatchNorm is not synchronised across processes,
+    so each process's share of the batch is at least one group of its own)."""
+    if cfg.bn_groups % processes:
+        raise ValueError(f"bn_groups {cfg.bn_groups} must divide by the {processes} processes: each process "
+                         f"normalises its own share of the batch (BatchNorm is not synchronised), so give "
+                         f"--bn-groups {processes} or a multiple")
+    return cfg.bn_groups // processes
 
 
 for _name, _cls in METHODS.items():

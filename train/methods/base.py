@@ -50,6 +50,17 @@ class StepContext:
     generator: torch.Generator
     indices: torch.Tensor  # (B,) data-set indices of this process's batch (ProPos looks up pseudo-labels)
     phase: str = "train"  # "instance": the instance-loss-only pass over the instance splits
+    shared_generator: torch.Generator | None = None  # the same stream on every process (None: `generator`)
+
+    # A method takes its random draws through these two, so a test can hand it recorded ones (a subclass).
+    def normal(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise of like's shape, dtype and device, from this process's generator."""
+        return torch.randn(like.shape, generator=self.generator, device=like.device).to(like.dtype)
+
+    def permutation(self, n: int, device: torch.device) -> torch.Tensor:
+        """A random permutation of range(n), the same on every process (drawn from the shared generator)."""
+        generator = self.generator if self.shared_generator is None else self.shared_generator
+        return torch.randperm(n, generator=generator, device=device)
 
 
 @dataclass
@@ -62,7 +73,8 @@ class EpochContext:
     generator: torch.Generator
     map_images: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
     """map_images(fn) runs fn on float [0, 1] batches of the whole training data, resized to the model's
-    input size, model in eval mode, no grad, and concatenates the results (float32)."""
+    input size (as evaluation sees them: their central crop with test_resized_crop), model in eval mode,
+    no grad, and concatenates the results (float32)."""
     run_dir: Path
 
 
@@ -75,6 +87,8 @@ class ClusteringMethod(nn.Module):
     """Registry name of the method whose finished run this one starts from (None: trains from scratch)."""
     instance_pass: ClassVar[bool] = False
     """Whether `loss` handles steps of phase "instance" (the instance loss alone), so --instance-splits works."""
+    batch_groups: int = 1
+    """BatchNorm groups of this process's batch in training (train/batch_norm.py; set by `build_training_model`)."""
 
     def __init__(self, cfg: Config, in_channels: int, num_clusters: int,
                  mean: list[float] | None = None, std: list[float] | None = None) -> None:
@@ -101,6 +115,12 @@ class ClusteringMethod(nn.Module):
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, C, S, S) in [0, 1] -> head outputs (see module docstring)."""
         return self.head_outputs(self.backbone(x))
+
+    def some_steps_skip_parameters(self) -> bool:
+        """Whether some training steps leave trained parameters without a gradient (a loss term left out, not
+        weighted 0: Adam's weight decay would move them). DistributedDataParallel must then look for unused
+        parameters at every step, which costs a traversal of the graph, so only such methods ask for it."""
+        return False
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimiser parameter groups; a group may carry "lr_scale" (multiplies the base lr)."""

@@ -3,7 +3,8 @@
 Instance head 512 -> 512 -> ReLU -> 128 (NT-Xent over the 2N embeddings, temperature 0.5) and
 cluster head 512 -> 512 -> ReLU -> M -> softmax (NT-Xent over the 2M cluster columns,
 temperature 1.0, plus log M - H per view). Loss = instance + cluster; in an instance pass (STL-10's
-unlabelled split, `--instance-splits`) the instance loss alone.
+unlabelled split, `--instance-splits`) the instance loss alone, the cluster head left out (no gradient:
+Adam leaves it untouched, as train_STL10.py). One backbone pass per view, as the official code.
 
 Presets: `paper` is the official code (Yunfan-Li/Contrastive-Clustering): every data set at 224 px
 through ResNet-34 with the ImageNet stem, and STL-10's two-phase epoch; `native` the project's faster
@@ -74,17 +75,22 @@ class CC(ClusteringMethod):
         self.cluster_head = cluster_head(dim, cfg.hidden_dim, num_clusters)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
-        h = self.backbone(torch.cat([x1, x2]))
-        z1, z2 = self.instance_head(h).chunk(2)
-        p1, p2 = self.cluster_head(h).chunk(2)
-        return {"z1": z1, "z2": z2, "p1": p1, "p2": p2}
+        # one backbone pass per view, as the official Network.forward: BatchNorm normalises each view apart
+        h1, h2 = self.backbone(x1), self.backbone(x2)
+        outputs = {"z1": self.instance_head(h1), "z2": self.instance_head(h2)}
+        if step.phase != "instance":  # the instance pass leaves the cluster head out (no gradient, as official)
+            outputs.update(p1=self.cluster_head(h1), p2=self.cluster_head(h2))
+        return outputs
 
     def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
         instance = nt_xent(outputs["z1"], outputs["z2"], self.cfg.instance_temperature)
+        if step.phase == "instance":
+            return {"loss": instance, "instance": instance}
         cluster = cluster_contrastive_loss(outputs["p1"], outputs["p2"], self.cfg.cluster_temperature)
-        # the instance pass weights the cluster loss 0 rather than skip it: DDP wants a gradient for every parameter
-        cluster_weight = 0.0 if step.phase == "instance" else 1.0
-        return {"loss": instance + cluster_weight * cluster, "instance": instance, "cluster": cluster}
+        return {"loss": instance + cluster, "instance": instance, "cluster": cluster}
+
+    def some_steps_skip_parameters(self) -> bool:
+        return bool(self.cfg.instance_splits)  # the instance pass trains no cluster head
 
     def head_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         probabilities = self.cluster_head(features)

@@ -2,15 +2,18 @@
 
 Projection head 512 (BN, ReLU) -> 128 trained with SimCLR's NT-Xent (temperature 0.5), and a tree
 head Linear(d -> 2^L - 1) + sigmoid: a soft binary tree of depth L whose node probabilities are
-products along the paths (train/losses/cohiclust.py). Loss = SimCLR for the first `simclr_epochs`,
-then SimCLR + tree loss + 2^-L x balance regulariser. From epoch `prune_start_epoch` (counted from 1)
+products along the paths (train/losses/cohiclust.py). Loss = SimCLR alone for the first `simclr_epochs`
+(the tree head left out: no gradient, untouched), then SimCLR + tree loss + 2^-L x balance regulariser.
+The projection head's first Linear has no bias (official model.py:36); each view passes through the model
+on its own. From epoch `prune_start_epoch` (counted from 1)
 on, the end of each epoch removes the surviving leaf with the smallest mass, until 2^L - prune =
 num_clusters leaves are left. As in the official code (tree_losses.py, main.py), the mass of a leaf is
 the epoch's mean of its masked probability over the training batches (both augmented views, train
 mode), and pruning masks the leaves only: internal nodes keep their probabilities in the losses even
 when every leaf below them is gone. A run shorter than the schedule prunes what is left at the end
-of its last epoch, so a finished model always has num_clusters leaves. The surviving leaves are the
-`leaf_mask` buffer (saved and exported).
+of its last epoch (one that ends within the SimCLR-only epochs by the leaf masses of the whole training
+data, since no training batch gave any), so a finished model always has num_clusters leaves. The
+surviving leaves are the `leaf_mask` buffer (saved and exported).
 
 The `paper` preset is the official code per data set (cfg/<data set>.yaml, main.py, utils.py; each
 value with its source line in tests/train/test_presets.py): CIFAR on its train split with ResNet-50
@@ -76,15 +79,21 @@ _SCHEDULE = dict(optimizer="adam", lr=1e-3, weight_decay=1e-6, batch_size=512, e
                  prune_start_epoch=1051, depth=4, prune=6)
 _AUGMENT = dict(jitter_strength=0.5, jitter_p=0.8, gray_p=0.2, blur_p=0.0, normalize=True)
 _CIFAR = dict(_AUGMENT, backbone="resnet50", stem="cifar", image_size=32, train_splits="train", eval_splits="test")
+_CIFAR10_MEAN = "0.4914,0.4822,0.4465"
+_IMAGENET_NORM = dict(normalize_mean="0.485,0.456,0.406", normalize_std="0.229,0.224,0.225")
 OFFICIAL_DATA = {
-    "cifar10": _CIFAR,
-    "cifar100": dict(_CIFAR, depth=5, prune=12),
+    "cifar10": dict(_CIFAR, normalize_mean=_CIFAR10_MEAN, normalize_std="0.2023,0.1994,0.2010"),
+    "cifar100": dict(_CIFAR, depth=5, prune=12, normalize_mean="0.5071,0.4865,0.4409",
+                     normalize_std="0.2673,0.2564,0.2762"),
+    # STL-10 is standardised with CIFAR-10's mean and its own std, as utils.py writes it
     "stl10": dict(_AUGMENT, backbone="resnet34", stem="imagenet", image_size=96, train_splits="unlabelled",
-                  eval_splits="test"),
-    "imagenet10": dict(_AUGMENT, backbone="resnet50", stem="imagenet", image_size=224, batch_size=128),
-    "imagenet-dogs": dict(_AUGMENT, backbone="resnet34", stem="imagenet", image_size=224, batch_size=128, prune=1),
+                  eval_splits="test", normalize_mean=_CIFAR10_MEAN, normalize_std="0.2471,0.2435,0.2616"),
+    "imagenet10": dict(_AUGMENT, **_IMAGENET_NORM, backbone="resnet50", stem="imagenet", image_size=224,
+                       batch_size=128),
+    "imagenet-dogs": dict(_AUGMENT, **_IMAGENET_NORM, backbone="resnet34", stem="imagenet", image_size=224,
+                          batch_size=128, prune=1),
 }
-"""The official cfg/<data set>.yaml and utils.py, per data set."""
+"""The official cfg/<data set>.yaml and utils.py (its Normalize constants included), per data set."""
 # Tuned (no figure in the paper): the tree loss from the start, 60 epochs on all 16 leaves.
 _DIGITS = dict(backbone="smallcnn", batch_size=256, epochs=90, simclr_epochs=0, prune_start_epoch=60, eval_every=30)
 
@@ -137,7 +146,8 @@ class CoHiClust(ClusteringMethod):
         super().__init__(cfg, in_channels, num_clusters, mean, std)
         dim = self.backbone.out_dim
         self.depth = cfg.depth
-        self.projection_head = mlp(dim, cfg.hidden_dim, cfg.feature_dim, batch_norm=True)
+        # no bias before the BatchNorm, as the official model.py:36 (a bias there would shift its running mean)
+        self.projection_head = mlp(dim, cfg.hidden_dim, cfg.feature_dim, batch_norm=True, first_bias=False)
         self.tree_head = nn.Sequential(nn.Linear(dim, 2**cfg.depth - 1), nn.Sigmoid())
         self.register_buffer("leaf_mask", torch.ones(2**cfg.depth, dtype=torch.bool))
         # this epoch's sum over training batches of the batch-mean masked leaf probabilities, and the batch count:
@@ -150,21 +160,42 @@ class CoHiClust(ClusteringMethod):
         return node_probabilities(self.tree_head(features).float())
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
-        h = self.backbone(torch.cat([x1, x2]))
-        z1, z2 = self.projection_head(h).chunk(2)
-        p1, p2 = self.node_probabilities(h).chunk(2)
-        return {"z1": z1, "z2": z2, "p1": p1, "p2": p2}
+        """z1, z2 (B, feature_dim) projections; after the SimCLR-only epochs also p1, p2 (B, 2^(L+1) - 1) node
+        probabilities. One pass of the whole model per view, as the official main.py (net(pos_1), net(pos_2)):
+        BatchNorm normalises each view apart."""
+        h1, h2 = self.backbone(x1), self.backbone(x2)
+        outputs = {"z1": self.projection_head(h1), "z2": self.projection_head(h2)}
+        if self.tree_on(step):
+            outputs.update(p1=self.node_probabilities(h1), p2=self.node_probabilities(h2))
+        return outputs
+
+    def tree_on(self, step: StepContext) -> bool:
+        """The tree head trains after the SimCLR-only epochs. Before, the loss leaves it out altogether (as the
+        official main.py): with no gradient Adam leaves it untouched, where a gradient of 0 would let the
+        weight decay, normalised by Adam, drive its weights to 0 and the tree to a uniform split it cannot
+        leave."""
+        return step.epoch >= self.cfg.simclr_epochs
+
+    def some_steps_skip_parameters(self) -> bool:
+        return self.cfg.simclr_epochs > 0
 
     def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
-        z1, z2, p1, p2 = outputs["z1"], outputs["z2"], outputs["p1"], outputs["p2"]
+        simclr = nt_xent(outputs["z1"], outputs["z2"], self.cfg.temperature)
+        if not self.tree_on(step):
+            return {"loss": simclr, "simclr": simclr}
+        p1, p2 = outputs["p1"], outputs["p2"]
         node_mask = leaf_level_mask(self.leaf_mask)
-        simclr = nt_xent(z1, z2, self.cfg.temperature)
         tree = tree_loss(p1, p2, node_mask, self.cfg.self_pairs_negative)
         balance = tree_regularizer(torch.cat([p1, p2]), node_mask)
-        # Weight 0 rather than skipping the tree terms: DDP wants a gradient for every parameter.
-        tree_weight = 0.0 if step.epoch < self.cfg.simclr_epochs else 1.0
-        loss = simclr + tree_weight * (tree + 2.0**-self.depth * balance)
+        loss = simclr + tree + 2.0**-self.depth * balance
         return {"loss": loss, "simclr": simclr, "tree": tree, "regularizer": balance}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if "projection_head.0.bias" in state_dict:
+            raise ValueError("a CoHiClust checkpoint of an earlier version of this project: its projection head's "
+                             "first Linear has a bias, which the model no longer has (none in the official "
+                             "model.py:36, so BatchNorm's running mean is the official one); train the run again")
+        return super().load_state_dict(state_dict, strict, assign)
 
     def head_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features (B, F) -> embedding (B, 128), probabilities (B, K) over the K surviving leaves
@@ -195,6 +226,8 @@ class CoHiClust(ClusteringMethod):
 
         outputs["p1"], ["p2"]: (B, 2^(L+1) - 1) node probabilities of the two views, gathered (official:
         tree_losses.py accumulates the mean of the masked leaf level of every batch)."""
+        if "p1" not in outputs:  # a SimCLR-only step: no tree (and no pruning before the tree trains)
+            return
         leaves = torch.cat([outputs["p1"], outputs["p2"]])[:, level_slice(self.depth)].float() * self.leaf_mask
         self.epoch_leaf_mass = self.epoch_leaf_mass.to(leaves.device) + leaves.mean(0)
         self.epoch_batches += 1
@@ -220,9 +253,15 @@ class CoHiClust(ClusteringMethod):
         missing = self.pruned_after(ctx.epoch, ctx.epochs) - int((~self.leaf_mask).sum())
         if missing <= 0:
             return
-        if self.epoch_batches == 0:
-            raise RuntimeError("CoHiClust prunes by the epoch's training batches, and this epoch had none")
-        self.prune_smallest(self.epoch_leaf_mass / self.epoch_batches, missing)
+        mass = self.epoch_leaf_mass / self.epoch_batches if self.epoch_batches else self.data_leaf_mass(ctx)
+        self.prune_smallest(mass, missing)
+
+    def data_leaf_mass(self, ctx: EpochContext) -> torch.Tensor:
+        """(2^L,) mean masked leaf probability over the training data in evaluation mode: the pruning statistic
+        of a run that ends within its SimCLR-only epochs (no training batch gave one; the tree is untrained),
+        so that a finished model still has num_clusters leaves."""
+        leaves = ctx.map_images(lambda x: self.node_probabilities(self.backbone(x))[:, level_slice(self.depth)])
+        return (leaves.to(self.leaf_mask.device) * self.leaf_mask).mean(0)
 
     def write_artifacts(self, run_dir: Path, outputs: dict[str, torch.Tensor], labels: torch.Tensor | None,
                         images: torch.Tensor) -> dict[str, Any]:

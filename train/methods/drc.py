@@ -65,8 +65,9 @@ class DRC(ClusteringMethod):
         self.assignment_head = nn.Linear(self.backbone.out_dim, num_clusters)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, step: StepContext) -> dict[str, torch.Tensor]:
-        a1, a2 = self.assignment_head(self.backbone(torch.cat([x1, x2]))).float().chunk(2)
-        return {"a1": a1, "a2": a2}
+        # one backbone pass per view, as CC's official code (DRC has none of its own)
+        return {"a1": self.assignment_head(self.backbone(x1)).float(),
+                "a2": self.assignment_head(self.backbone(x2)).float()}
 
     def loss(self, outputs: dict[str, torch.Tensor], step: StepContext) -> dict[str, torch.Tensor]:
         a1, a2 = outputs["a1"], outputs["a2"]
