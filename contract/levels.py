@@ -38,7 +38,7 @@ class LevelScore:
 
     k: int
     silhouette: float | None  # mean cosine silhouette of a seeded sample at level k (None for k = 1)
-    gap: float | None  # height of the merge that ends level k minus that of the merge that made it (None: k = 1)
+    gap: float | None  # height of the merge that ends level k / that of the merge that made it (None: k = 1, K)
 
     def to_json(self) -> dict[str, Any]:
         return {"k": self.k, "silhouette": self.silhouette, "gap": self.gap}

@@ -29,9 +29,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from contract import files
+from contract.card import ClusterStats
 from contract.names import (
     ASSIGNMENTS_FILE,
     CHECKPOINT_FILE,
+    CLUSTER_LEVELS_FILE,
     CLUSTER_SAMPLES_FILE,
     CLUSTER_STATS_FILE,
     CONFIG_FILE,
@@ -39,6 +41,7 @@ from contract.names import (
     GALLERY_FILE,
     IMAGES_USED_FILE,
     INIT_FILE,
+    LEVELS_PLOT_FILE,
     MAP_POINTS,
     METRICS_FILE,
     PARITY_SAMPLE_FILE,
@@ -53,6 +56,7 @@ from train.data.augment import AugmentParams, BatchAugment, resize_images
 from train.data.cache import FolderDecoder
 from train.data.datasets import ImageData, load_dataset, resolve_splits
 from train.distributed import ProcessGroup, gather_with_grad, init_from_env
+from train.levels import MAX_CLUSTERS, cluster_levels
 from train.methods import METHODS, get_method
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.parents import load_parent, resolve_parent
@@ -504,7 +508,8 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
     if labels is not None:
         report.plot_confusion(run_dir / CONFUSION_FILE, labels, clusters, data.class_names)
     save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data, cfg.image_size, model)
-    save_cluster_stats(run_dir, data, outputs)
+    stats = save_cluster_stats(run_dir, data, outputs)
+    save_cluster_levels(run_dir, outputs, model.cluster_tree(), stats.default_names(), cfg.seed)
     scores.update(model.write_artifacts(run_dir, outputs, data.labels, data.images))
     init_file = run_dir / INIT_FILE
     if run.method.parent and init_file.is_file():  # a resumed run too: init.json holds the parent's scores
@@ -547,7 +552,7 @@ def save_parity_sample(path: Path, data: ImageData, image_size: int, model: Clus
                             **{f"reference_{k}": v.numpy() for k, v in reference.items()})
 
 
-def save_cluster_stats(run_dir: Path, data: ImageData, outputs: dict[str, torch.Tensor]) -> None:
+def save_cluster_stats(run_dir: Path, data: ImageData, outputs: dict[str, torch.Tensor]) -> ClusterStats:
     """cluster_stats.json (what the model card and the gateway's flags are made of) and cluster_samples.npz
     (each cluster's most confident training images), from the final evaluation's outputs."""
     labels = data.labels.numpy() if data.labels is not None else None
@@ -563,6 +568,22 @@ def save_cluster_stats(run_dir: Path, data: ImageData, outputs: dict[str, torch.
                             sources=np.array([data.sources[i] for i in index]),
                             map_embedding=outputs["embedding"][spread].numpy(),
                             map_cluster=outputs["cluster"][spread].numpy())
+    return stats
+
+
+def save_cluster_levels(run_dir: Path, outputs: dict[str, torch.Tensor], tree: list[frozenset[int]] | None,
+                        names: list[str], seed: int) -> None:
+    """cluster_levels.json (the clusters merged pairwise into fewer, the score of every level and the suggested
+    number of clusters) and levels.png, from the final evaluation's outputs; prints the suggestion."""
+    probabilities = outputs["probabilities"].numpy()
+    levels = cluster_levels(outputs["embedding"].numpy(), probabilities, outputs["cluster"].numpy(), tree, seed)
+    if levels is None:
+        print(f"no merge hierarchy: {probabilities.shape[1]} clusters are more than {MAX_CLUSTERS}", flush=True)
+        return
+    levels.write(run_dir / CLUSTER_LEVELS_FILE)
+    report.plot_levels(run_dir / LEVELS_PLOT_FILE, levels, names)
+    print(f"suggested clusters: {levels.summary()} of the {levels.num_clusters} trained "
+          f"(serve at any k from 1 to {levels.num_clusters}: ?clusters=k)", flush=True)
 
 
 def _summary(scores: dict[str, Any] | None) -> str:

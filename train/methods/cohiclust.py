@@ -181,6 +181,18 @@ class CoHiClust(ClusteringMethod):
             "path": path,
         }
 
+    def cluster_tree(self) -> list[frozenset[int]]:
+        """The clusters under each node of the pruned tree with two surviving subtrees (K-1 sets, deepest
+        first); cluster c is the c-th surviving leaf in heap order, as in `head_outputs`."""
+        leaves = self.leaf_mask.nonzero().squeeze(1).tolist()  # leaf positions within the last level
+        groups: list[frozenset[int]] = []
+        for level in range(self.depth - 1, -1, -1):
+            under: dict[int, set[int]] = {}
+            for c, leaf in enumerate(leaves):
+                under.setdefault(leaf >> (self.depth - level), set()).add(c)
+            groups += [g for g in map(frozenset, under.values()) if len(g) > 1 and g not in groups]
+        return groups
+
     @torch.no_grad()
     def on_step_end(self, step: StepContext, outputs: dict[str, torch.Tensor]) -> None:
         """Add the training batch's mean masked leaf probabilities to the epoch's pruning statistic.
