@@ -49,15 +49,16 @@ from contract.names import (
     TENSORBOARD_DIR,
 )
 from train import metrics, report
+from train.budget import CPU_BUDGET_S, StepClock, duration, fitting_command
 from train.checkpoint import read_checkpoint, save_checkpoint
 from train.cluster_stats import cluster_stats
-from train.config import Config, split_names
+from train.config import Config, check_schedule, describe_schedule, split_names
 from train.data.augment import AugmentParams, BatchAugment, resize_images
 from train.data.cache import FolderDecoder
-from train.data.datasets import ImageData, load_dataset, resolve_splits
+from train.data.datasets import DATASETS, ImageData, load_dataset, resolve_splits
 from train.distributed import ProcessGroup, gather_with_grad, init_from_env
 from train.levels import MAX_CLUSTERS, cluster_levels
-from train.methods import METHODS, get_method
+from train.methods import METHODS, get_method, make_config
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.parents import load_parent, resolve_parent
 
@@ -230,6 +231,7 @@ class TrainState:
     steps_per_epoch: int  # optimiser steps of an epoch, all its passes together
     epochs_done: int = 0
     train_seconds: float = 0.0
+    clock: StepClock | None = None  # times the first steps of this process's fit (main process only)
 
 
 def train_one_epoch(state: TrainState, images: torch.Tensor, epoch: int, *, phase: str = "train",
@@ -246,6 +248,8 @@ def train_one_epoch(state: TrainState, images: torch.Tensor, epoch: int, *, phas
     order = epoch_order(images, cfg, order_gen, weights)
     sums: dict[str, float] = {}
     model.train()
+    if state.clock is not None:
+        state.clock.begin()
     for i in range(steps):
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][group.rank::group.world_size]
         batch = images[idx]
@@ -264,6 +268,8 @@ def train_one_epoch(state: TrainState, images: torch.Tensor, epoch: int, *, phas
         model.on_step_end(ctx, {k: v.detach() for k, v in outputs.items()})
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if state.clock is not None:
+            state.clock.step_done()
     return {k: v / max(1, steps) for k, v in sums.items()}
 
 
@@ -299,6 +305,7 @@ def train(cfg: Config) -> dict[str, Any]:
 def set_up(cfg: Config) -> Run:
     """Device and process group, the checks, the parent run (before any data is read), the data and the model."""
     method = get_method(cfg.method)
+    check_schedule(cfg)
     device, group = join_process_group(cfg)
     if cfg.batch_size % group.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {group.world_size} processes")
@@ -356,11 +363,22 @@ def check_data(cfg: Config, data: RunData, log: Callable[[str], None]) -> int:
     num_clusters = cfg.num_clusters or len(data.eval.class_names or data.train.class_names or [])
     if num_clusters < 2:
         raise ValueError(f"{cfg.dataset} has no class labels: give --num-clusters")
-    for name, part in (("train", data.train), ("instance", data.instance)):
+    for part in (data.train, data.instance):
         if part is not None and part.images.shape[0] < cfg.batch_size:
-            raise ValueError(f"batch_size {cfg.batch_size} is larger than the {name} splits "
-                             f"{','.join(part.splits)} ({part.images.shape[0]} images)")
+            count = part.images.shape[0]
+            fits = 2 ** max(1, (count // 2).bit_length() - 1)  # a power of two that leaves two steps an epoch
+            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {count} images of "
+                             f"{_describe_source(cfg, part)}: give --batch-size {fits} or smaller")
     return num_clusters
+
+
+def _describe_source(cfg: Config, part: ImageData) -> str:
+    """What a user calls the images of `part`: "the folder ~/photos", "digits", "cifar10's train split"."""
+    info = DATASETS[cfg.dataset]
+    if len(info.splits) > 1:
+        return f"{cfg.dataset}'s {' and '.join(part.splits)} split{'s' if len(part.splits) > 1 else ''}"
+    sampled = f" (--max-images {cfg.max_images})" if cfg.max_images else ""
+    return (f"the folder {cfg.data_dir}" if info.folder else cfg.dataset) + sampled
 
 
 def autocast_for(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -437,6 +455,11 @@ def fit(run: Run, state: TrainState) -> None:
     run.log(f"{cfg.method} on {cfg.dataset}: {_describe_data(run.data)}, {run.model.num_clusters} clusters, "
             f"{cfg.backbone} ({cfg.stem} stem) at {cfg.image_size} px, {cfg.epochs} epochs, device {run.device}"
             + (f" x{run.group.world_size}" if run.group.world_size > 1 else ""))
+    run.log(describe_schedule(cfg, make_config(cfg.method, dataset=cfg.dataset, preset=cfg.preset)))
+    if run.group.is_main and state.epochs_done < cfg.epochs:
+        sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+        state.clock = StepClock((cfg.epochs - state.epochs_done) * state.steps_per_epoch, state.steps_per_epoch,
+                                partial(report_projection, run, state), sync)
 
     from tqdm import tqdm  # here, not at the top: bench/train_throughput.py imports this module on bare GPU machines
 
@@ -476,10 +499,23 @@ def fit_epoch(run: Run, state: TrainState, epoch: int) -> dict[str, Any]:
         instance_steps = epoch_steps(run.instance_images, cfg)
     losses.update(train_one_epoch(state, run.images, epoch, first_step=instance_steps, weights=model.sample_weights()))
     model.on_epoch_end(ctx)
+    if state.clock is not None:
+        state.clock.epoch_done()
     state.epochs_done = epoch + 1
     state.train_seconds += time.perf_counter() - t0
     return {"epoch": epoch + 1, "lr": state.scheduler.get_last_lr()[0], **losses,
             "train_seconds": round(state.train_seconds, 2)}
+
+
+def report_projection(run: Run, state: TrainState, per_step: float, seconds: float) -> None:
+    """Say how long the run will take; far beyond a first run on a CPU, give the command of one that fits."""
+    cfg = run.cfg
+    run.log(f"projected: about {duration(seconds)} for the {cfg.epochs - state.epochs_done} epochs left "
+            f"({state.steps_per_epoch} steps each, {per_step:.2f} s per step on {run.device}; evaluations come on top)")
+    if run.device.type == "cpu" and seconds > CPU_BUDGET_S:
+        command, fit_seconds = fitting_command(cfg, run.meta["in_channels"], per_step * state.steps_per_epoch)
+        run.log(f"that is far beyond a first run on a CPU. A run sized for it (about {duration(fit_seconds)}): "
+                f"{command}\n(this run goes on; stopped with Ctrl-C, its command started again resumes it)")
 
 
 def _describe_data(data: RunData) -> str:

@@ -34,7 +34,7 @@ from torch import nn
 from contract.files import write_json
 from contract.names import TREE_FILE
 from train import report
-from train.config import ARCHITECTURE, Config, Presets
+from train.config import ARCHITECTURE, Config, Presets, schedule_point
 from train.heads import mlp
 from train.losses.cohiclust import (
     leaf_level_mask,
@@ -58,10 +58,11 @@ class CoHiClustConfig(Config):
     prune: int = field(
         default=6, metadata={"help": "leaves to prune (one per epoch); 2^depth - prune must equal num_clusters"}
     )
-    simclr_epochs: int = field(default=1000, metadata={"help": "first epochs trained with the SimCLR loss only"})
+    simclr_epochs: int = field(default=1000, metadata={**schedule_point(turns_on="the tree loss"),
+                                                        "help": "first epochs trained with the SimCLR loss only"})
     prune_start_epoch: int = field(
-        default=1051, metadata={"help": "epoch (counted from 1) at whose end the first leaf is pruned, one more at "
-                                "the end of each epoch after it"}
+        default=1051, metadata={**schedule_point(round_up=True), "help": "epoch (counted from 1) at whose end the "
+                                "first leaf is pruned, one more at the end of each epoch after it"}
     )
     self_pairs_negative: bool = field(
         default=True, metadata={"help": "tree loss counts the pairs (i, i) as negatives, as the reference code"}

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.config import Config, Presets
+from train.config import Config, Presets, schedule_point
 from train.ema import ema_update, momentum_at
 from train.heads import mlp
 from train.kmeans import spherical_kmeans
@@ -59,7 +59,8 @@ class ProPosConfig(Config):
     psl_weight: float = field(default=0.1, metadata={"help": "weight of the prototype scattering loss"})
     psl_temperature: float = field(default=0.5, metadata={"help": "prototype scattering temperature"})
     psl_warmup_epochs: int = field(
-        default=50, metadata={"help": "first epochs with PSL and the PSA noise off (BYOL only)"}
+        default=50, metadata={**schedule_point(turns_on="PSL"),
+                              "help": "first epochs with PSL and the PSA noise off (BYOL only)"}
     )
     kmeans_restarts: int = field(default=10, metadata={"help": "E-step k-means restarts (lowest inertia kept)"})
     kmeans_iters: int = field(default=300, metadata={"help": "E-step k-means iteration cap"})
