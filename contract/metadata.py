@@ -9,21 +9,24 @@ newer version than this code knows is refused rather than misread.
 
 Schema versions: 1 (NAME/metadata.json, one unversioned model), 2 (NAME/<v>/metadata.json with
 `version`, Triton's versioned layout: contract/repository.py). Version-1 records still parse
-(`version` is then None).
+(`version` is then None). `extra_outputs` (the method's declared outputs beyond the required three) was
+added within version 2: a record without it lists every output beyond the required three, undescribed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from contract import files
-from contract.names import IMAGES, REQUIRED_OUTPUTS, encoder_model, head_model
+from contract.names import ANSWER_FIELDS, FEATURES, IMAGES, REQUIRED_OUTPUTS, encoder_model, head_model
 
 SCHEMA_VERSION = 2
 DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
+_OUTPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # a graph, config, JSON and Parquet field name alike
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,48 @@ class TensorSpec:
     @classmethod
     def from_json(cls, name: str, data: dict[str, Any]) -> TensorSpec:
         return cls(name, str(data["dtype"]), tuple(int(d) for d in data["shape"]))
+
+
+@dataclass(frozen=True)
+class ExtraOutput:
+    """A head output beyond embedding, probabilities and cluster, as its method declares it
+    (ClusteringMethod.extra_outputs): name, numpy dtype, shape per image (() one value, (L,) a vector).
+
+    Export checks the graph against it and records it in the metadata; the Triton configs, the gateway's
+    /cluster answers (a field of this name per image), the bulk shards (a field of their `extras`
+    column) and the Python client carry it by these fields alone."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _OUTPUT_NAME.match(self.name):
+            raise ValueError(f"extra output {self.name!r}: a name is letters, digits and _, not first a digit")
+        taken = {*REQUIRED_OUTPUTS, IMAGES, FEATURES, *ANSWER_FIELDS}
+        if self.name in taken:
+            raise ValueError(f"extra output {self.name!r}: the name is taken (by the graph or the answers: "
+                             f"{sorted(taken)})")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        TensorSpec(self.name, self.dtype, (-1, *self.shape))  # refuses an unknown dtype or a dimension < 1
+
+    @property
+    def spec(self) -> TensorSpec:
+        """The graph tensor: the batch dimension, then the shape per image."""
+        return TensorSpec(self.name, self.dtype, (-1, *self.shape))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "description": self.description}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ExtraOutput:
+        return cls(str(data["name"]), str(data["dtype"]), tuple(data["shape"]), str(data.get("description", "")))
+
+    @classmethod
+    def undescribed(cls, spec: TensorSpec) -> ExtraOutput:
+        """An output of a graph whose method's declaration was not recorded (older metadata, Triton's)."""
+        return cls(spec.name, spec.dtype, spec.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -100,6 +145,9 @@ class ModelMetadata:
     parity: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] | None = None
     version: int | None = None  # the model version (directory NAME/<version>/) this record describes
+    extra_outputs: tuple[ExtraOutput, ...] | None = None
+    """The outputs beyond the required three, as the method declares them; None (not recorded): every
+    output beyond the required three, undescribed. Always a tuple once constructed."""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -108,9 +156,25 @@ class ModelMetadata:
         missing = [o for o in REQUIRED_OUTPUTS if o not in self.outputs]
         if missing:
             raise ValueError(f"outputs lack {missing} (has {list(self.outputs)})")
+        if self.extra_outputs is None:
+            object.__setattr__(self, "extra_outputs", tuple(
+                ExtraOutput.undescribed(spec) for name, spec in self.outputs.items() if name not in REQUIRED_OUTPUTS))
+        self._check_extra_outputs()
         if self.schema_version > SCHEMA_VERSION:
             raise ValueError(f"schema_version {self.schema_version} is newer than this code reads "
                              f"({SCHEMA_VERSION}): upgrade deepcluster-serve")
+
+    def _check_extra_outputs(self) -> None:
+        declared = {extra.name: extra for extra in self.extra_outputs}
+        beyond = [name for name in self.outputs if name not in REQUIRED_OUTPUTS]
+        if sorted(beyond) != sorted(declared):
+            raise ValueError(f"outputs beyond {list(REQUIRED_OUTPUTS)} are {beyond}, but the extra outputs "
+                             f"declared are {list(declared)}")
+        for name, extra in declared.items():
+            if self.outputs[name] != extra.spec:
+                got = self.outputs[name]
+                raise ValueError(f"extra output {name!r} is declared {extra.dtype} {list(extra.spec.shape)}, "
+                                 f"the graph has {got.dtype} {list(got.shape)}")
 
     @property
     def encoder(self) -> str:
@@ -136,6 +200,7 @@ class ModelMetadata:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["input"] = dataclasses.asdict(self.input)
         data["outputs"] = {name: spec.to_json() for name, spec in self.outputs.items()}
+        data["extra_outputs"] = [extra.to_json() for extra in self.extra_outputs]
         # derived, written for people and for clients that read the file without this code
         data.update(encoder=self.encoder, head=self.head, embedding_dim=self.embedding_dim)
         return files.jsonable(data)
@@ -152,6 +217,8 @@ class ModelMetadata:
                                          inp.get("name", IMAGES), inp.get("dtype", "uint8"), inp.get("layout", "NCHW"))
             values["outputs"] = {name: TensorSpec.from_json(name, spec) for name, spec in data["outputs"].items()}
             values["num_clusters"] = int(data["num_clusters"])
+            if data.get("extra_outputs") is not None:
+                values["extra_outputs"] = tuple(ExtraOutput.from_json(e) for e in data["extra_outputs"])
             return cls(**values)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             what = f"missing {err}" if isinstance(err, KeyError) else str(err)

@@ -12,7 +12,12 @@ PROBABILITIES = "probabilities"
 CLUSTER = "cluster"
 REQUIRED_OUTPUTS = (EMBEDDING, PROBABILITIES, CLUSTER)
 """Head outputs every method has: embedding (B, D) L2-normalised, probabilities (B, K), cluster (B,) int64.
-A method may add more (CoHiClust: path (B, L) int64)."""
+A method may declare more (ClusteringMethod.extra_outputs, recorded as contract.metadata.ExtraOutput in
+the metadata's `extra_outputs`); every stage passes those through by name, dtype and shape alone."""
+ANSWER_FIELDS = ("index", "filename", "cluster", "name", "probability", "low_confidence", "ood_score", "ood",
+                 "top_k", "error")
+"""The fields of one image's /cluster answer (serve/schemas.py ClusterResult). A method's extra outputs are
+answered beside them under their own names, so no extra output may be named like one of these."""
 
 # --- image files ------------------------------------------------------------------------------------
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -57,6 +62,8 @@ the method at the end of training and copied into each model version for pages t
 PROJECTION_FILE = "projection.npz"
 """In a model version: the embedding map. points (m, 2) in [0, 1], cluster (m,), the embeddings they were
 projected from (m, D) for placing new images, and method (the projection's name)."""
+RUN_FILES_SERVED = (CLUSTER_SAMPLES_FILE, TREE_FILE)
+"""Files of a run that export copies into each model version when the run has them (the page reads them)."""
 
 # --- a model repository (python -m export) ----------------------------------------------------------
 # Triton's layout: MODEL/config.pbtxt and one directory per version, MODEL/<version>/ (1, 2, ...).

@@ -24,14 +24,15 @@ import numpy as np
 
 from contract.card import ClusterStats, ModelCard
 from contract.levels import ClusterLevels
-from contract.metadata import ImageInput, ModelMetadata
+from contract.metadata import ExtraOutput, ImageInput, ModelMetadata
 from contract.names import (
     CLUSTER_LEVELS_FILE,
     CLUSTER_SAMPLES_FILE,
     CLUSTER_STATS_FILE,
     PARITY_SAMPLE_FILE,
     PROJECTION_FILE,
-    TREE_FILE,
+    REQUIRED_OUTPUTS,
+    RUN_FILES_SERVED,
 )
 from contract.runs import RunInfo, read_run
 from export import parity
@@ -58,18 +59,30 @@ class ExportResult:
         return int(next(iter(self.repositories.values())).name)
 
 
-def build_metadata(name: str, meta: dict[str, Any], models: ModelSet, source_run: Path, epoch: int,
-                   finished: bool, parity_report: dict[str, Any], exported_at: str) -> ModelMetadata:
-    """metadata.json of the ensemble directory: what a client needs to call the model, and its provenance."""
+def build_metadata(name: str, meta: dict[str, Any], models: ModelSet, extra_outputs: tuple[ExtraOutput, ...],
+                   source_run: Path, epoch: int, finished: bool, parity_report: dict[str, Any],
+                   exported_at: str) -> ModelMetadata:
+    """metadata.json of the ensemble directory: what a client needs to call the model, and its provenance.
+
+    ValueError when the head graph's outputs beyond the required three are not the method's declared
+    `extra_outputs` (names, dtypes and shapes)."""
     (images,) = models.encoder_inputs
     (features,) = models.encoder_outputs
     return ModelMetadata(
         name=name, num_clusters=int(meta["num_clusters"]),
         input=ImageInput(channels=images.shape[1], height=images.shape[2], width=images.shape[3]),
-        outputs={s.name: s for s in models.head_outputs}, method=meta["method"], dataset=meta["dataset"],
-        feature_dim=features.shape[1], class_names=meta.get("class_names"), source_run=str(source_run),
-        epoch=epoch, finished=finished, max_batch_size=models.max_batch_size, opset=OPSET,
-        exported_at=exported_at, parity=parity_report)
+        outputs={s.name: s for s in models.head_outputs}, extra_outputs=extra_outputs, method=meta["method"],
+        dataset=meta["dataset"], feature_dim=features.shape[1], class_names=meta.get("class_names"),
+        source_run=str(source_run), epoch=epoch, finished=finished, max_batch_size=models.max_batch_size,
+        opset=OPSET, exported_at=exported_at, parity=parity_report)
+
+
+def check_head_outputs(method: str, names: list[str], declared: tuple[ExtraOutput, ...]) -> None:
+    """ValueError unless the head's outputs are the required three and exactly the declared extras."""
+    extras = [n for n in names if n not in REQUIRED_OUTPUTS]
+    if sorted(extras) != sorted(e.name for e in declared):
+        raise ValueError(f"method {method!r}: head_outputs gives {extras} beyond {list(REQUIRED_OUTPUTS)}, but "
+                         f"extra_outputs() declares {[e.name for e in declared]}")
 
 
 def build_card(name: str, meta: dict[str, Any], info: RunInfo, epoch: int, exported_at: str | None,
@@ -145,11 +158,14 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
         f"{'' if info.finished else ', UNFINISHED'}) from {run_dir} as {name!r}")
     with tempfile.TemporaryDirectory(prefix="export-") as tmp:
         tmp = Path(tmp)
-        encoder, head, _ = export_onnx(loaded.model, meta["in_channels"], meta["image_size"], tmp)
+        encoder, head, head_names = export_onnx(loaded.model, meta["in_channels"], meta["image_size"], tmp)
+        extra_outputs = loaded.model.extra_outputs()
+        check_head_outputs(meta["method"], head_names, extra_outputs)
         (enc_in, enc_out), (head_in, head_out) = graph_specs(encoder), graph_specs(head)
         models = ModelSet(name, encoder, head, enc_in, enc_out, head_in, head_out, max_batch, None, {})
         exported_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        models.metadata = build_metadata(name, meta, models, run_dir, loaded.epoch, info.finished, {}, exported_at)
+        models.metadata = build_metadata(name, meta, models, extra_outputs, run_dir, loaded.epoch, info.finished,
+                                         {}, exported_at)
         for repository in outputs:  # before parity: a refusal costs nothing
             check_compatible(repository, models.metadata, options.force)
         images, stored = parity.read_sample(sample)
@@ -166,10 +182,7 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
         models.metadata = models.metadata.replace(parity=report)
         models.card = build_card(name, meta, info, loaded.epoch, exported_at, log)
         models.version_files = {PARITY_SAMPLE_FILE: tmp / PARITY_SAMPLE_FILE}
-        if (info.path / CLUSTER_SAMPLES_FILE).is_file():
-            models.version_files[CLUSTER_SAMPLES_FILE] = info.path / CLUSTER_SAMPLES_FILE
-        if (info.path / TREE_FILE).is_file():
-            models.version_files[TREE_FILE] = info.path / TREE_FILE
+        models.version_files |= {f: info.path / f for f in RUN_FILES_SERVED if (info.path / f).is_file()}
         if write_projection(info.path / CLUSTER_SAMPLES_FILE, tmp / PROJECTION_FILE, projection, log):
             models.version_files[PROJECTION_FILE] = tmp / PROJECTION_FILE
         flavour = FLAVOURS["onnxruntime" if output_kind == "gpu" else "onnxruntime_cpu"]

@@ -4,6 +4,7 @@
     with Client("http://127.0.0.1:8080", api_key=None) as client:
         results = client.cluster(["a.png", Path("b.jpg"), png_bytes, pil_image, uint8_array], model="digits")
         results[0].cluster, results[0].name, results[0].probability, results[0].ood, results[0].error
+        results[0].extras                        # the model's extra outputs by name (CoHiClust: .path too)
         embedded = client.embed(images)          # .embeddings (N, D) float32, NaN rows where .errors says why
         client.card("digits")                    # GET /models/digits: card, names, versions
 
@@ -19,6 +20,7 @@ answer is retried after its Retry-After (else an exponential backoff), as are co
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import time
@@ -52,7 +54,10 @@ class TopK:
 
 @dataclass(frozen=True)
 class ClusterResult:
-    """One image's answer; `error` is set (and the rest None) when the gateway could not decode it."""
+    """One image's answer; `error` is set (and the rest None) when the gateway could not decode it.
+
+    `extras`: the model's extra outputs (every field of the answer this class does not name), lists as
+    tuples; each is also an attribute (CoHiClust: result.path)."""
 
     index: int
     filename: str | None
@@ -63,14 +68,20 @@ class ClusterResult:
     ood_score: float | None = None
     ood: bool | None = None
     top_k: tuple[TopK, ...] = ()
-    path: tuple[int, ...] | None = None
     error: str | None = None
     model: str | None = None
     version: int | None = None
+    extras: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def __getattr__(self, name: str) -> Any:  # called only for names that are not fields
+        extras = self.__dict__.get("extras", {})
+        if name in extras:
+            return extras[name]
+        raise AttributeError(f"{type(self).__name__} has no field or extra output {name!r}")
 
 
 @dataclass
@@ -137,15 +148,22 @@ def raise_for_error(response: httpx.Response) -> None:
         raise GatewayClientError(response.status_code, "http", response.text[:500]) from None
 
 
+_ANSWER_FIELDS = {f.name for f in dataclasses.fields(ClusterResult)} - {"model", "version", "extras"}
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists (nested) as tuples, as the frozen result holds them."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def cluster_results(body: dict[str, Any], offset: int) -> list[ClusterResult]:
     out = []
     for item in body["results"]:
-        fields = {k: item.get(k) for k in ("filename", "cluster", "name", "probability", "low_confidence",
-                                           "ood_score", "ood", "error")}
+        fields = {k: item.get(k) for k in _ANSWER_FIELDS - {"index", "top_k"}}
+        extras = {k: _tuples(v) for k, v in item.items() if k not in _ANSWER_FIELDS}
         out.append(ClusterResult(index=offset + item["index"], **fields,
                                  top_k=tuple(TopK(t["cluster"], t["probability"]) for t in item.get("top_k") or ()),
-                                 path=tuple(item["path"]) if item.get("path") is not None else None,
-                                 model=body.get("model"), version=body.get("version")))
+                                 model=body.get("model"), version=body.get("version"), extras=extras))
     return out
 
 

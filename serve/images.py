@@ -1,11 +1,12 @@
 """Getting images out of a request and preparing them exactly as at training-time evaluation.
 
 Bodies are multipart/form-data (field "files") or JSON {"images": [base64, ...]}; anything else is
-415. Sizes are checked while reading (request bytes: 413 as soon as the body passes the limit), per
-image (encoded bytes, then pixels from the header: 413) and per request (image count: 413). The event
-loop only collects the body into one buffer; it is parsed on the worker pool, never on the loop:
-`serve.formbody` (multipart, images as views of the body) and `serve.jsonbody` (bounded work, the first
-unknown key refused by name).
+415. A route may take another JSON shape instead (`RequestForm`: OpenAI's embeddings request, read as
+JSON whatever its content type). Sizes are checked while reading (request bytes: 413 as soon as the
+body passes the limit), per image (encoded bytes: serve/imagebytes.py, then pixels from the header:
+413) and per request (image count: 413). The event loop only collects the body into one buffer; it is
+parsed on the worker pool, never on the loop: `serve.formbody` (multipart, images as views of the body)
+and `serve.jsonbody` (bounded work, the first unknown key refused by name).
 
 Decoding runs on the decode pool through `contract.preprocess.prepare_source` (numpy + PIL only, the
 same function as training): the work per image is bounded by the model's input size, each image has
@@ -23,17 +24,20 @@ import binascii
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 
+from contract.metadata import ModelMetadata
 from contract.preprocess import ImageError, ImageTooLarge, describe_error, prepare_source
 from serve.errors import GatewayError, bad_request, closing, too_large, unsupported_media_type
 from serve.formbody import parse_files
-from serve.jsonbody import check_prefix, parse_images
+from serve.imagebytes import base64_payload, check_image_bytes
+from serve.jsonbody import Shape, check_prefix, parse_body
 from serve.memory import release_free_memory
 from serve.settings import Settings
 
@@ -44,8 +48,6 @@ PREFIX_CHECK_BYTES = 64 * 1024
 """A JSON body is judged once on its first this many bytes, while the rest still arrives."""
 RELEASE_AFTER_S = 0.1
 """A request that spent this long decoding (large images) hands its freed memory back to the OS."""
-_B64_PREFIX = b";base64,"
-DATA_URL_HEAD = 100  # a data: URL names its media type within this many characters
 
 
 @dataclass
@@ -60,6 +62,31 @@ class Upload:
         return f"image {self.index} ({self.filename})" if self.filename else f"image {self.index}"
 
 
+@dataclass
+class RequestBody:
+    """The images of one request, in order and still encoded, and the body's other fields (OpenAI's form:
+    model, encoding_format, dimensions)."""
+
+    uploads: list[Upload]
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequestForm:
+    """How a route takes its images: a JSON body of `shape`, or multipart/form-data "files" when `multipart`
+    (without it the body is read as JSON whatever its content type says, as OpenAI's API does); `check`:
+    refusals that need the chosen model (OpenAI's dimensions); `all_or_nothing`: an image that does not
+    decode fails the request (400) before anything is inferred, instead of being answered as an error item."""
+
+    shape: Shape = Shape.IMAGES
+    multipart: bool = True
+    check: Callable[[ModelMetadata, RequestBody], None] | None = None
+    all_or_nothing: bool = False
+
+
+IMAGES_FORM = RequestForm()
+
+
 async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
     """The request body, failing with 413 as soon as it exceeds `limit` bytes."""
     total = 0
@@ -70,24 +97,25 @@ async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def read_uploads(request: Request, settings: Settings, pool: Executor) -> list[Upload]:
+async def read_body(request: Request, settings: Settings, pool: Executor, form: RequestForm = IMAGES_FORM
+                    ) -> RequestBody:
     """The images of a request, in order, still encoded; raises GatewayError (400/413/415/422)."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
         raise closing(too_large(f"request body of {length} bytes is larger than {settings.max_request_bytes} bytes"))
     mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if mime == "multipart/form-data":
-        uploads = await _read_multipart(request, settings, pool)
-    elif mime == "application/json" or mime.endswith("+json"):
-        uploads = await _read_json(request, settings, pool)
+    if form.multipart and mime == "multipart/form-data":
+        body = RequestBody(await _read_multipart(request, settings, pool))
+    elif not form.multipart or mime == "application/json" or mime.endswith("+json"):
+        body = await _read_json(request, settings, pool, form.shape)
     else:
         raise unsupported_media_type(f"unsupported content type {mime or 'none'!r}: send multipart/form-data "
                                      f"with field {FIELD!r}, or application/json {{\"images\": [base64, ...]}}")
-    if not uploads:
+    if not body.uploads:
         raise bad_request(f"no images: send multipart field {FIELD!r} or JSON {{\"images\": [...]}}")
-    if len(uploads) > settings.max_images_per_request:
-        raise too_large(f"{len(uploads)} images in one request; at most {settings.max_images_per_request}")
-    return uploads
+    if len(body.uploads) > settings.max_images_per_request:
+        raise too_large(f"{len(body.uploads)} images in one request; at most {settings.max_images_per_request}")
+    return body
 
 
 async def _read_body(request: Request, limit: int) -> bytearray:
@@ -104,13 +132,11 @@ async def _read_multipart(request: Request, settings: Settings, pool: Executor) 
         pool, parse_files, body, request.headers.get("content-type", ""), FIELD, settings.max_images_per_request)
     uploads = [Upload(i, part.filename, part.data) for i, part in enumerate(parts)]
     for upload in uploads:
-        if len(upload.data) > settings.max_image_bytes:
-            raise too_large(f"{upload.label}: {len(upload.data)} bytes, more than the limit of "
-                            f"{settings.max_image_bytes}")
+        check_image_bytes(upload.label, len(upload.data), settings.max_image_bytes)
     return uploads
 
 
-async def _read_json(request: Request, settings: Settings, pool: Executor) -> list[Upload]:
+async def _read_json(request: Request, settings: Settings, pool: Executor, shape: Shape) -> RequestBody:
     """Read and scan a JSON body; one refused by its first PREFIX_CHECK_BYTES is refused before the rest arrives."""
     loop = asyncio.get_running_loop()
     limits = settings.max_images_per_request, settings.max_image_bytes
@@ -120,20 +146,12 @@ async def _read_json(request: Request, settings: Settings, pool: Executor) -> li
         if not judged and len(body) >= PREFIX_CHECK_BYTES:
             judged = True
             try:
-                await loop.run_in_executor(pool, check_prefix, bytes(body), *limits)
+                await loop.run_in_executor(pool, check_prefix, bytes(body), *limits, shape)
             except GatewayError as err:
                 raise closing(err) from None
-    items = await loop.run_in_executor(pool, parse_images, body, *limits)
-    return [Upload(i, item.filename, item.data, base64=True) for i, item in enumerate(items)]
-
-
-def _b64(text: bytes | memoryview) -> bytes:
-    """base64 text (optionally a data: URL) -> bytes; binascii.Error if it is not strict base64."""
-    if bytes(text[:5]) == b"data:":
-        head = bytes(text[:DATA_URL_HEAD])
-        if _B64_PREFIX in head:
-            text = text[head.index(_B64_PREFIX) + len(_B64_PREFIX):]
-    return binascii.a2b_base64(text, strict_mode=True)
+    parsed = await loop.run_in_executor(pool, parse_body, body, shape, *limits)
+    uploads = [Upload(i, item.filename, item.data, base64=True) for i, item in enumerate(parsed.images)]
+    return RequestBody(uploads, parsed.fields)
 
 
 def _decode(up: Upload, size: int, channels: int, settings: Settings) -> np.ndarray | str | GatewayError:
@@ -142,11 +160,9 @@ def _decode(up: Upload, size: int, channels: int, settings: Settings) -> np.ndar
         data = up.data
         if up.base64:
             try:
-                data = _b64(data)
+                data = binascii.a2b_base64(base64_payload(data), strict_mode=True)
             except (binascii.Error, ValueError) as err:
                 return f"{up.label}: not valid base64: {err}"
-            if len(data) > settings.max_image_bytes:
-                return too_large(f"{up.label}: {len(data)} bytes, more than the limit of {settings.max_image_bytes}")
         return prepare_source(data, size, channels, settings.max_image_pixels, settings.decode_timeout_ms / 1000)
     except ImageTooLarge as err:
         return too_large(f"{up.label}: {_unnamed(err)}")

@@ -22,7 +22,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -38,9 +38,12 @@ from contract.names import (
     PROJECTION_FILE,
     TREE_FILE,
 )
+from serve.auth import api_key_dependencies
 from serve.backends.repository import ModelVersion, RepositoryError, resolve
 from serve.cards import read_names
 from serve.errors import bad_request, not_found
+from serve.gateway import Gateway
+from serve.schemas import documented_errors
 
 STATIC = Path(__file__).with_name("static")
 PLACE_NEIGHBOURS = 10
@@ -76,13 +79,16 @@ def place(embedding: np.ndarray, projection: dict[str, np.ndarray], neighbours: 
     return (weights[..., None] * points).sum(1) / weights.sum(1, keepdims=True)
 
 
-def mount_page(app: FastAPI, gateway: Any, protected: list, errors: dict[int | str, dict[str, Any]]) -> None:
-    """GET / and /static/* (open, like the files of any page), and the page's routes (protected like the API;
-    `errors`: the API's documented error answers, which these routes share)."""
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+def page_router(gateway: Gateway) -> APIRouter:
+    """GET / and /static/* (open, like the files of any page), and the page's routes (protected like the API,
+    documented with the API's error answers)."""
+    router = APIRouter()
+    router.mount("/static", StaticFiles(directory=STATIC), name="static")
+    protected = api_key_dependencies(gateway.settings)
+    error_docs = documented_errors(bool(gateway.settings.api_key))
     version_q = Query(None, ge=1, description="model version (default: the latest)")
 
-    @app.get("/", include_in_schema=False)
+    @router.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
@@ -93,8 +99,8 @@ def mount_page(app: FastAPI, gateway: Any, protected: list, errors: dict[int | s
         except RepositoryError as err:
             raise not_found(f"model {name!r}: {err}") from err
 
-    @app.get("/models/{name}/clusters/{cluster}/samples/{k}.png", dependencies=protected, responses=errors,
-             response_class=Response, summary="A training image of a cluster (PNG)", operation_id="getClusterSample")
+    @router.get("/models/{name}/clusters/{cluster}/samples/{k}.png", dependencies=protected, responses=error_docs,
+                response_class=Response, summary="A training image of a cluster (PNG)", operation_id="getClusterSample")
     async def cluster_sample(name: str, cluster: int, k: int, version: int | None = version_q) -> Response:
         samples = read_npz((await served_version(name, version)).directory / CLUSTER_SAMPLES_FILE)
         rows = np.flatnonzero(samples["cluster"] == cluster)
@@ -106,8 +112,8 @@ def mount_page(app: FastAPI, gateway: Any, protected: list, errors: dict[int | s
         image.save(buffer, "PNG")
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=300"})
 
-    @app.put("/models/{name}/clusters/{cluster}", dependencies=protected, responses=errors, summary="Rename a cluster",
-             operation_id="renameCluster")
+    @router.put("/models/{name}/clusters/{cluster}", dependencies=protected, responses=error_docs,
+                summary="Rename a cluster", operation_id="renameCluster")
     async def rename_cluster(name: str, cluster: int, body: ClusterName, version: int | None = version_q) -> Response:
         chosen = await served_version(name, version)
         count = chosen.metadata.outputs[PROBABILITIES].shape[1]
@@ -118,8 +124,8 @@ def mount_page(app: FastAPI, gateway: Any, protected: list, errors: dict[int | s
         files.write_json(chosen.names_file, {str(k): v for k, v in sorted(names.items())})
         return Response(status_code=204)
 
-    @app.get("/models/{name}/tree", dependencies=protected, responses=errors, summary="CoHiClust's tree",
-             operation_id="getTree")
+    @router.get("/models/{name}/tree", dependencies=protected, responses=error_docs, summary="CoHiClust's tree",
+                operation_id="getTree")
     async def tree(name: str, version: int | None = version_q) -> Response:
         path = (await served_version(name, version)).directory / TREE_FILE
         if not path.is_file():
@@ -127,29 +133,29 @@ def mount_page(app: FastAPI, gateway: Any, protected: list, errors: dict[int | s
         data = files.read_json(path)
         return JSONResponse({k: v for k, v in data.items() if k != "assignments"})
 
-    @app.get("/models/{name}/projection", dependencies=protected, responses=errors, summary="The embedding map",
-             operation_id="getProjection")
+    @router.get("/models/{name}/projection", dependencies=protected, responses=error_docs, summary="The embedding map",
+                operation_id="getProjection")
     async def projection(name: str, version: int | None = version_q) -> Response:
         data = read_npz((await served_version(name, version)).directory / PROJECTION_FILE)
         points = [[round(float(x), 4), round(float(y), 4), int(c)]
                   for (x, y), c in zip(data["points"], data["cluster"], strict=True)]
         return JSONResponse({"method": str(data["method"]), "points": points})
 
-    @app.post("/models/{name}/projection/place", dependencies=protected, responses=errors,
-              summary="Place images on the map", operation_id="placeImages")
+    @router.post("/models/{name}/projection/place", dependencies=protected, responses=error_docs,
+                 summary="Place images on the map", operation_id="placeImages")
     async def place_images(request: Request, name: str, version: int | None = version_q) -> Response:
         chosen = await served_version(name, version)
         data = read_npz(chosen.directory / PROJECTION_FILE)
-        spec, uploads, ok, errors, outputs = await gateway.run(request, "/place", name, chosen.version)
-        results: list[dict[str, Any]] = [{"index": i, "error": m} for i, m in errors.items()]
-        if outputs is not None:
-            positions = place(outputs[EMBEDDING], data)
+        done = await gateway.run(request, "/place", name, chosen.version)
+        results: list[dict[str, Any]] = [{"index": i, "error": m} for i, m in done.decode_errors.items()]
+        if done.outputs is not None:
+            positions = place(done.outputs[EMBEDDING], data)
             results += [{"index": i, "position": [round(float(x), 4), round(float(y), 4)]}
-                        for i, (x, y) in zip(ok, positions, strict=True)]
+                        for i, (x, y) in zip(done.ok, positions, strict=True)]
         return JSONResponse({"results": sorted(results, key=lambda r: r["index"])})
 
-    @app.get("/bulk/summary", dependencies=protected, responses=errors, summary="The bulk job the gateway shows",
-             operation_id="getBulkSummary")
+    @router.get("/bulk/summary", dependencies=protected, responses=error_docs, summary="The bulk job the gateway shows",
+                operation_id="getBulkSummary")
     async def bulk_summary() -> Response:
         summary = _bulk_file(gateway.settings.bulk_output, BULK_SUMMARY_FILE)
         data = files.read_json(summary)
@@ -157,11 +163,13 @@ def mount_page(app: FastAPI, gateway: Any, protected: list, errors: dict[int | s
         data.pop("source", None)
         return JSONResponse(data)
 
-    @app.get("/bulk/galleries/{cluster}.png", dependencies=protected, responses=errors, response_class=Response,
-             summary="A bulk job's gallery of one cluster", operation_id="getBulkGallery")
+    @router.get("/bulk/galleries/{cluster}.png", dependencies=protected, responses=error_docs, response_class=Response,
+                summary="A bulk job's gallery of one cluster", operation_id="getBulkGallery")
     async def bulk_gallery(cluster: int) -> FileResponse:
         return FileResponse(_bulk_file(gateway.settings.bulk_output, f"{BULK_GALLERY_DIR}/cluster_{cluster:03d}.png"),
                             media_type="image/png")
+
+    return router
 
 
 def _bulk_file(output: str, relative: str) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,9 +26,15 @@ class TopK(BaseModel):
 
 
 class ClusterResult(BaseModel):
-    """One image: its cluster, or `error` (and nothing else) when it could not be decoded."""
+    """One image: its cluster, or `error` (and nothing else) when it could not be decoded.
 
-    model_config = ConfigDict(json_schema_extra={"example": {
+    A model whose method declares extra outputs (its metadata's `extra_outputs` in /models: name, dtype,
+    shape per image) answers each of them as one more field under its own name: CoHiClust's `path`, the
+    tree node ids (heap order) of level 1 to L. They are open additional properties rather than an
+    `extras` object so that they stay where clients of CoHiClust's `path` read it; their names never take
+    one of the fields below (contract.names.ANSWER_FIELDS)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {
         "index": 0, "filename": "a.png", "cluster": 4, "name": "7", "probability": 0.93, "low_confidence": False,
         "ood_score": 0.41, "ood": False, "top_k": [{"cluster": 4, "probability": 0.93},
                                                    {"cluster": 1, "probability": 0.04}]}})
@@ -45,7 +51,6 @@ class ClusterResult(BaseModel):
     ood: bool | None = Field(default=None, description="out of distribution: farther from every OOD prototype "
                              "than 99% of the training images from theirs")
     top_k: list[TopK] | None = Field(default=None, description="most probable clusters, best first")
-    path: list[int] | None = Field(default=None, description="CoHiClust: tree node ids (heap order) level 1..L")
     error: str | None = Field(default=None, description="why this image was not clustered")
 
 
@@ -80,13 +85,22 @@ class ModelCardResponse(BaseModel):
     metadata: dict[str, Any]
 
 
+MAX_EMBEDDINGS_FIELDS = 16
+"""The most fields an embeddings request may have. Those this API does not use (`user`, any other) are
+skipped when each holds a number, a boolean, null or a string of at most MAX_IGNORED_CHARS characters."""
+MAX_IGNORED_CHARS = 4096
+
+
 class EmbeddingsRequest(BaseModel):
     """OpenAI's / infinity's embeddings request, with images (data URIs or bare base64) as the input."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"example": {
-        "model": "digits", "input": ["data:image/png;base64,iVBORw0KGgo..."], "encoding_format": "float"}})
+    model_config = ConfigDict(extra="ignore", json_schema_extra={
+        "example": {"model": "digits", "input": ["data:image/png;base64,iVBORw0KGgo..."], "encoding_format": "float"},
+        "maxProperties": MAX_EMBEDDINGS_FIELDS,
+        "additionalProperties": {"type": ["string", "number", "boolean", "null"], "maxLength": MAX_IGNORED_CHARS}})
     model: str = Field(description="a served model's name")
-    input: str | list[str] = Field(description="one image or a list: data:image/...;base64,... URIs or base64")
+    input: str | Annotated[list[str], Field(min_length=1)] = Field(
+        description="one image or a list: data:image/...;base64,... URIs or base64")
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="float: lists of numbers; base64: little-endian float32 bytes, base64")
     dimensions: int | None = Field(default=None, description="must be the model's embedding size if given")
@@ -162,6 +176,28 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+ERROR_STATUSES = {
+    400: "malformed body, no images, or no model chosen while several are served",
+    401: "API key missing or wrong",
+    404: "unknown model",
+    413: "body, image (bytes or pixels) or image count over the limit",
+    415: "content type is neither multipart/form-data nor application/json",
+    422: "parameters or JSON body invalid",
+    429: "queue full (see Retry-After)",
+    500: "inference failed",
+    502: "the inference server answered with an error",
+    503: "the inference server is unreachable, or models are not loaded yet",
+}
+"""The error answers a route may give, as the OpenAPI page lists them."""
+
+
+def documented_errors(api_key: bool, statuses: tuple[int, ...] = tuple(ERROR_STATUSES)
+                      ) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route that may answer `statuses` (401 only when an API key is set)."""
+    return {status: {"model": ErrorResponse, "description": ERROR_STATUSES[status]}
+            for status in statuses if api_key or status != 401}
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:

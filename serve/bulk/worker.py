@@ -10,7 +10,9 @@ Writing a block twice (a retried task, a resumed job) writes the same file again
 Shard columns (one row per image, in listing order):
     index int64, path string, cluster int64, probability float32 (of that cluster),
     top_k list<int64> and top_k_probability list<float32> (most probable clusters, best first),
-    [embedding list<float32> (D) with embeddings on], [tree_path list<int64>: CoHiClust],
+    [embedding list<float32> (D) with embeddings on],
+    [extras struct: the model's extra outputs (contract.metadata.ExtraOutput), one field each under its
+    name, of its dtype (a list of it for a vector); CoHiClust: extras.path list<int64>],
     [name string, low_confidence bool, ood_score float32, ood bool: from the model version's card, as the
     gateway answers them (serve/cards.py); name alone when the card has no statistics, none without one],
     error string (null, or "path: reason" with every model column null)
@@ -33,12 +35,12 @@ from contract import files
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from contract.preprocess import prepare_source
+from serve.answers import extra_outputs, rank_clusters
 from serve.bulk.source import PATH, Manifest, is_uri
 from serve.cards import LOW_CONFIDENCE, NAME, OOD, OOD_SCORE, VersionCard
 
-INDEX, PROBABILITY, TOP_K, TOP_K_PROBABILITY, TREE_PATH, ERROR = (
-    "index", "probability", "top_k", "top_k_probability", "tree_path", "error")
-TREE_OUTPUT = "path"  # CoHiClust's head output: tree node ids per level (written as tree_path)
+INDEX, PROBABILITY, TOP_K, TOP_K_PROBABILITY, EXTRAS, ERROR = (
+    "index", "probability", "top_k", "top_k_probability", "extras", "error")
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,6 @@ def shard_path(shards: str | Path, block: int) -> Path:
     return Path(shards) / f"part-{block:08d}.parquet"
 
 
-def rank_clusters(probabilities: np.ndarray, cluster: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """probabilities (B, K), cluster (B,) -> probability of the cluster (B,), top-k ids (B, k), their probabilities."""
-    k = min(k, probabilities.shape[1])
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    chosen = probabilities[np.arange(len(cluster)), cluster]
-    return chosen, order, np.take_along_axis(probabilities, order, axis=1)
-
-
 def read_image(path: str, size: int, channels: int) -> np.ndarray | str:
     """One listed file -> uint8 (C, S, S), or "path: reason" when it cannot be read or decoded."""
     try:
@@ -91,15 +85,27 @@ def read_image(path: str, size: int, channels: int) -> np.ndarray | str:
         return f"{path}: {text}"
 
 
-def _masked(values: np.ndarray, ok: np.ndarray, dtype: pa.DataType) -> pa.Array:
-    """values (n_ok,) or (n_ok, W) of the decoded images -> an n-row column (list<dtype> for 2-d), null where
-    the image failed (Parquet stores null lists only when they are empty, hence offsets, not fixed sizes)."""
+def _masked(values: np.ndarray, ok: np.ndarray, dtype: pa.DataType | None = None) -> pa.Array:
+    """values (n_ok, ...) of the decoded images -> an n-row column, null where the image failed: one value per
+    row for 1-d values, else a list per row (nested for more dimensions). dtype None: the values' own.
+    Parquet stores null lists only when they are empty, hence offsets, not fixed sizes."""
+    dtype = dtype or pa.from_numpy_dtype(values.dtype)
     if values.ndim == 1:
         full = np.zeros(len(ok), values.dtype)
         full[ok] = values
         return pa.array(full, type=dtype, mask=~ok)
+    inner = _masked(values.reshape(-1, *values.shape[2:]), np.ones(values.shape[0] * values.shape[1], bool), dtype)
     offsets = np.concatenate([[0], np.cumsum(ok * values.shape[1])]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1), type=dtype), mask=pa.array(~ok))
+    return pa.ListArray.from_arrays(pa.array(offsets), inner, mask=pa.array(~ok))
+
+
+def _extras_column(outputs: dict[str, np.ndarray], ok: np.ndarray) -> pa.Array | None:
+    """The extra outputs as one struct column, a field per output (None: the model has none)."""
+    extras = extra_outputs(outputs)
+    if not extras:
+        return None
+    fields = [_masked(values, ok) for values in extras.values()]
+    return pa.StructArray.from_arrays(fields, names=list(extras), mask=pa.array(~ok))
 
 
 def no_outputs(model: ModelMetadata) -> dict[str, np.ndarray]:
@@ -126,8 +132,9 @@ def shard_table(first_index: int, paths: list[str], decoded: list[np.ndarray | s
     columns[TOP_K_PROBABILITY] = _masked(top_p.astype(np.float32), ok, pa.float32())
     if embeddings and EMBEDDING in outputs:
         columns[EMBEDDING] = _masked(outputs[EMBEDDING].astype(np.float32), ok, pa.float32())
-    if TREE_OUTPUT in outputs:
-        columns[TREE_PATH] = _masked(outputs[TREE_OUTPUT].astype(np.int64), ok, pa.int64())
+    extras = _extras_column(outputs, ok)
+    if extras is not None:
+        columns[EXTRAS] = extras
     if notes is not None:
         names = iter(notes[NAME])
         columns[NAME] = pa.array([next(names) if good else None for good in ok], pa.string())

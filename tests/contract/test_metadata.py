@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from contract.metadata import SCHEMA_VERSION, ImageInput, ModelMetadata, TensorSpec
+from contract.metadata import SCHEMA_VERSION, ExtraOutput, ImageInput, ModelMetadata, TensorSpec
 
 
 def _meta(**changes) -> ModelMetadata:
@@ -59,3 +59,46 @@ def test_unreadable_files_are_value_errors(tmp_path):
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(ValueError, match="a JSON object"):
         ModelMetadata.read(tmp_path / "list.json")
+
+
+def _with_path(**changes) -> ModelMetadata:
+    """A CoHiClust-like record: one extra output, path (B, 4) int64."""
+    outputs = {**_meta().outputs, "path": TensorSpec("path", "int64", (-1, 4))}
+    extra = ExtraOutput("path", "int64", (4,), "tree node ids")
+    return _meta(outputs=outputs, extra_outputs=(extra,), **changes)
+
+
+def test_extra_outputs_are_recorded_and_old_records_without_them_still_load(tmp_path):
+    meta = _with_path()
+    meta.write(tmp_path / "metadata.json")
+    data = json.loads((tmp_path / "metadata.json").read_text())
+    assert data["extra_outputs"] == [{"name": "path", "dtype": "int64", "shape": [4], "description": "tree node ids"}]
+    assert ModelMetadata.read(tmp_path / "metadata.json") == meta
+    del data["extra_outputs"]  # written before extra outputs were recorded
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = ModelMetadata.read(tmp_path / "old.json")
+    assert old.extra_outputs == (ExtraOutput("path", "int64", (4,)),) and old.outputs == meta.outputs
+    assert _meta().extra_outputs == ()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (ExtraOutput("path", "int64", (5,)), r"declared int64 \[-1, 5\], the graph has int64 \[-1, 4\]"),
+    (ExtraOutput("path", "float32", (4,)), "declared float32"),
+    (ExtraOutput("depth", "int64", ()), r"outputs beyond .* are \['path'\], but the extra outputs declared are"),
+])
+def test_extra_outputs_must_be_what_the_graph_gives(extra, message):
+    with pytest.raises(ValueError, match=message):
+        _with_path().replace(extra_outputs=(extra,))
+
+
+@pytest.mark.parametrize(("name", "dtype", "shape", "message"), [
+    ("cluster", "int64", (), "the name is taken"),
+    ("name", "int64", (), "the name is taken"),  # a field of every /cluster answer
+    ("features", "float32", (3,), "the name is taken"),
+    ("tree path", "int64", (), "letters, digits and _"),
+    ("depth", "complex64", (), "dtype 'complex64'"),
+    ("depth", "int64", (0,), "fixed positive dimensions"),
+])
+def test_bad_extra_output_declarations_are_refused(name, dtype, shape, message):
+    with pytest.raises(ValueError, match=message):
+        ExtraOutput(name, dtype, shape)

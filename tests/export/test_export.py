@@ -16,11 +16,13 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from contract.metadata import ExtraOutput
+from contract.names import REQUIRED_OUTPUTS
 from export import parity, tensorrt
 from export.__main__ import main as export_main
 from export.naming import check_name, model_name
 from export.onnx_export import graph_specs
-from export.pipeline import export_run
+from export.pipeline import check_head_outputs, export_run
 from export.triton import read_config, triton_type
 from tests.support.runs import digit_images
 from train.methods import METHODS
@@ -146,6 +148,8 @@ def test_metadata_describes_the_model(method, exported, tiny_run):
                              "layout": "NCHW"}
     assert meta["outputs"]["embedding"]["shape"] == [-1, meta["embedding_dim"]]
     assert set(meta["outputs"]) == set(result.parity["outputs"])  # every head output, extras included
+    extras = [name for name in meta["outputs"] if name not in REQUIRED_OUTPUTS]  # CoHiClust: path
+    assert [e["name"] for e in meta["extra_outputs"]] == extras and all(e["description"] for e in meta["extra_outputs"])
     width = meta["outputs"]["probabilities"]["shape"][1]  # CoHiClust: one per tree leaf
     assert width >= 10
     assert meta["outputs"]["probabilities"] == {"dtype": "float32", "shape": [-1, width], "triton_dims": [width]}
@@ -306,3 +310,12 @@ def test_parity_compare_flags_integer_and_float_differences():
     assert not parity.compare(ref, {**ref, "embedding": ref["embedding"] + np.nan})["passed"]
     assert not parity.compare(ref, {"embedding": ref["embedding"]})["passed"]  # missing outputs
     assert torch.__version__  # torch is the reference side of every other test
+
+
+def test_a_head_must_give_exactly_the_extra_outputs_its_method_declares():
+    head = ["embedding", "probabilities", "cluster", "path"]
+    check_head_outputs("cohiclust", head, (ExtraOutput("path", "int64", (4,)),))
+    with pytest.raises(ValueError, match=r"gives \['path'\] .* declares \[\]"):
+        check_head_outputs("undeclared", head, ())
+    with pytest.raises(ValueError, match=r"gives \[\] .* declares \['path'\]"):
+        check_head_outputs("missing", head[:3], (ExtraOutput("path", "int64", (4,)),))

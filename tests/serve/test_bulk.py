@@ -308,6 +308,23 @@ def test_a_block_where_nothing_decodes_keeps_the_columns(model, tmp_path):
     assert mixed.column("top_k").to_pylist()[0] is None and len(mixed.column("top_k").to_pylist()[1]) == 3
 
 
+def test_extra_outputs_are_fields_of_the_extras_column_by_their_names():
+    """Whatever a method adds to its head (here CoHiClust's path and a scalar) lands in `extras`, typed."""
+    paths = ["a.png", "broken.png", "c.png"]
+    decoded = [np.zeros((1, 8, 8), np.uint8), "broken.png: cannot decode image", np.zeros((1, 8, 8), np.uint8)]
+    outputs = {"embedding": np.ones((2, 4), np.float32), "probabilities": np.full((2, 3), 1 / 3, np.float32),
+               "cluster": np.array([2, 0]), "path": np.array([[1, 4], [2, 6]]),
+               "margin": np.array([0.5, 0.25], np.float32)}
+    table = shard_table(0, paths, decoded, outputs, 2, False)
+    assert table.schema.field("extras").type == pa.struct([("path", pa.list_(pa.int64())), ("margin", pa.float32())])
+    assert table.column("extras").to_pylist() == [{"path": [1, 4], "margin": 0.5}, None,
+                                                  {"path": [2, 6], "margin": 0.25}]
+    nothing = {name: values[:0] for name, values in outputs.items()}
+    assert shard_table(0, paths[1:2], decoded[1:2], nothing, 2, False).schema == table.schema  # same types
+    plain = {k: v for k, v in outputs.items() if k in ("embedding", "probabilities", "cluster")}
+    assert "extras" not in shard_table(0, paths, decoded, plain, 2, False).schema.names
+
+
 def test_the_pool_fits_the_cpus():
     assert pool_size(2, 0, 0) == (2, 1)
     assert pool_size(2, 1, 0) == (1, 2)

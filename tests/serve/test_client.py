@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.client import AsyncClient, Client, ClusterResult, GatewayClientError, array_to_pil
+from serve.client import AsyncClient, Client, ClusterResult, GatewayClientError, array_to_pil, cluster_results
 from tests.support.serving import digit_pngs, files, gateway
 
 
@@ -149,3 +149,16 @@ def test_the_async_client_retries_too_and_gives_up_after_its_retries(scripted):
     with Client(scripted, retries=5) as client, pytest.raises(GatewayClientError):
         client.cluster([b"png"])
     assert len(Scripted.seen) == 1  # a 400 is not retried
+
+
+def test_extra_outputs_come_through_by_name_and_as_attributes():
+    body = {"model": "tree", "version": 3, "results": [
+        {"index": 0, "filename": "a.png", "cluster": 2, "probability": 0.9,
+         "top_k": [{"cluster": 2, "probability": 0.9}], "path": [2, 6, 13], "margin": 0.4},
+        {"index": 1, "filename": "b.png", "error": "image 1: cannot decode image"}]}
+    ok, failed = cluster_results(body, offset=10)
+    assert ok.extras == {"path": (2, 6, 13), "margin": 0.4} and ok.path == (2, 6, 13) and ok.margin == 0.4
+    assert (ok.index, ok.cluster, ok.top_k[0].cluster, ok.model, ok.version) == (10, 2, 2, "tree", 3)
+    assert failed.extras == {} and not failed.ok
+    with pytest.raises(AttributeError, match="no field or extra output 'depth'"):
+        _ = ok.depth

@@ -98,3 +98,36 @@ def test_a_prefix_is_refused_only_when_its_bytes_already_decide():
         with pytest.raises(GatewayError) as err:
             check_prefix(body, 256, 1000)
         assert err.value.status == status, (body, err.value.message)
+
+
+def _embeddings(body: bytes | dict, max_images: int = 256, max_image_bytes: int = 10_000):
+    from serve.jsonbody import Shape, parse_body
+
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    try:
+        parsed = parse_body(raw, Shape.EMBEDDINGS, max_images, max_image_bytes)
+    except GatewayError as err:
+        return err.status, err.message
+    return parsed.fields, [bytes(image.data) for image in parsed.images]
+
+
+def test_openais_body_is_read_by_the_same_scanner():
+    fields, images = _embeddings({"input": ["aGk=", "YQ=="], "model": "m", "dimensions": 7.0, "user": "u", "n": -1.5e3,
+                                  "flag": True, "nothing": None, "encoding_format": "base64"})
+    assert (fields, images) == ({"model": "m", "dimensions": 7, "encoding_format": "base64"}, [b"aGk=", b"YQ=="])
+    assert _embeddings({"model": "m", "input": "aGk="})[1] == [b"aGk="]  # one image as a bare string
+    for body, status, words in [
+        ({"model": "m", "input": []}, 400, "input is empty"),
+        ({"model": "m"}, 422, "'input' is required"),
+        ({"input": "aGk="}, 422, "'model' is required"),
+        ({"model": "m", "input": "aGk=", "dimensions": 7.5}, 422, "must be an integer"),
+        ({"model": "m", "input": "aGk=", "dimensions": "7"}, 422, "integer or null"),
+        ({"model": "m", "input": "aGk=", "encoding_format": "hex"}, 422, "encoding_format must be one of"),
+        ({"model": "m", "input": "aGk=", "options": {"a": 1}}, 422, "'options' is not used by this API"),
+        ({"model": "m", "input": "aGk=", **{f"k{i}": 0 for i in range(15)}}, 422, "more than 16 keys"),
+        ({"model": "m", "input": ["aGk="] * 5}, 413, "more than 4 images"),
+        ({"model": "m", "input": ["aGk=", "A" * 1400]}, 413, "input[1]: 1050 bytes, more than the limit of 1000"),
+        (b'{"model": "m", "input": "aGk=", "n": tru}', 400, "not valid JSON"),
+    ]:
+        got = _embeddings(body, max_images=4, max_image_bytes=1000)
+        assert got[0] == status and words in got[1], (body, got)

@@ -58,3 +58,11 @@ def test_the_fuzzer_does_catch_a_server_error():
     with pytest.raises(BaseException) as err:  # schemathesis raises a group of its failures
         fuzz(app, examples=10)
     assert "[500]" in "".join(traceback.format_exception(err.value))
+
+
+def test_extra_outputs_cannot_take_the_name_of_an_answer_field():
+    from contract.names import ANSWER_FIELDS
+    from serve.schemas import ClusterResult
+
+    assert set(ClusterResult.model_fields) == set(ANSWER_FIELDS)  # what contract.metadata.ExtraOutput refuses
+    assert ClusterResult.model_json_schema()["additionalProperties"] is True  # the extra outputs, by name

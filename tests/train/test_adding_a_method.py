@@ -1,10 +1,14 @@
 """A sixth method defined entirely in this file (SimCLR + k-means on the embedding), registered at run time:
-it trains on digits, exports with parity, and the embedded gateway serves it. One file + one registry
-entry is all a method needs (train/methods/README.md)."""
+it trains on digits, exports with parity, and the embedded gateway and the bulk path serve it, extra
+outputs included. One file + one registry entry is all a method needs (train/methods/README.md)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from contract.metadata import ExtraOutput
 from train.config import ARCHITECTURE, Config, Presets
 from train.heads import mlp
 from train.kmeans import spherical_kmeans
@@ -58,7 +63,12 @@ class SimCLRKMeans(ClusteringMethod):
         embedding = F.normalize(self.projector(features), dim=1)
         similarity = embedding @ self.centroids.T
         return {"embedding": embedding, "probabilities": torch.softmax(similarity / 0.1, dim=1),
-                "cluster": similarity.argmax(1)}
+                "cluster": similarity.argmax(1), "similarity": similarity,
+                "runner_up": similarity.topk(2, dim=1).indices[:, 1]}
+
+    def extra_outputs(self) -> tuple[ExtraOutput, ...]:
+        return (ExtraOutput("similarity", "float32", (self.num_clusters,), "cosine similarity to each centroid"),
+                ExtraOutput("runner_up", "int64", (), "the second most similar centroid"))
 
     def on_epoch_end(self, ctx: EpochContext) -> None:
         result = spherical_kmeans(ctx.map_images(self.embed), self.num_clusters, restarts=3, generator=ctx.generator)
@@ -73,7 +83,10 @@ def toy_method():
 
 
 def test_a_method_from_one_file_trains_exports_and_is_served(toy_method, tmp_path):
+    from contract.metadata import ModelMetadata
     from export.pipeline import export_run
+    from export.triton import read_config
+    from serve.client import Client
     from tests.support.runs import digit_images
     from tests.support.serving import files, gateway, torch_predict
     from train.methods import make_config
@@ -93,8 +106,41 @@ def test_a_method_from_one_file_trains_exports_and_is_served(toy_method, tmp_pat
         pngs.append((path.name, path.read_bytes()))
     with gateway(tmp_path / "repo") as client:
         answer = client.post("/cluster", files=files(pngs))
+        from_client = Client(http=client).cluster([tmp_path / name for name, _ in pngs])
     assert answer.status_code == 200, answer.text
     served = [r["cluster"] for r in answer.json()["results"]]
-    assert served == torch_predict(run, images)["cluster"].tolist()
+    reference = torch_predict(run, images)
+    assert served == reference["cluster"].tolist()
     assert len(set(served)) > 1
     assert np.isfinite([r["probability"] for r in answer.json()["results"]]).all()
+
+    # the extra outputs: declared once above, then recorded, configured, answered, written and read back
+    version_dir = tmp_path / "repo" / exported.name / str(exported.version)
+    assert [(e.name, e.dtype, e.shape) for e in ModelMetadata.read(version_dir / "metadata.json").extra_outputs] == \
+        [("similarity", "float32", (10,)), ("runner_up", "int64", ())]
+    head_config = read_config(tmp_path / "repo" / f"{exported.name}_head")
+    assert [o.name for o in head_config.output][-2:] == ["similarity", "runner_up"]
+    items = answer.json()["results"]
+    np.testing.assert_allclose([r["similarity"] for r in items], reference["similarity"], atol=1e-4)
+    assert [r["runner_up"] for r in items] == reference["runner_up"].tolist()
+    assert [r.runner_up for r in from_client] == reference["runner_up"].tolist()
+    bulk_rows = bulk(tmp_path / "bulk", tmp_path / "repo", [tmp_path / name for name, _ in pngs])
+    assert [Path(p).name for p in bulk_rows["path"]] == [name for name, _ in pngs]
+    assert [e["runner_up"] for e in bulk_rows["extras"]] == reference["runner_up"].tolist()
+    np.testing.assert_allclose([e["similarity"] for e in bulk_rows["extras"]], reference["similarity"], atol=1e-4)
+
+
+def bulk(out: Path, repository: Path, images: list[Path]) -> dict[str, list]:
+    """Rows of a bulk job (real local Ray, one actor) over `images`, in listing order."""
+    import pyarrow.dataset as pads
+
+    listing = out / "images.txt"
+    out.mkdir()
+    listing.write_text("".join(f"{p}\n" for p in images))
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "serve.bulk", str(listing), "--model-repository", str(repository),
+                           "--output", str(out / "job"), "--actors", "1", "--num-cpus", "1"],
+                          cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return pads.dataset(out / "job" / "shards", format="parquet").to_table().sort_by("index").to_pydict()

@@ -9,7 +9,8 @@ for adding one):
   minimise. Built from the pure functions in train/losses.
 - `head_outputs(features)`: the fixed inference contract that export wraps as is:
   features (B, F) -> {"embedding": (B, D) L2-normalised, "probabilities": (B, K),
-  "cluster": (B,) int64, ...method extras}. Pure tensor operations, so it traces to ONNX.
+  "cluster": (B,) int64, ...the extras `extra_outputs()` declares}. Pure tensor operations, so it
+  traces to ONNX.
 - State needed at inference (pruning masks, centroids) lives in buffers.
 - Hooks: `on_epoch_start` / `on_epoch_end` (whole-data-set work: k-means, pruning),
   `on_step_end(step, outputs)` after every optimiser step (EMA; statistics of the training batches,
@@ -33,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from contract.metadata import ExtraOutput
 from train.backbones import build_backbone
 from train.config import Config, Presets
 
@@ -89,6 +91,11 @@ class ClusteringMethod(nn.Module):
 
     def head_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def extra_outputs(self) -> tuple[ExtraOutput, ...]:
+        """What `head_outputs` gives beyond embedding, probabilities and cluster: name, dtype and shape per
+        image of each. Export refuses a head that differs; every later stage passes them on by name."""
+        return ()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from contract.files import write_json
+from contract.metadata import ExtraOutput
 from contract.names import TREE_FILE
 from train import report
 from train.config import ARCHITECTURE, Config, Presets, schedule_point
@@ -47,6 +48,9 @@ from train.losses.cohiclust import (
 from train.losses.contrastive import nt_xent
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.metrics import clustering_metrics
+
+PATH = "path"
+"""The extra head output: per image, the heap ids of its cluster's leaf and its ancestors (B, L) int64."""
 
 
 @dataclass
@@ -179,7 +183,7 @@ class CoHiClust(ClusteringMethod):
             "embedding": F.normalize(self.projection_head(features), dim=1),
             "probabilities": probabilities,
             "cluster": cluster,
-            "path": path,
+            PATH: path,
         }
 
     def cluster_tree(self) -> list[frozenset[int]]:
@@ -193,6 +197,10 @@ class CoHiClust(ClusteringMethod):
                 under.setdefault(leaf >> (self.depth - level), set()).add(c)
             groups += [g for g in map(frozenset, under.values()) if len(g) > 1 and g not in groups]
         return groups
+
+    def extra_outputs(self) -> tuple[ExtraOutput, ...]:
+        return (ExtraOutput(PATH, "int64", (self.depth,), "tree node ids (heap order) of the cluster's leaf and "
+                            "its ancestors, level 1 to L"),)
 
     @torch.no_grad()
     def on_step_end(self, step: StepContext, outputs: dict[str, torch.Tensor]) -> None:
@@ -233,7 +241,7 @@ class CoHiClust(ClusteringMethod):
                         images: torch.Tensor) -> dict[str, Any]:
         """tree.json (surviving nodes, parents, sizes, assignment per level), tree.png; metrics per level."""
         depth = self.depth
-        paths = outputs["path"].numpy()  # (N, L)
+        paths = outputs[PATH].numpy()  # (N, L)
         node_mask = node_mask_from_leaves(self.leaf_mask).cpu().numpy()
         sizes = np.bincount(paths.reshape(-1), minlength=node_mask.size)
         sizes[0] = paths.shape[0]
