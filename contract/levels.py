@@ -3,6 +3,7 @@
     levels = ClusterLevels.read(run_dir / CLUSTER_LEVELS_FILE)   # written by the trainer (train/levels.py)
     k = check_level(levels, K, "8")                             # LevelError names the valid range
     merged = merge(levels, probabilities, cluster, k)           # (B, k) member sums, merged ids
+    answers = outputs_at(levels, outputs, k)                    # the same at level k, in the head's (B, K) layout
     names = level_names(levels, k, head_names)                  # {merged id: name} built from the members
 
 The hierarchy is scipy's linkage format: K-1 rows [a, b, height, count], row i merging groups a and
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from contract import files
+from contract.names import CLUSTER, PROBABILITIES
 
 MEMBERS_IN_NAME = 3
 """A merged cluster without a name of its own is named after this many of its members, then "+N"."""
@@ -183,6 +185,20 @@ def merge(levels: ClusterLevels | None, probabilities: np.ndarray, cluster: np.n
     merged = np.zeros((probabilities.shape[0], len(ids)), probabilities.dtype)
     np.add.at(merged.T, column, probabilities.T)
     return Merged(merged, ids[merged.argmax(1)], ids)
+
+
+def outputs_at(levels: ClusterLevels | None, outputs: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """Head outputs of B images -> the answers at level k in the head's own layout, so whatever reads head
+    outputs reads them: probabilities (B, K) with each merged cluster's probability in its id's column and 0 in
+    the columns of the clusters it absorbed, cluster (B,) its merged id, every other output as it is. At k = K:
+    `outputs` itself."""
+    probabilities = outputs[PROBABILITIES]
+    if k == probabilities.shape[1]:
+        return outputs
+    merged = merge(levels, probabilities, outputs[CLUSTER], k)
+    spread = np.zeros_like(probabilities)
+    spread[:, merged.ids] = merged.probabilities
+    return {**outputs, PROBABILITIES: spread, CLUSTER: merged.cluster.astype(outputs[CLUSTER].dtype, copy=False)}
 
 
 def level_names(levels: ClusterLevels | None, k: int, head_names: list[str],

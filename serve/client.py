@@ -5,8 +5,9 @@
         results = client.cluster(["a.png", Path("b.jpg"), png_bytes, pil_image, uint8_array], model="digits")
         results[0].cluster, results[0].name, results[0].probability, results[0].ood, results[0].error
         results[0].extras                        # the model's extra outputs by name (CoHiClust: .path too)
+        client.cluster(images, clusters=4)       # answers at 4 clusters: the model's merged (its card's levels)
         embedded = client.embed(images)          # .embeddings (N, D) float32, NaN rows where .errors says why
-        client.card("digits")                    # GET /models/digits: card, names, versions
+        client.card("digits")                    # GET /models/digits: card, names, versions (clusters=k: names at k)
 
     async with AsyncClient(url) as client:       # the same methods, awaited; batches go out concurrently
         results = await client.cluster(images)
@@ -236,8 +237,8 @@ class Client:
         return parts
 
     def cluster(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None,
-                top_k: int | None = None) -> list[ClusterResult]:
-        parts = self._post_images("/cluster", images, _params(model, version, top_k=top_k))
+                top_k: int | None = None, clusters: int | None = None) -> list[ClusterResult]:
+        parts = self._post_images("/cluster", images, _params(model, version, top_k=top_k, clusters=clusters))
         return [r for offset, body in parts for r in cluster_results(body, offset)]
 
     def embed(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None) -> EmbedResult:
@@ -246,8 +247,8 @@ class Client:
     def models(self) -> dict[str, Any]:
         return self.request("GET", "/models")
 
-    def card(self, name: str, version: int | None = None) -> dict[str, Any]:
-        return self.request("GET", f"/models/{name}", params=_params(None, version))
+    def card(self, name: str, version: int | None = None, clusters: int | None = None) -> dict[str, Any]:
+        return self.request("GET", f"/models/{name}", params=_params(None, version, clusters=clusters))
 
 
 class AsyncClient:
@@ -300,8 +301,8 @@ class AsyncClient:
         return list(await asyncio.gather(*(one(s, c) for s, c in batches(images, self.batch_size))))
 
     async def cluster(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None,
-                      top_k: int | None = None) -> list[ClusterResult]:
-        parts = await self._post_images("/cluster", images, _params(model, version, top_k=top_k))
+                      top_k: int | None = None, clusters: int | None = None) -> list[ClusterResult]:
+        parts = await self._post_images("/cluster", images, _params(model, version, top_k=top_k, clusters=clusters))
         return [r for offset, body in parts for r in cluster_results(body, offset)]
 
     async def embed(self, images: Sequence[ImageLike], model: str | None = None,
@@ -311,5 +312,5 @@ class AsyncClient:
     async def models(self) -> dict[str, Any]:
         return await self.request("GET", "/models")
 
-    async def card(self, name: str, version: int | None = None) -> dict[str, Any]:
-        return await self.request("GET", f"/models/{name}", params=_params(None, version))
+    async def card(self, name: str, version: int | None = None, clusters: int | None = None) -> dict[str, Any]:
+        return await self.request("GET", f"/models/{name}", params=_params(None, version, clusters=clusters))

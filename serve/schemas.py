@@ -57,6 +57,8 @@ class ClusterResult(BaseModel):
 class ClusterResponse(BaseModel):
     model: str
     version: int | None = Field(default=None, description="the model version that answered")
+    clusters: int | None = Field(default=None, description="the number of clusters answered at (?clusters=, by "
+                                 "default the model's own)")
     results: list[ClusterResult]
 
 
@@ -78,7 +80,9 @@ class ModelCardResponse(BaseModel):
     name: str
     version: int | None = Field(description="the version described (the latest unless ?version=)")
     versions: list[int] = Field(description="every servable version")
-    names: list[str] = Field(description="current cluster names, by cluster id")
+    clusters: int | None = Field(default=None, description="the number of clusters `names` are at (?clusters=)")
+    names: list[str] = Field(description="current cluster names, by cluster id: at a level of fewer clusters, "
+                             "the name of the merged cluster each one belongs to")
     card: dict[str, Any] | None = Field(description="the model card (card.json): provenance, training metrics, "
                                         "clusters with sizes, centroids, class mapping and purity, calibration; "
                                         "null when the model has none")

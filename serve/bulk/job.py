@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from contract import files
+from contract.levels import LevelError
 from contract.metadata import ModelMetadata
 from contract.names import BULK_GALLERY_DIR, BULK_SUMMARY_FILE
 from serve.bulk import report
 from serve.bulk.source import Manifest, list_source, write_manifest
 from serve.bulk.worker import BlockWorker, WorkerSpec, shard_path
+from serve.cards import VersionCard, answer_level
 from serve.settings import BACKENDS
 
 JOB_FILE = "job.json"
@@ -62,6 +64,9 @@ class BulkOptions:
     batch_size: int = field(default=256, metadata={"help": "images per inference call"})
     block_size: int = field(default=1000, metadata={"help": "images per block: the unit of work, shards and resume"})
     top_k: int = field(default=3, metadata={"help": "most probable clusters kept per image"})
+    clusters: int | None = field(default=None, metadata={
+        "help": "answer at this many clusters: the model's merged along its card's hierarchy, as the gateway's "
+                "?clusters= (default: the model's own)"})
     embeddings: bool = field(default=False, metadata={"help": "also write each image's embedding"})
     gallery_size: int = field(default=8, metadata={"help": "images per cluster gallery (the most confident)"})
 
@@ -105,6 +110,15 @@ def resolve_model(opts: BulkOptions) -> ModelMetadata:
     return spec
 
 
+def resolve_level(opts: BulkOptions, spec: ModelMetadata) -> int:
+    """The number of clusters the rows answer at (--clusters, checked as the gateway checks ?clusters=)."""
+    card = VersionCard.find(opts.model_repository, spec)
+    try:
+        return answer_level(card, spec.num_clusters, opts.clusters)
+    except LevelError as err:
+        raise BulkError(f"--clusters: {err}") from err
+
+
 def _triton_models(url: str) -> dict[str, ModelMetadata]:
     import asyncio
 
@@ -125,22 +139,22 @@ def _triton_models(url: str) -> dict[str, ModelMetadata]:
         raise BulkError(f"Triton at {url}: {err.message}") from err
 
 
-def job_record(opts: BulkOptions, spec: ModelMetadata) -> dict[str, Any]:
+def job_record(opts: BulkOptions, spec: ModelMetadata, level: int) -> dict[str, Any]:
     """What the rows depend on: a job resumed with any of these changed would mix two kinds of rows."""
     return {"source": opts.source, "model": spec.name, "model_exported_at": spec.exported_at,
             "model_source_run": spec.source_run, "block_size": opts.block_size, "top_k": opts.top_k,
-            "embeddings": opts.embeddings}
+            "embeddings": opts.embeddings, "clusters": level}
 
 
-def prepare_output(opts: BulkOptions, spec: ModelMetadata, log: Callable[[str], None]) -> Manifest:
+def prepare_output(opts: BulkOptions, spec: ModelMetadata, level: int, log: Callable[[str], None]) -> Manifest:
     """Create or re-open OUT: the job record, the manifest (listed once), no temporary leftovers."""
     out = Path(opts.output)
     if out.exists() and not out.is_dir():
         raise BulkError(f"--output {out} is a file, not a folder")
-    record = job_record(opts, spec)
+    record = job_record(opts, spec, level)
     job_file, manifest = out / JOB_FILE, out / MANIFEST_FILE
     if job_file.is_file():
-        before = files.read_json(job_file)
+        before = {"clusters": spec.num_clusters, **files.read_json(job_file)}  # jobs before --clusters: the model's
         changed = {k: (before.get(k), v) for k, v in record.items() if before.get(k) != v}
         if changed:
             what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -224,7 +238,7 @@ def init_ray(opts: BulkOptions) -> None:
         ray.init(num_cpus=opts.num_cpus or None, include_dashboard=False, logging_level=logging.WARNING)
 
 
-def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pending: list[int],
+def run_blocks(opts: BulkOptions, spec: ModelMetadata, level: int, manifest: Manifest, pending: list[int],
                log: Callable[[str], None]) -> dict[str, Any]:
     """Run `pending` blocks on a Ray actor pool (streaming: a few blocks in flight); returns this run's figures."""
     import ray
@@ -240,7 +254,7 @@ def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pendi
             manifest=str(out / MANIFEST_FILE), shards=str(out / SHARDS_DIR), model=spec.name, backend=opts.backend,
             model_repository=str(Path(opts.model_repository).resolve()), triton_url=opts.triton_url,
             threads=threads, batch_size=opts.batch_size, block_size=opts.block_size, top_k=opts.top_k,
-            embeddings=opts.embeddings)
+            embeddings=opts.embeddings, clusters=level)
         ray.data.DataContext.get_current().enable_progress_bars = False
         log(f"{len(pending):,} blocks to run on {actors} actor(s) x {threads} thread(s)"
             + (f", {opts.gpus_per_actor} GPU each" if opts.gpus_per_actor else ""))
@@ -261,12 +275,13 @@ def run_job(opts: BulkOptions, log: Callable[[str], None] | None = None) -> dict
     """Cluster every image of opts.source into opts.output; returns summary.json's contents."""
     log = log or (lambda msg: print(f"bulk: {msg}", file=sys.stderr, flush=True))
     spec = resolve_model(opts)
-    manifest = prepare_output(opts, spec, log)
+    level = resolve_level(opts, spec)
+    manifest = prepare_output(opts, spec, level, log)
     out = Path(opts.output)
     pending = pending_blocks(out, manifest.num_blocks)
     if len(pending) < manifest.num_blocks:
         log(f"resuming: {manifest.num_blocks - len(pending):,} of {manifest.num_blocks:,} blocks already done")
-    run = run_blocks(opts, spec, manifest, pending, log) if pending else {"images": 0}
+    run = run_blocks(opts, spec, level, manifest, pending, log) if pending else {"images": 0}
     run["blocks"] = len(pending)
     summary = report.summarize(out / SHARDS_DIR, manifest, opts.block_size, spec, opts.gallery_size,
                                out / BULK_GALLERY_DIR)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from contract.card import ModelCard
-from contract.levels import ClusterLevels, LevelError, LevelScore, check_level, level_names, merge
+from contract.levels import ClusterLevels, LevelError, LevelScore, check_level, level_names, merge, outputs_at
 
 # 5 head clusters: 3+4 merge first (group 5), then 0+2 (6), then {3,4}+1 (7), then everything (8).
 LINKAGE = ((3, 4, 0.1, 2), (0, 2, 0.2, 2), (5, 1, 0.3, 3), (6, 7, 0.9, 5))
@@ -115,3 +115,17 @@ def test_the_card_carries_the_levels_and_an_older_card_without_them_still_loads(
     del record["levels"]
     older = ModelCard.from_json(record)
     assert older.levels is None and older.schema_version == card.schema_version
+
+
+def test_answers_at_a_level_keep_the_heads_layout_with_absorbed_clusters_at_zero():
+    probabilities, cluster = head_outputs()
+    outputs = {"embedding": np.ones((64, 3), np.float32), "probabilities": probabilities, "cluster": cluster,
+               "path": np.arange(64)}
+    assert outputs_at(LEVELS, outputs, 5) is outputs
+    at_3 = outputs_at(LEVELS, outputs, 3)
+    merged = merge(LEVELS, probabilities, cluster, 3)
+    assert at_3["probabilities"].shape == (64, 5) and at_3["cluster"].dtype == cluster.dtype
+    np.testing.assert_array_equal(at_3["probabilities"][:, [0, 1, 3]], merged.probabilities)
+    assert not at_3["probabilities"][:, [2, 4]].any()  # absorbed by 0 and 3
+    np.testing.assert_array_equal(at_3["cluster"], merged.cluster)
+    assert at_3["embedding"] is outputs["embedding"] and at_3["path"] is outputs["path"]
