@@ -56,6 +56,7 @@ from serve.schemas import (
     ModelCardResponse,
     ModelsResponse,
     Readiness,
+    clusters_query,
     documented_errors,
     images_request_body,
 )
@@ -73,9 +74,9 @@ def core_router(gateway: Gateway) -> APIRouter:
     model_q = Query(None, description="model name; may be left out when only one model is served")
     version_q = Query(None, ge=1, description="model version (default: the latest; a new export is picked up "
                       "without a restart)")
-    clusters_q = Query(None, description="answer at this many clusters, a whole number from 1 to the model's "
-                       "number of clusters (the default): its clusters merged along the card's hierarchy, each "
-                       "merged cluster's id its smallest member's, its probability the sum of its members'")
+    clusters_q = clusters_query("answer at this many clusters, a whole number from 1 to the model's number of "
+                                "clusters (the default): its clusters merged along the card's hierarchy, each merged "
+                                "cluster's id its smallest member's, its probability the sum of its members'")
 
     @router.post("/cluster", response_model=ClusterResponse, responses=image_errors, dependencies=protected,
                  openapi_extra=images_request_body(settings.max_images_per_request), summary="Cluster images",

@@ -44,7 +44,7 @@ from serve.backends.repository import ModelVersion, RepositoryError, resolve
 from serve.cards import read_names
 from serve.errors import bad_request, not_found
 from serve.gateway import Gateway
-from serve.schemas import documented_errors
+from serve.schemas import clusters_query, documented_errors
 
 STATIC = Path(__file__).with_name("static")
 PLACE_NEIGHBOURS = 10
@@ -116,8 +116,8 @@ def page_router(gateway: Gateway) -> APIRouter:
     @router.put("/models/{name}/clusters/{cluster}", dependencies=protected, responses=error_docs,
                 summary="Rename a cluster", operation_id="renameCluster")
     async def rename_cluster(name: str, cluster: int, body: ClusterName, version: int | None = version_q,
-                             clusters: str | None = Query(None, description="the level the cluster is at (default: "
-                                                          "the model's own clusters); each level has its names file")
+                             clusters: str | None = clusters_query("the level the cluster is at (default: the "
+                                                                   "model's own clusters); each has its names file")
                              ) -> Response:
         chosen = await served_version(name, version)
         spec = chosen.metadata

@@ -233,3 +233,17 @@ def images_request_body(max_images: int) -> dict[str, Any]:
         "multipart/form-data": {"schema": files},
         "application/json": {"schema": json_schema, "example": example},
     }}}
+
+
+def _whole_number(schema: dict[str, Any]) -> None:
+    schema.pop("anyOf", None)
+    schema.update(type="integer", minimum=1)
+
+
+def clusters_query(description: str) -> Any:
+    """The `?clusters=` parameter: documented as a whole number >= 1 but read as text, so that every wrong value
+    (0, more than the model's clusters, "ten") gets the gateway's own 422 naming the model's range, not
+    FastAPI's generic one (the schema cannot know each model's number of clusters)."""
+    from fastapi import Query
+
+    return Query(None, description=description, json_schema_extra=_whole_number)
