@@ -81,18 +81,26 @@ class ClusterLevels:
             counts.append(count)
         if self.suggested is not None and not 1 <= self.suggested <= k:
             raise ValueError(f"suggested level {self.suggested} is not in 1..{k}")
+        object.__setattr__(self, "_table", self._assignments())
+
+    def _assignments(self) -> np.ndarray:
+        """(K, K) int64, row k-1: head cluster -> its merged cluster's id at level k (made once: the gateway
+        answers at any level per request)."""
+        k = self.num_clusters
+        table = np.empty((k, k), np.int64)
+        table[k - 1] = np.arange(k)
+        group = np.arange(k)  # each head cluster's group (linkage numbering)
+        smallest = list(range(k))  # per group: its smallest head cluster
+        for i, (a, b, _, _) in enumerate(self.linkage):
+            group[(group == a) | (group == b)] = k + i
+            smallest.append(min(smallest[a], smallest[b]))
+            table[k - i - 2] = np.asarray(smallest)[group]
+        table.flags.writeable = False
+        return table
 
     def assignment(self, k: int) -> np.ndarray:
-        """(K,) int64: head cluster -> its merged cluster's id (smallest member) at level k, 1 <= k <= K."""
-        groups = [[c] for c in range(self.num_clusters)]
-        for a, b, _, _ in self.linkage[:self.num_clusters - k]:
-            groups.append(groups[a] + groups[b])
-            groups[a] = groups[b] = []
-        out = np.empty(self.num_clusters, np.int64)
-        for members in groups:
-            if members:
-                out[members] = min(members)
-        return out
+        """(K,) int64, read-only: head cluster -> its merged cluster's id (its smallest member) at level k."""
+        return self._table[k - 1]
 
     def members(self, k: int) -> dict[int, list[int]]:
         """{merged id: its head clusters, ascending} at level k, by ascending id."""

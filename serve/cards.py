@@ -57,6 +57,7 @@ class VersionCard:
     names_file: Path | None  # the names file of the trained level; other levels' sit beside it
     num_clusters: int
     levels: ClusterLevels | None = None  # the card's merge hierarchy, when it fits this version's clusters
+    _defaults: list[str] = field(default_factory=list)  # the card's names (mapped classes), made once
     _edits: dict[int, tuple[tuple[int, int] | None, dict[int, str]]] = field(default_factory=dict)  # per level
     _ood_reference: np.ndarray | None = None  # card.stats.ood_reference(), converted once per load
 
@@ -74,7 +75,7 @@ class VersionCard:
             log.warning("model %s version %d: card levels merge %d clusters, the model has %d: answers at %d only",
                         version.name, version.version, levels.num_clusters, width, width)
             levels = None
-        made = cls(card, version.names_file, width, levels)
+        made = cls(card, version.names_file, width, levels, cluster_names(card, width))
         if card is not None and card.stats is not None:
             made._ood_reference = card.stats.ood_reference()
         return made
@@ -89,9 +90,6 @@ class VersionCard:
             return cls.load(resolve(root, spec.name, spec.version))
         except (RepositoryError, OSError):
             return None
-
-    def default_names(self) -> list[str]:
-        return cluster_names(self.card, self.num_clusters)
 
     def names_path(self, level: int) -> Path | None:
         """The names file of `level` (level_names_file beside the trained level's)."""
@@ -120,8 +118,8 @@ class VersionCard:
     def names(self, level: int | None = None) -> list[str]:
         """Per head cluster, the name of its cluster at `level` (default: the trained level, where each is its
         own): the level's names file over names built from the members' (contract.levels.level_names)."""
-        defaults, own = self.default_names(), self.edits(self.num_clusters)
-        heads = [own.get(k, defaults[k]) for k in range(self.num_clusters)]
+        own = self.edits(self.num_clusters)
+        heads = [own.get(k, name) for k, name in enumerate(self._defaults)]
         if level is None or level == self.num_clusters:
             return heads
         named = level_names(self.levels, level, heads, self.edits(level))
