@@ -49,7 +49,7 @@ from contract.names import (
     TENSORBOARD_DIR,
 )
 from train import metrics, report
-from train.budget import CPU_BUDGET_S, StepClock, duration, fitting_command
+from train.budget import Projection, StepClock, fitting_command, probe_step_seconds
 from train.checkpoint import read_checkpoint, save_checkpoint
 from train.cluster_stats import cluster_stats
 from train.config import Config, check_schedule, describe_schedule, split_names
@@ -66,6 +66,8 @@ PARITY_IMAGES = 64
 """Images of the evaluated data saved with the run for export's parity check (evenly spaced)."""
 INSTANCE_STREAM = 20_000
 """Random streams of the instance-loss-only pass (its order, then its augmentation per process)."""
+PROBE_STREAM = 30_000
+"""The random stream of the views that estimate a step's time before the first one (train/budget.py)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -457,9 +459,7 @@ def fit(run: Run, state: TrainState) -> None:
             + (f" x{run.group.world_size}" if run.group.world_size > 1 else ""))
     run.log(describe_schedule(cfg, make_config(cfg.method, dataset=cfg.dataset, preset=cfg.preset)))
     if run.group.is_main and state.epochs_done < cfg.epochs:
-        sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
-        state.clock = StepClock((cfg.epochs - state.epochs_done) * state.steps_per_epoch, state.steps_per_epoch,
-                                partial(report_projection, run, state), sync)
+        state.clock = project_time(run, state)
 
     from tqdm import tqdm  # here, not at the top: bench/train_throughput.py imports this module on bare GPU machines
 
@@ -507,15 +507,18 @@ def fit_epoch(run: Run, state: TrainState, epoch: int) -> dict[str, Any]:
             "train_seconds": round(state.train_seconds, 2)}
 
 
-def report_projection(run: Run, state: TrainState, per_step: float, seconds: float) -> None:
-    """Say how long the run will take; far beyond a first run on a CPU, give the command of one that fits."""
+def project_time(run: Run, state: TrainState) -> StepClock:
+    """Print the run's projected time estimated before its first step (train/budget.py), and return the clock
+    that measures it again on the first steps."""
     cfg = run.cfg
-    run.log(f"projected: about {duration(seconds)} for the {cfg.epochs - state.epochs_done} epochs left "
-            f"({state.steps_per_epoch} steps each, {per_step:.2f} s per step on {run.device}; evaluations come on top)")
-    if run.device.type == "cpu" and seconds > CPU_BUDGET_S:
-        command, fit_seconds = fitting_command(cfg, run.meta["in_channels"], per_step * state.steps_per_epoch)
-        run.log(f"that is far beyond a first run on a CPU. A run sized for it (about {duration(fit_seconds)}): "
-                f"{command}\n(this run goes on; stopped with Ctrl-C, its command started again resumes it)")
+    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+    projection = Projection((cfg.epochs - state.epochs_done) * state.steps_per_epoch, state.steps_per_epoch,
+                            run.device, run.log, partial(fitting_command, cfg, run.meta["in_channels"]))
+    generator = epoch_generator(cfg.seed, state.epochs_done, PROBE_STREAM, run.device)
+    per_step, count = probe_step_seconds(state.model.backbone, lambda x: state.augment(x, generator), run.images,
+                                         cfg.batch_size, run.autocast, sync)
+    projection.report(per_step, f"estimated from {count} images through the backbone")
+    return StepClock(partial(projection.report, how="measured on its first steps"), sync)
 
 
 def _describe_data(data: RunData) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.runs import digit_folder, tiny_config
 from tests.train.formats import write_cifar10
-from train import trainer
+from train import budget, trainer
 from train.__main__ import build_parser, main
 from train.budget import CPU_SIZED, command_line, fitting_command
 from train.config import check_schedule
@@ -93,18 +93,35 @@ def test_propos_paper_preset_shortened_to_40_epochs_turns_psl_on(tmp_path, capsy
     assert psl[:2] == [0.0, 0.0] and all(p > 0 for p in psl[2:])
 
 
-def test_the_run_projects_its_time_from_its_first_steps(tmp_path, capsys):
+def test_the_run_projects_its_time_before_its_first_step_and_from_its_first_steps(tmp_path, capsys):
     trainer.train(tiny_config("cc", tmp_path / "run", epochs=3))
     out = capsys.readouterr().out
-    line = next(x for x in out.splitlines() if x.startswith("projected: about"))
-    assert "for the 3 epochs left (14 steps each" in line and "far beyond" not in out
+    estimated, measured = [x for x in out.splitlines() if x.startswith("projected: about")]
+    assert "for the 3 epochs left (14 steps each" in estimated and "estimated from 8 images through the backbone" \
+        in estimated
+    assert "for the 3 epochs left (14 steps each" in measured and "measured on its first steps" in measured
+    assert "far beyond" not in out
+
+
+def test_the_estimate_leaves_the_training_as_it_would_have_been(tmp_path, monkeypatch):
+    """The probe works on a copy of the backbone and its own random stream: the run's weights are those of a run
+    without it."""
+    import torch
+
+    from train.checkpoint import read_checkpoint
+
+    trainer.train(tiny_config("propos", tmp_path / "probed", epochs=1, kmeans_restarts=1))
+    monkeypatch.setattr(trainer, "project_time", lambda run, state: None)
+    trainer.train(tiny_config("propos", tmp_path / "plain", epochs=1, kmeans_restarts=1))
+    probed, plain = read_checkpoint(tmp_path / "probed")["model"], read_checkpoint(tmp_path / "plain")["model"]
+    assert all(torch.equal(probed[k], plain[k]) for k in plain)
 
 
 def test_far_beyond_a_first_run_on_a_cpu_it_gives_the_command_of_one_that_fits(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(trainer, "CPU_BUDGET_S", 0)  # any run is "too long": the advice without a long run
+    monkeypatch.setattr(budget, "CPU_BUDGET_S", 0)  # any run is "too long": the advice without a long run
     trainer.train(tiny_config("cc", tmp_path / "run", epochs=2, image_size=8))
     out = capsys.readouterr().out
-    advice = next(x for x in out.splitlines() if x.startswith("that is far beyond a first run on a CPU"))
+    advice, = [x for x in out.splitlines() if x.startswith("that is far beyond a first run on a CPU")]  # once
     command = shlex.split(advice.split(": ", 1)[1])
     assert command[:3] == ["python", "-m", "train"] and "this run goes on" in out
     args = vars(build_parser("cc", "digits", "fast").parse_args(command[3:]))
