@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from contract import files
+from contract.levels import ClusterLevels
 
 CARD_SCHEMA_VERSION = 2
 """2: the OOD calibration is of the distance to `ood_prototypes` (1: to the cluster centroids), so a
@@ -200,16 +201,21 @@ class ModelCard:
     stats: ClusterStats | None = None  # None: the run predates cluster statistics
     precision: str = "fp32"  # contract.names.PRECISIONS
     agreement: dict[str, Any] | None = None  # reduced precision: its agreement with fp32 (export/agreement.py)
+    levels: ClusterLevels | None = None  # the clusters merged into fewer; None: the run predates it (answers at K)
     schema_version: int = CARD_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         if self.schema_version > CARD_SCHEMA_VERSION:
             raise ValueError(f"card schema_version {self.schema_version} is newer than this code reads "
                              f"({CARD_SCHEMA_VERSION}): upgrade deepcluster-serve")
+        if self.levels is not None and self.stats is not None and self.levels.num_clusters != len(self.stats.clusters):
+            raise ValueError(f"card levels merge {self.levels.num_clusters} clusters, its statistics have "
+                             f"{len(self.stats.clusters)}")
 
     def to_json(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "stats"}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("stats", "levels")}
         data["stats"] = None if self.stats is None else self.stats.to_json()
+        data["levels"] = None if self.levels is None else self.levels.to_json()
         if self.stats is not None:
             data["default_names"] = self.stats.default_names()
         return files.jsonable(data)
@@ -219,9 +225,11 @@ class ModelCard:
         if not isinstance(data, dict):
             raise ValueError(f"{source}: not a model card (a JSON object)")
         try:
-            values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data and f.name != "stats"}
-            stats = data.get("stats")
-            return cls(**values, stats=None if stats is None else ClusterStats.from_json(stats, source))
+            values = {f.name: data[f.name] for f in dataclasses.fields(cls)
+                      if f.name in data and f.name not in ("stats", "levels")}
+            stats, levels = data.get("stats"), data.get("levels")
+            return cls(**values, stats=None if stats is None else ClusterStats.from_json(stats, source),
+                       levels=None if levels is None else ClusterLevels.from_json(levels, source))
         except TypeError as err:
             raise ValueError(f"{source}: not a valid model card: {err}") from err
 
@@ -244,6 +252,9 @@ class ModelCard:
         if scores:
             lines.append(f"- training-set metrics: {scores}")
         lines.append(f"- precision {self.precision}" + _agreement_text(self.agreement))
+        if self.levels is not None:
+            lines.append(f"- answers at 1 to {self.levels.num_clusters} clusters (`?clusters=k`; merged by "
+                         f"{self.levels.criterion}); suggested: {self.levels.summary()}")
         if self.stats is None:
             return "\n".join([*lines, "", "No cluster statistics (the run predates them).", ""])
         s = self.stats

@@ -79,6 +79,11 @@ index (n,) into the data set, sources (n,). Copied into each model version for p
 Also map_embedding (m, D) and map_cluster (m,): up to MAP_POINTS training images spread evenly over the
 data set, what export projects to 2-D for the embedding map."""
 MAP_POINTS = 2000
+CLUSTER_LEVELS_FILE = "cluster_levels.json"
+"""The K clusters merged pairwise into fewer and the suggested number of clusters, with its scores per level
+(contract.levels.ClusterLevels). Written by the trainer when it finishes; export carries it into the model card."""
+LEVELS_PLOT_FILE = "levels.png"
+"""The scores per number of clusters and the dendrogram of the merges (the run report)."""
 TREE_FILE = "tree.json"
 """CoHiClust: the pruned tree (surviving nodes, parents, children, sizes on the training data), written by
 the method at the end of training and copied into each model version for pages that draw it."""
@@ -104,6 +109,14 @@ class mapping and purity, the OOD prototypes, the low-confidence and out-of-dist
 CARD_MARKDOWN_FILE = "card.md"
 NAMES_FILE = "cluster_names.json"
 """Editable cluster names of one model version: {"0": "zero", ...}; the gateway re-reads it when it changes."""
+
+
+def level_names_file(level: int, num_clusters: int) -> str:
+    """The names file of a model version's answers at `level` clusters: NAMES_FILE at its own num_clusters,
+    cluster_names_<level>.json below (keys: merged cluster ids, contract.levels)."""
+    return NAMES_FILE if level == num_clusters else f"cluster_names_{level}.json"
+
+
 MODEL_CONFIG_FILE = "config.pbtxt"
 ONNX_MODEL_FILE = "model.onnx"
 PLAN_MODEL_FILE = "model.plan"

@@ -8,7 +8,7 @@ set is needed. The output paths and the compatibility with the model's existing 
 first, then parity; nothing is written to a repository unless both pass, and then each repository
 gains a complete new version (export/versions.py) or nothing. An unfinished run is refused unless
 `allow_unfinished` (and then marked so in the metadata and the card). The model card comes from the
-run's cluster_stats.json (written by the trainer) and results.json.
+run's cluster_stats.json and cluster_levels.json (written by the trainer) and results.json.
 
 Reduced precision (model NAME_int8 or NAME_fp16, contract.names.precision_model): the fp32 graphs are
 exported and parity-checked as always, then int8 quantizes the encoder (export/quantize.py) on the run's
@@ -33,9 +33,11 @@ from typing import Any
 import numpy as np
 
 from contract.card import ClusterStats, ModelCard
+from contract.levels import ClusterLevels
 from contract.metadata import ExtraOutput, ImageInput, ModelMetadata
 from contract.names import (
     AGREEMENT_SAMPLE_FILE,
+    CLUSTER_LEVELS_FILE,
     CLUSTER_SAMPLES_FILE,
     CLUSTER_STATS_FILE,
     FP16,
@@ -151,11 +153,16 @@ def build_card(name: str, meta: dict[str, Any], info: RunInfo, epoch: int, expor
         log(f"note: {stats_file} is missing (a run trained before cluster statistics, or unfinished): the card has "
             "no clusters and the gateway gives no names, low-confidence or OOD flags; finish the run (start its "
             "command again) to write it")
+    levels_file = info.path / CLUSTER_LEVELS_FILE
+    levels = ClusterLevels.read(levels_file) if levels_file.is_file() else None
+    if levels is None and stats is not None:
+        log(f"note: {levels_file} is missing (a run finished before merge hierarchies): the gateway answers at the "
+            f"{len(stats.clusters)} trained clusters only; start the run's command again to write it")
     results = info.results
     training = {k: results.get(k) for k in ("epochs", "num_images", "train_seconds", "backbone") if k in results}
     return ModelCard(name=name, version=0, method=meta["method"], dataset=meta["dataset"], source_run=info.path.name,
                      finished=info.finished, epoch=epoch, exported_at=exported_at,
-                     metrics=dict(results.get("metrics", {})), training=training, stats=stats)
+                     metrics=dict(results.get("metrics", {})), training=training, stats=stats, levels=levels)
 
 
 def check_output(path: Path | None, what: str) -> None:

@@ -37,7 +37,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from contract.card import cluster_names
-from contract.names import PROBABILITIES
 from serve import __version__
 from serve.access import AccessLogMiddleware
 from serve.admission import AdmissionMiddleware
@@ -59,6 +58,7 @@ from serve.schemas import (
     ModelsResponse,
     Precision,
     Readiness,
+    clusters_query,
     documented_errors,
     images_request_body,
 )
@@ -79,6 +79,9 @@ def core_router(gateway: Gateway) -> APIRouter:
     precision_q = Query(None, description="the model's precision: fp32 (model NAME), int8 (NAME_int8: the encoder "
                         "quantized, see the model's agreement in /models/{name}) or fp16 (NAME_fp16); default: the "
                         "model as named")
+    clusters_q = clusters_query("answer at this many clusters, a whole number from 1 to the model's number of "
+                                "clusters (the default): its clusters merged along the card's hierarchy, each merged "
+                                "cluster's id its smallest member's, its probability the sum of its members'")
 
     @router.post("/cluster", response_model=ClusterResponse, responses=image_errors, dependencies=protected,
                  openapi_extra=images_request_body(settings.max_images_per_request), summary="Cluster images",
@@ -86,11 +89,16 @@ def core_router(gateway: Gateway) -> APIRouter:
     async def cluster(request: Request, model: str | None = model_q, version: int | None = version_q,
                       top_k: int | None = Query(None, ge=1, le=1000, description="how many clusters to list "
                                                 "per image (default: the default_top_k setting)"),
-                      precision: Precision | None = precision_q) -> Response:
-        done = await gateway.run(request, "/cluster", model, version, precision=precision)
-        notes = gateway.annotate(done.spec, done.outputs) if done.outputs is not None else None
-        results = cluster_results(done, top_k or settings.default_top_k, notes)
-        return FastJSONResponse({"model": done.spec.name, "version": done.spec.version, "results": results})
+                      precision: Precision | None = precision_q, clusters: str | None = clusters_q) -> Response:
+        spec = await gateway.spec(model, version, precision)
+        level = gateway.level(spec, clusters)  # before the body is read: a wrong level costs nothing
+        done = await gateway.run(request, "/cluster", spec.name, spec.version)
+        notes = None
+        if done.outputs is not None:
+            done.outputs, notes = gateway.answer(done.spec, done.outputs, level)
+        results = cluster_results(done, min(top_k or settings.default_top_k, level), notes)
+        return FastJSONResponse({"model": done.spec.name, "version": done.spec.version, "clusters": level,
+                                 "results": results})
 
     @router.post("/embed", response_model=EmbedResponse, responses=image_errors, dependencies=protected,
                  openapi_extra=images_request_body(settings.max_images_per_request),
@@ -114,12 +122,12 @@ def core_router(gateway: Gateway) -> APIRouter:
     @router.get("/models/{name}", response_model=ModelCardResponse, responses=documented_errors(key, (401, 404, 422)),
                 dependencies=protected, summary="A model's card and cluster names", operation_id="getModelCard")
     async def model_card(name: str = Path(description="model name"), version: int | None = version_q,
-                         precision: Precision | None = precision_q) -> Response:
+                         precision: Precision | None = precision_q, clusters: str | None = clusters_q) -> Response:
         spec = await gateway.spec(name, version, precision)
-        card = gateway.card(spec)
-        names = card.names() if card is not None else cluster_names(None, spec.outputs[PROBABILITIES].shape[1])
+        card, level = gateway.card(spec), gateway.level(spec, clusters)
+        names = card.names(level) if card is not None else cluster_names(None, spec.num_clusters)
         return FastJSONResponse({"name": spec.name, "version": spec.version,
-                                 "versions": gateway.backend.versions(spec.name), "names": names,
+                                 "versions": gateway.backend.versions(spec.name), "clusters": level, "names": names,
                                  "precision": spec.precision, "agreement": spec.agreement,
                                  "card": None if card is None or card.card is None else card.card.to_json(),
                                  "metadata": public_metadata(spec)})

@@ -6,8 +6,10 @@
         client.cluster(images, model="digits", precision="int8")   # model digits_int8, if exported
         results[0].cluster, results[0].name, results[0].probability, results[0].ood, results[0].error
         results[0].extras                        # the model's extra outputs by name (CoHiClust: .path too)
+        client.cluster(images, clusters=4)       # answers at 4 clusters: the model's merged (its card's levels)
         embedded = client.embed(images)          # .embeddings (N, D) float32, NaN rows where .errors says why
         client.card("digits")                    # GET /models/digits: card, names, versions, precision, agreement
+                                                 # (clusters=k: names at k clusters)
 
     async with AsyncClient(url) as client:       # the same methods, awaited; batches go out concurrently
         results = await client.cluster(images)
@@ -237,9 +239,12 @@ class Client:
         return parts
 
     def cluster(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None,
-                top_k: int | None = None, precision: str | None = None) -> list[ClusterResult]:
-        """precision: fp32, int8 or fp16, the model exported at that precision (default: `model` as named)."""
-        parts = self._post_images("/cluster", images, _params(model, version, top_k=top_k, precision=precision))
+                top_k: int | None = None, precision: str | None = None, clusters: int | None = None
+                ) -> list[ClusterResult]:
+        """precision: fp32, int8 or fp16, the model exported at that precision (default: `model` as named);
+        clusters: answer at this many clusters, merged along the card's hierarchy (default: the model's own)."""
+        parts = self._post_images("/cluster", images, _params(model, version, top_k=top_k, precision=precision,
+                                                              clusters=clusters))
         return [r for offset, body in parts for r in cluster_results(body, offset)]
 
     def embed(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None,
@@ -250,8 +255,10 @@ class Client:
     def models(self) -> dict[str, Any]:
         return self.request("GET", "/models")
 
-    def card(self, name: str, version: int | None = None, precision: str | None = None) -> dict[str, Any]:
-        return self.request("GET", f"/models/{name}", params=_params(None, version, precision=precision))
+    def card(self, name: str, version: int | None = None, precision: str | None = None,
+             clusters: int | None = None) -> dict[str, Any]:
+        return self.request("GET", f"/models/{name}", params=_params(None, version, precision=precision,
+                                                                     clusters=clusters))
 
 
 class AsyncClient:
@@ -304,8 +311,10 @@ class AsyncClient:
         return list(await asyncio.gather(*(one(s, c) for s, c in batches(images, self.batch_size))))
 
     async def cluster(self, images: Sequence[ImageLike], model: str | None = None, version: int | None = None,
-                      top_k: int | None = None, precision: str | None = None) -> list[ClusterResult]:
-        parts = await self._post_images("/cluster", images, _params(model, version, top_k=top_k, precision=precision))
+                      top_k: int | None = None, precision: str | None = None, clusters: int | None = None
+                      ) -> list[ClusterResult]:
+        parts = await self._post_images("/cluster", images, _params(model, version, top_k=top_k, precision=precision,
+                                                                    clusters=clusters))
         return [r for offset, body in parts for r in cluster_results(body, offset)]
 
     async def embed(self, images: Sequence[ImageLike], model: str | None = None,
@@ -316,5 +325,7 @@ class AsyncClient:
     async def models(self) -> dict[str, Any]:
         return await self.request("GET", "/models")
 
-    async def card(self, name: str, version: int | None = None, precision: str | None = None) -> dict[str, Any]:
-        return await self.request("GET", f"/models/{name}", params=_params(None, version, precision=precision))
+    async def card(self, name: str, version: int | None = None, precision: str | None = None,
+                   clusters: int | None = None) -> dict[str, Any]:
+        return await self.request("GET", f"/models/{name}", params=_params(None, version, precision=precision,
+                                                                           clusters=clusters))

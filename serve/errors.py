@@ -64,6 +64,11 @@ def not_found(message: str) -> GatewayError:
     return GatewayError(404, message, "not_found")
 
 
+def unprocessable(message: str) -> GatewayError:
+    """A well-formed request asking for what cannot be (as FastAPI's own validation errors, kind "validation")."""
+    return GatewayError(422, message, "validation")
+
+
 def too_large(message: str) -> GatewayError:
     return GatewayError(413, message, "too_large")
 

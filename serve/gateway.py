@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 from starlette.requests import Request
 
+from contract.levels import LevelError
 from contract.metadata import ModelMetadata
 from contract.names import CLUSTER
 from serve.backends import Backend
 from serve.backends.base import choose_model
 from serve.batching import Batcher
-from serve.cards import LOW_CONFIDENCE, OOD, VersionCard
-from serve.errors import GatewayError, backend_unavailable, bad_request, client_gone, public_text
+from serve.cards import LOW_CONFIDENCE, OOD, VersionCard, answer_level, answers_at
+from serve.errors import GatewayError, backend_unavailable, bad_request, client_gone, public_text, unprocessable
 from serve.images import IMAGES_FORM, RequestBody, RequestForm, Upload, prepare_uploads, read_body
 from serve.metrics import Metrics
 from serve.settings import Settings
@@ -239,19 +240,28 @@ class Gateway:
         """Prepared uint8 (B, C, S, S) -> the head outputs of that model version, through its batching queue."""
         return await self.batcher(spec).submit(images)
 
-    def annotate(self, spec: ModelMetadata, outputs: dict[str, np.ndarray]) -> dict[str, Any] | None:
-        """Names and flags of B cluster answers (serve/cards.py), counted in /metrics."""
-        card = self.card(spec)
-        if card is None:
-            return None
-        notes = card.annotate(outputs)
+    def level(self, spec: ModelMetadata, requested: str | None) -> int:
+        """The level (number of clusters) a request answers at: ?clusters=, by default the trained one; 422 naming
+        the valid range (a version without a merge hierarchy answers at its own clusters only)."""
+        try:
+            return answer_level(self.card(spec), spec.num_clusters, requested)
+        except LevelError as err:
+            raise unprocessable(str(err)) from err
+
+    def answer(self, spec: ModelMetadata, outputs: dict[str, np.ndarray], level: int
+               ) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+        """B images' head outputs at `level` and their names and flags (serve/cards.py answers_at); /metrics
+        counts the assignments at the trained level, so its series do not depend on what clients ask for."""
+        at_level, notes = answers_at(self.card(spec), outputs, level)
+        if notes is None:
+            return at_level, None
         model, version = spec.name, str(spec.version)
         for cluster, count in zip(*np.unique(outputs[CLUSTER], return_counts=True), strict=True):
             self.metrics.assignments.labels(model, version, str(int(cluster))).inc(int(count))
         if OOD in notes:
             self.metrics.low_confidence.labels(model, version).inc(int(notes[LOW_CONFIDENCE].sum()))
             self.metrics.ood.labels(model, version).inc(int(notes[OOD].sum()))
-        return notes
+        return at_level, notes
 
 
 async def _disconnected(request: Request) -> None:

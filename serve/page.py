@@ -2,7 +2,8 @@
 and the few routes only a page needs, all read from the served model version's directory:
 
     GET  /models/{name}/clusters/{cluster}/samples/{k}.png   a training image of the cluster (cluster_samples.npz)
-    PUT  /models/{name}/clusters/{cluster}                  {"name": ...}: writes the version's names file
+    PUT  /models/{name}/clusters/{cluster}[?clusters=k]     {"name": ...}: writes the version's names file (of
+                                                            level k: contract.names.level_names_file)
     GET  /models/{name}/tree                                CoHiClust's pruned tree with sizes per node
     GET  /models/{name}/projection                          the embedding map (UMAP at export, points in [0, 1])
     POST /models/{name}/projection/place                    images -> their positions on the map
@@ -36,7 +37,6 @@ from contract.names import (
     BULK_SUMMARY_FILE,
     CLUSTER_SAMPLES_FILE,
     EMBEDDING,
-    PROBABILITIES,
     PROJECTION_FILE,
     TREE_FILE,
     bulk_gallery_file,
@@ -46,7 +46,7 @@ from serve.backends.repository import ModelVersion, RepositoryError, resolve
 from serve.cards import MAX_NAME_LENGTH, NAME_PATTERN, clean_name, write_cluster_name
 from serve.errors import bad_request, not_found, version_unavailable
 from serve.gateway import Gateway
-from serve.schemas import documented_errors
+from serve.schemas import clusters_query, documented_errors
 
 STATIC = Path(__file__).with_name("static")
 PLACE_NEIGHBOURS = 10
@@ -126,12 +126,18 @@ def page_router(gateway: Gateway) -> APIRouter:
 
     @router.put("/models/{name}/clusters/{cluster}", dependencies=protected, responses=error_docs,
                 summary="Rename a cluster", operation_id="renameCluster")
-    async def rename_cluster(name: str, cluster: int, body: ClusterName, version: int | None = version_q) -> Response:
+    async def rename_cluster(name: str, cluster: int, body: ClusterName, version: int | None = version_q,
+                             clusters: str | None = clusters_query("the level the cluster is at (default: the "
+                                                                   "model's own clusters); each has its names file")
+                             ) -> Response:
         chosen = await served_version(name, version)
-        count = chosen.metadata.outputs[PROBABILITIES].shape[1]
-        if not 0 <= cluster < count:
-            raise bad_request(f"cluster {cluster} does not exist: model {name!r} has clusters 0..{count - 1}")
-        await asyncio.to_thread(write_cluster_name, chosen, cluster, body.name)
+        spec = chosen.metadata
+        level, count = gateway.level(spec, clusters), spec.num_clusters
+        ids = list(range(count)) if level == count else list(gateway.card(spec).levels.members(level))
+        if cluster not in ids:
+            listed = f"0..{count - 1}" if level == count else ", ".join(map(str, ids))
+            raise bad_request(f"cluster {cluster} does not exist: model {name!r} has clusters {listed} at {level}")
+        await asyncio.to_thread(write_cluster_name, chosen, cluster, body.name, level)
         return Response(status_code=204)
 
     @router.get("/models/{name}/tree", dependencies=protected, responses=error_docs, summary="CoHiClust's tree",

@@ -57,6 +57,8 @@ class ClusterResult(BaseModel):
 class ClusterResponse(BaseModel):
     model: str
     version: int | None = Field(default=None, description="the model version that answered")
+    clusters: int | None = Field(default=None, description="the number of clusters answered at (?clusters=, by "
+                                 "default the model's own)")
     results: list[ClusterResult]
 
 
@@ -85,7 +87,9 @@ class ModelCardResponse(BaseModel):
     name: str
     version: int | None = Field(description="the version described (the latest unless ?version=)")
     versions: list[int] = Field(description="every servable version")
-    names: list[str] = Field(description="current cluster names, by cluster id")
+    clusters: int | None = Field(default=None, description="the number of clusters `names` are at (?clusters=)")
+    names: list[str] = Field(description="current cluster names, by cluster id: at a level of fewer clusters, "
+                             "the name of the merged cluster each one belongs to")
     precision: Precision = Field(description="what the model computes in (its name says it too: NAME, NAME_int8)")
     agreement: dict[str, Any] | None = Field(description=AGREEMENT_HELP)
     card: dict[str, Any] | None = Field(description="the model card (card.json): provenance, training metrics, "
@@ -253,3 +257,17 @@ def images_request_body(max_images: int) -> dict[str, Any]:
         "multipart/form-data": {"schema": files},
         "application/json": {"schema": json_schema, "example": example},
     }}}
+
+
+def _whole_number(schema: dict[str, Any]) -> None:
+    schema.pop("anyOf", None)
+    schema.update(type="integer", minimum=1)
+
+
+def clusters_query(description: str) -> Any:
+    """The `?clusters=` parameter: documented as a whole number >= 1 but read as text, so that every wrong value
+    (0, more than the model's clusters, "ten") gets the gateway's own 422 naming the model's range, not
+    FastAPI's generic one (the schema cannot know each model's number of clusters)."""
+    from fastapi import Query
+
+    return Query(None, description=description, json_schema_extra=_whole_number)

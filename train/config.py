@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from contract import files
-from contract.cli import add_dataclass_arguments
+from contract.cli import add_dataclass_arguments, option_name
 
 Presets = dict[str, dict[str, dict[str, Any]]]
 """preset name -> data set name (or "*" for every data set) -> field overrides."""
@@ -33,6 +35,20 @@ ARCHITECTURE = {"architecture": True}
 def architecture_fields(cls: type[Config]) -> tuple[str, ...]:
     """Fields that shape the model's weights (metadata "architecture"): a checkpoint loads only where they agree."""
     return tuple(f.name for f in fields(cls) if f.metadata.get("architecture"))
+
+
+def schedule_point(turns_on: str | None = None, round_up: bool = False) -> dict[str, Any]:
+    """Field metadata of a point of the schedule given in epochs (a warm-up, a phase's length, when pruning
+    starts): it follows a shorter or longer --epochs in proportion unless set on the command line.
+
+    Scaled points round down, so a phase that ends before the run does still ends before it; `round_up`
+    for a point that must come after such a phase. `turns_on`: what starts once that many epochs are
+    done (a loss): the run refuses a value >= epochs, since it would never start."""
+    return {"schedule": {"turns_on": turns_on, "round_up": round_up}}
+
+
+def schedule_fields(cls: type[Config]) -> tuple[dataclasses.Field, ...]:
+    return tuple(f for f in fields(cls) if "schedule" in f.metadata)
 
 
 @dataclass
@@ -112,11 +128,11 @@ class Config:
     weight_decay: float = field(default=0.0, metadata={"help": "weight decay"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     schedule: str = field(default="constant", metadata={"help": "learning-rate schedule: constant or cosine"})
-    warmup_epochs: int = field(default=0, metadata={"help": "linear learning-rate warm-up epochs"})
+    warmup_epochs: int = field(default=0, metadata={**schedule_point(), "help": "linear learning-rate warm-up epochs"})
     lr_min: float = field(default=0.0, metadata={"help": "cosine schedule: the floor, as a fraction of lr"})
     cosine_epochs: int = field(
-        default=0, metadata={"help": "cosine schedule: its period after the warm-up, epochs (0 = the rest of the run, "
-                             "so it ends at the floor)"}
+        default=0, metadata={**schedule_point(), "help": "cosine schedule: its period after the warm-up, epochs "
+                             "(0 = the rest of the run, so it ends at the floor)"}
     )
     bn_groups: int = field(
         default=1, metadata={"help": "BatchNorm statistics over this many equal slices of the batch, as an official "
@@ -250,7 +266,10 @@ def option_value(value: Any) -> str:
 
 def resolve_config(cls: type[Config], presets: Presets, dataset_defaults: dict[str, Any],
                    overrides: dict[str, Any]) -> Config:
-    """Build the run config: defaults < preset["*"] < data-set defaults < preset[data set] < overrides."""
+    """Build the run config: defaults < preset["*"] < data-set defaults < preset[data set] < overrides.
+
+    When the overrides change `epochs`, the schedule points they leave out follow it in proportion
+    (`scale_schedule`)."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
     dataset = overrides.get("dataset", cls.dataset)
     preset_name = overrides.get("preset", cls.preset)
@@ -258,13 +277,48 @@ def resolve_config(cls: type[Config], presets: Presets, dataset_defaults: dict[s
         raise ValueError(f"unknown preset {preset_name!r}; choose from {sorted(presets)}")
     preset = presets[preset_name]
     values: dict[str, Any] = {}
-    for layer in (preset.get("*", {}), dataset_defaults, preset.get(dataset, {}), overrides):
+    for layer in (preset.get("*", {}), dataset_defaults, preset.get(dataset, {})):
         values.update(layer)
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
+    unknown = (set(values) | set(overrides)) - {f.name for f in fields(cls)}
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
-    return cls(**values)
+    planned = cls(**{"method": "", **values})  # what the preset plans, before the command line
+    scaled = scale_schedule(planned, overrides.get("epochs", planned.epochs), keep=overrides)
+    return cls(**{**values, **scaled, **overrides})
+
+
+def scale_schedule(planned: Config, epochs: int, keep: Collection[str] = ()) -> dict[str, int]:
+    """The schedule points of `planned` (written for planned.epochs) for a run of `epochs`, but those in `keep`:
+    each point x epochs / planned.epochs, rounded down (up for `round_up` points)."""
+    if epochs == planned.epochs or epochs < 1 or planned.epochs < 1:
+        return {}
+    out = {}
+    for f in schedule_fields(type(planned)):
+        if f.name not in keep:
+            exact = getattr(planned, f.name) * epochs / planned.epochs
+            out[f.name] = math.ceil(exact) if f.metadata["schedule"]["round_up"] else math.floor(exact)
+    return out
+
+
+def check_schedule(cfg: Config) -> None:
+    """ValueError (one line, naming the options) when a loss of the schedule would never start."""
+    for f in schedule_fields(type(cfg)):
+        turns_on, value = f.metadata["schedule"]["turns_on"], getattr(cfg, f.name)
+        if turns_on and cfg.epochs >= 1 and value >= cfg.epochs:
+            option = option_name(f.name)
+            raise ValueError(f"{option} {value} with --epochs {cfg.epochs}: {turns_on} would never start; give "
+                             f"{option} below {cfg.epochs}, or leave it out to scale it with --epochs")
+
+
+def describe_schedule(cfg: Config, planned: Config) -> str:
+    """The run's schedule points in one line, saying which were scaled from `planned` (the preset's plan)."""
+    parts = []
+    for f in schedule_fields(type(cfg)):
+        value, plan = getattr(cfg, f.name), getattr(planned, f.name)
+        scaled = planned.epochs != cfg.epochs and value == scale_schedule(planned, cfg.epochs).get(f.name)
+        parts.append(f"{f.name} {value}" + (f" (the preset's {plan} scaled)" if scaled and value != plan else ""))
+    note = f", the {planned.preset} preset plans {planned.epochs}" if planned.epochs != cfg.epochs else ""
+    return f"schedule: {cfg.epochs} epochs{note}; " + ", ".join(parts)
 
 
 def split_names(text: str) -> tuple[str, ...]:

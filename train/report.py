@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from contract.files import atomic_open
+from contract.levels import ClusterLevels
 from train.metrics import contingency, hungarian_match
 
 if TYPE_CHECKING:
@@ -283,4 +284,35 @@ def plot_tree(path: Path, images: np.ndarray, clusters: np.ndarray, nodes: list[
         grid_rows = [picks[c][r * cols:(r + 1) * cols] for r in range(rows)]
         tile.imshow(tile_canvas(images, grid_rows, cols), interpolation="nearest")
         tile.axis("off")
+    save_figure(fig, path)
+
+
+def plot_levels(path: Path, levels: ClusterLevels, names: list[str]) -> None:
+    """Save a PNG of the scores per number of clusters (silhouette, merge-height gap; the suggested k marked)
+    above the dendrogram of the merges, its leaves the K clusters labelled "id name"."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    k = levels.num_clusters
+    fig = _figure(figsize=(min(max(6.0, 0.3 * k + 3), 24), 8))
+    scores_ax, tree_ax = fig.subplots(2, 1, height_ratios=[1, 1.4])
+    scored = [s for s in levels.scores if s.silhouette is not None]
+    scores_ax.plot([s.k for s in scored], [s.silhouette for s in scored], "o-", color="C0", ms=3, label="silhouette")
+    scores_ax.set_xlabel("number of clusters k")
+    scores_ax.set_ylabel("silhouette (cosine)", color="C0")
+    gap_ax = scores_ax.twinx()
+    gapped = [s for s in levels.scores if s.gap is not None]
+    gap_ax.bar([s.k for s in gapped], [s.gap for s in gapped], color="C1", alpha=0.35, label="merge-height gap")
+    gap_ax.set_ylabel("merge-height gap (ratio)", color="C1")
+    scores_ax.set_zorder(gap_ax.get_zorder() + 1)  # the line over the bars
+    scores_ax.patch.set_visible(False)
+    if levels.suggested is not None:
+        scores_ax.axvline(levels.suggested, color="C3", ls="--", lw=1)
+    scores_ax.set_title(f"suggested clusters: {levels.summary()}", fontsize=9)
+    if k > 1:
+        labels = [f"{c} {n}" if n != str(c) else str(c) for c, n in enumerate(names)]
+        dendrogram(np.array(levels.linkage, np.float64), ax=tree_ax, labels=labels, leaf_rotation=90,
+                   leaf_font_size=7 if k <= 60 else 5, color_threshold=0, above_threshold_color="0.3")
+    tree_ax.set_ylabel("merge height")
+    tree_ax.set_title(f"{k} clusters merged pairwise: {levels.criterion}", fontsize=9)
+    fig.tight_layout()
     save_figure(fig, path)

@@ -29,10 +29,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from contract import files
+from contract.card import ClusterStats
 from contract.names import (
     ASSIGNMENTS_FILE,
     CALIBRATION_SAMPLE_FILE,
     CHECKPOINT_FILE,
+    CLUSTER_LEVELS_FILE,
     CLUSTER_SAMPLES_FILE,
     CLUSTER_STATS_FILE,
     CONFIG_FILE,
@@ -40,6 +42,7 @@ from contract.names import (
     GALLERY_FILE,
     IMAGES_USED_FILE,
     INIT_FILE,
+    LEVELS_PLOT_FILE,
     MAP_POINTS,
     METRICS_FILE,
     PARITY_SAMPLE_FILE,
@@ -47,14 +50,16 @@ from contract.names import (
     TENSORBOARD_DIR,
 )
 from train import metrics, report
+from train.budget import Projection, StepClock, fitting_command, probe_step_seconds
 from train.checkpoint import read_checkpoint, save_checkpoint
 from train.cluster_stats import cluster_stats
-from train.config import Config, split_names
+from train.config import Config, check_schedule, describe_schedule, split_names
 from train.data.augment import AugmentParams, BatchAugment, resize_images
 from train.data.cache import FolderDecoder
-from train.data.datasets import ImageData, load_dataset, resolve_splits
+from train.data.datasets import DATASETS, ImageData, load_dataset, resolve_splits
 from train.distributed import ProcessGroup, gather_with_grad, init_from_env
-from train.methods import METHODS, build_training_model, get_method, groups_per_process
+from train.levels import MAX_CLUSTERS, cluster_levels
+from train.methods import METHODS, build_training_model, get_method, groups_per_process, make_config
 from train.methods.base import ClusteringMethod, EpochContext, StepContext
 from train.parents import load_parent, resolve_parent
 
@@ -66,6 +71,8 @@ CALIBRATION_BYTES = 128 << 20
 873 images)."""
 INSTANCE_STREAM = 20_000
 """Random streams of the instance-loss-only pass (its order, then its augmentation per process)."""
+PROBE_STREAM = 30_000
+"""The random stream of the views that estimate a step's time before the first one (train/budget.py)."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -232,6 +239,7 @@ class TrainState:
     steps_per_epoch: int  # optimiser steps of an epoch, all its passes together
     epochs_done: int = 0
     train_seconds: float = 0.0
+    clock: StepClock | None = None  # times the first steps of this process's fit (main process only)
 
 
 def train_one_epoch(state: TrainState, images: torch.Tensor, epoch: int, *, phase: str = "train",
@@ -248,6 +256,8 @@ def train_one_epoch(state: TrainState, images: torch.Tensor, epoch: int, *, phas
     order = epoch_order(images, cfg, order_gen, weights)
     sums: dict[str, float] = {}
     model.train()
+    if state.clock is not None:
+        state.clock.begin()
     for i in range(steps):
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][group.rank::group.world_size]
         batch = images[idx]
@@ -258,6 +268,8 @@ def train_one_epoch(state: TrainState, images: torch.Tensor, epoch: int, *, phas
                           aug_gen, idx, phase, shared_generator=order_gen)
         for k, v in train_step(state, x1, x2, ctx).items():
             sums[k] = sums.get(k, 0.0) + float(v)
+        if state.clock is not None:
+            state.clock.step_done()
     return {k: v / max(1, steps) for k, v in sums.items()}
 
 
@@ -310,6 +322,7 @@ def train(cfg: Config) -> dict[str, Any]:
 def set_up(cfg: Config) -> Run:
     """Device and process group, the checks, the parent run (before any data is read), the data and the model."""
     method = get_method(cfg.method)
+    check_schedule(cfg)
     device, group = join_process_group(cfg)
     if cfg.batch_size % group.world_size:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the {group.world_size} processes")
@@ -371,11 +384,22 @@ def check_data(cfg: Config, data: RunData, log: Callable[[str], None]) -> int:
         raise ValueError(f"{cfg.dataset} has no class labels: give --num-clusters")
     if num_clusters > data.train.images.shape[0]:  # a cluster needs an image; the losses' (K, K) terms grow as K^2
         raise ValueError(f"--num-clusters {num_clusters} is more than the {data.train.images.shape[0]} training images")
-    for name, part in (("train", data.train), ("instance", data.instance)):
+    for part in (data.train, data.instance):
         if part is not None and part.images.shape[0] < cfg.batch_size:
-            raise ValueError(f"batch_size {cfg.batch_size} is larger than the {name} splits "
-                             f"{','.join(part.splits)} ({part.images.shape[0]} images)")
+            count = part.images.shape[0]
+            fits = 2 ** max(1, (count // 2).bit_length() - 1)  # a power of two that leaves two steps an epoch
+            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {count} images of "
+                             f"{_describe_source(cfg, part)}: give --batch-size {fits} or smaller")
     return num_clusters
+
+
+def _describe_source(cfg: Config, part: ImageData) -> str:
+    """What a user calls the images of `part`: "the folder ~/photos", "digits", "cifar10's train split"."""
+    info = DATASETS[cfg.dataset]
+    if len(info.splits) > 1:
+        return f"{cfg.dataset}'s {' and '.join(part.splits)} split{'s' if len(part.splits) > 1 else ''}"
+    sampled = f" (--max-images {cfg.max_images})" if cfg.max_images else ""
+    return (f"the folder {cfg.data_dir}" if info.folder else cfg.dataset) + sampled
 
 
 def autocast_for(cfg: Config, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -462,6 +486,9 @@ def fit(run: Run, state: TrainState) -> None:
     run.log(f"{cfg.method} on {cfg.dataset}: {_describe_data(run.data)}, {run.model.num_clusters} clusters, "
             f"{cfg.backbone} ({cfg.stem} stem) at {cfg.image_size} px, {cfg.epochs} epochs, device {run.device}"
             + (f" x{run.group.world_size}" if run.group.world_size > 1 else ""))
+    run.log(describe_schedule(cfg, make_config(cfg.method, dataset=cfg.dataset, preset=cfg.preset)))
+    if run.group.is_main and state.epochs_done < cfg.epochs:
+        state.clock = project_time(run, state)
 
     from tqdm import tqdm  # here, not at the top: bench/train_throughput.py imports this module on bare GPU machines
 
@@ -502,10 +529,26 @@ def fit_epoch(run: Run, state: TrainState, epoch: int) -> dict[str, Any]:
         instance_steps = epoch_steps(run.instance_images, cfg)
     losses.update(train_one_epoch(state, run.images, epoch, first_step=instance_steps, weights=model.sample_weights()))
     model.on_epoch_end(ctx)
+    if state.clock is not None:
+        state.clock.epoch_done()
     state.epochs_done = epoch + 1
     state.train_seconds += time.perf_counter() - t0
     return {"epoch": epoch + 1, "lr": state.scheduler.get_last_lr()[0], **losses,
             "train_seconds": round(state.train_seconds, 2)}
+
+
+def project_time(run: Run, state: TrainState) -> StepClock:
+    """Print the run's projected time estimated before its first step (train/budget.py), and return the clock
+    that measures it again on the first steps."""
+    cfg = run.cfg
+    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+    projection = Projection((cfg.epochs - state.epochs_done) * state.steps_per_epoch, state.steps_per_epoch,
+                            run.device, run.log, partial(fitting_command, cfg, run.meta["in_channels"]))
+    generator = epoch_generator(cfg.seed, state.epochs_done, PROBE_STREAM, run.device)
+    per_step, count = probe_step_seconds(state.model.backbone, lambda x: state.augment(x, generator), run.images,
+                                         cfg.batch_size, run.autocast, sync)
+    projection.report(per_step, f"estimated from {count} images through the backbone")
+    return StepClock(partial(projection.report, how="measured on its first steps"), sync)
 
 
 def _describe_data(data: RunData) -> str:
@@ -534,8 +577,9 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
     if labels is not None:
         report.plot_confusion(run_dir / CONFUSION_FILE, labels, clusters, data.class_names)
     save_parity_sample(run_dir / PARITY_SAMPLE_FILE, data, cfg.image_size, model)
+    stats = save_cluster_stats(run_dir, data, outputs)
     save_calibration_sample(run_dir / CALIBRATION_SAMPLE_FILE, run.data.train, cfg.image_size, cfg.seed)
-    save_cluster_stats(run_dir, data, outputs)
+    save_cluster_levels(run_dir, outputs, model.cluster_tree(), stats.default_names(), cfg.seed)
     scores.update(model.write_artifacts(run_dir, outputs, data.labels, data.images))
     init_file = run_dir / INIT_FILE
     if run.method.parent and init_file.is_file():  # a resumed run too: init.json holds the parent's scores
@@ -593,7 +637,7 @@ def save_calibration_sample(path: Path, data: ImageData, image_size: int, seed: 
         np.savez_compressed(f, images=images.numpy(), sources=np.array([data.sources[i] for i in index]), index=index)
 
 
-def save_cluster_stats(run_dir: Path, data: ImageData, outputs: dict[str, torch.Tensor]) -> None:
+def save_cluster_stats(run_dir: Path, data: ImageData, outputs: dict[str, torch.Tensor]) -> ClusterStats:
     """cluster_stats.json (what the model card and the gateway's flags are made of) and cluster_samples.npz
     (each cluster's most confident training images), from the final evaluation's outputs."""
     labels = data.labels.numpy() if data.labels is not None else None
@@ -609,6 +653,22 @@ def save_cluster_stats(run_dir: Path, data: ImageData, outputs: dict[str, torch.
                             sources=np.array([data.sources[i] for i in index]),
                             map_embedding=outputs["embedding"][spread].numpy(),
                             map_cluster=outputs["cluster"][spread].numpy())
+    return stats
+
+
+def save_cluster_levels(run_dir: Path, outputs: dict[str, torch.Tensor], tree: list[frozenset[int]] | None,
+                        names: list[str], seed: int) -> None:
+    """cluster_levels.json (the clusters merged pairwise into fewer, the score of every level and the suggested
+    number of clusters) and levels.png, from the final evaluation's outputs; prints the suggestion."""
+    probabilities = outputs["probabilities"].numpy()
+    levels = cluster_levels(outputs["embedding"].numpy(), probabilities, outputs["cluster"].numpy(), tree, seed)
+    if levels is None:
+        print(f"no merge hierarchy: {probabilities.shape[1]} clusters are more than {MAX_CLUSTERS}", flush=True)
+        return
+    levels.write(run_dir / CLUSTER_LEVELS_FILE)
+    report.plot_levels(run_dir / LEVELS_PLOT_FILE, levels, names)
+    print(f"suggested clusters: {levels.summary()} of the {levels.num_clusters} trained "
+          f"(serve at any k from 1 to {levels.num_clusters}: ?clusters=k)", flush=True)
 
 
 def _summary(scores: dict[str, Any] | None) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import files
+from contract.levels import LevelError
 from contract.metadata import ModelMetadata
 from contract.names import BULK_GALLERY_DIR, BULK_SUMMARY_FILE, PRECISIONS
 from contract.repository import complete_versions, model_names
@@ -40,7 +41,7 @@ from serve.backends.base import choose_model
 from serve.bulk import report
 from serve.bulk.source import Manifest, list_source, write_manifest
 from serve.bulk.worker import BlockWorker, WorkerSpec, shard_path
-from serve.cards import VersionCard
+from serve.cards import VersionCard, answer_level
 from serve.errors import GatewayError
 from serve.settings import BACKENDS, Settings
 
@@ -77,6 +78,9 @@ class BulkOptions:
     batch_size: int = field(default=256, metadata={"help": "images per inference call"})
     block_size: int = field(default=1000, metadata={"help": "images per block: the unit of work, shards and resume"})
     top_k: int = field(default=3, metadata={"help": "most probable clusters kept per image"})
+    clusters: int | None = field(default=None, metadata={
+        "help": "answer at this many clusters: the model's merged along its card's hierarchy, as the gateway's "
+                "?clusters= (default: the model's own)"})
     embeddings: bool = field(default=False, metadata={"help": "also write each image's embedding"})
     gallery_size: int = field(default=8, metadata={"help": "images per cluster gallery (the most confident)"})
     max_image_bytes: int = field(default=Settings.max_image_bytes, metadata={
@@ -151,6 +155,15 @@ def _chosen(opts: BulkOptions, served: Collection[str], started: dict[str, Any] 
         return choose_model(served, opts.model, opts.precision, option="--model")
     except GatewayError as err:
         raise BulkError(f"{opts.model_repository}: {err.message}") from err
+def resolve_level(opts: BulkOptions, spec: ModelMetadata, started: dict[str, Any] | None = None) -> int:
+    """The number of clusters the rows answer at (--clusters, checked as the gateway checks ?clusters=); a job
+    resumed without --clusters: the level it recorded."""
+    card = VersionCard.find(opts.model_repository, spec)
+    requested = started.get("clusters") if started is not None and opts.clusters is None else opts.clusters
+    try:
+        return answer_level(card, spec.num_clusters, requested)
+    except LevelError as err:
+        raise BulkError(f"--clusters: {err}") from err
 
 
 def _triton_models(url: str) -> dict[str, ModelMetadata]:
@@ -173,24 +186,24 @@ def _triton_models(url: str) -> dict[str, ModelMetadata]:
         raise BulkError(f"Triton at {url}: {err.message}") from err
 
 
-def job_record(opts: BulkOptions, spec: ModelMetadata) -> dict[str, Any]:
+def job_record(opts: BulkOptions, spec: ModelMetadata, level: int) -> dict[str, Any]:
     """What the rows depend on: a job resumed with any of these changed would mix two kinds of rows."""
     return {"source": opts.source, "model": spec.name, "model_version": spec.version,
             "model_exported_at": spec.exported_at, "model_source_run": spec.source_run,
             "block_size": opts.block_size, "top_k": opts.top_k, "embeddings": opts.embeddings,
-            "max_image_bytes": opts.max_image_bytes, "max_image_pixels": opts.max_image_pixels}
+            "max_image_bytes": opts.max_image_bytes, "max_image_pixels": opts.max_image_pixels, "clusters": level}
 
 
-def prepare_output(opts: BulkOptions, spec: ModelMetadata, log: Callable[[str], None]) -> Manifest:
-    """Create or re-open OUT: the job record (with the cluster names when it starts), the manifest (listed
-    once), no temporary leftovers."""
+def prepare_output(opts: BulkOptions, spec: ModelMetadata, level: int, log: Callable[[str], None]) -> Manifest:
+    """Create or re-open OUT: the job record (with the cluster names at its level when it starts), the manifest
+    (listed once), no temporary leftovers."""
     out = Path(opts.output)
     if out.exists() and not out.is_dir():
         raise BulkError(f"--output {out} is a file, not a folder")
-    record = job_record(opts, spec)
+    record = job_record(opts, spec, level)
     job_file, manifest = out / JOB_FILE, out / MANIFEST_FILE
     if job_file.is_file():
-        before = files.read_json(job_file)
+        before = {"clusters": spec.num_clusters, **files.read_json(job_file)}  # jobs before --clusters: the model's
         changed = {k: (before.get(k), v) for k, v in record.items() if before.get(k) != v}
         if changed:
             what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -200,7 +213,7 @@ def prepare_output(opts: BulkOptions, spec: ModelMetadata, log: Callable[[str], 
         out.mkdir(parents=True, exist_ok=True)
         card = VersionCard.find(opts.model_repository, spec)
         # first: a manifest always has the record it was listed for
-        files.write_json(job_file, {**record, NAMES: None if card is None else card.names()})
+        files.write_json(job_file, {**record, NAMES: None if card is None else card.names(level)})
         log(f"listing {opts.source} ...")
         count = write_manifest(paths, manifest, opts.block_size, opts.source)
         log(f"{count:,} images in {-(-count // opts.block_size):,} blocks of {opts.block_size}")
@@ -291,7 +304,7 @@ def init_ray(opts: BulkOptions) -> None:
             handler.addFilter(lambda record: not record.getMessage().startswith("Progress bars disabled"))
 
 
-def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pending: list[int],
+def run_blocks(opts: BulkOptions, spec: ModelMetadata, level: int, manifest: Manifest, pending: list[int],
                log: Callable[[str], None]) -> dict[str, Any]:
     """Run `pending` blocks on a Ray actor pool (streaming: a few blocks in flight); returns this run's figures."""
     lengths = manifest.block_lengths()
@@ -309,7 +322,8 @@ def run_blocks(opts: BulkOptions, spec: ModelMetadata, manifest: Manifest, pendi
             names=None if names is None else tuple(names), backend=opts.backend,
             model_repository=str(Path(opts.model_repository).resolve()), triton_url=opts.triton_url,
             threads=threads, batch_size=opts.batch_size, block_size=opts.block_size, top_k=opts.top_k,
-            embeddings=opts.embeddings, max_image_bytes=opts.max_image_bytes, max_image_pixels=opts.max_image_pixels)
+            embeddings=opts.embeddings, max_image_bytes=opts.max_image_bytes, max_image_pixels=opts.max_image_pixels,
+            clusters=level)
         log(f"{len(pending):,} blocks to run on {actors} actor(s) x {threads} thread(s)"
             + (f", {opts.gpus_per_actor} GPU each" if opts.gpus_per_actor else ""))
         # max_restarts=0: Ray Data passes an actor's constructor arguments through the object store, with which
@@ -339,16 +353,17 @@ def run_job(opts: BulkOptions, log: Callable[[str], None] | None = None) -> dict
     spec = resolve_model(opts, started)
     log(f"model {spec.name}" + ("" if spec.version is None else f" version {spec.version}")
         + (" (recorded when the job started)" if started else ""))
-    manifest = prepare_output(opts, spec, log)
+    level = resolve_level(opts, spec, started)
+    manifest = prepare_output(opts, spec, level, log)
     pending = pending_blocks(out, manifest.num_blocks)
     if len(pending) < manifest.num_blocks:
         log(f"resuming: {manifest.num_blocks - len(pending):,} of {manifest.num_blocks:,} blocks already done")
-    run = run_blocks(opts, spec, manifest, pending, log) if pending else {"images": 0}
+    run = run_blocks(opts, spec, level, manifest, pending, log) if pending else {"images": 0}
     run["blocks"] = len(pending)
     summary = report.summarize(out / SHARDS_DIR, manifest, opts.block_size, spec, opts.gallery_size,
                                out / BULK_GALLERY_DIR)
     summary.update(source=opts.source, model=spec.name, model_version=spec.version, precision=spec.precision,
-                   cluster_names=started_job(out)[NAMES], blocks=manifest.num_blocks,
+                   clusters=level, cluster_names=started_job(out)[NAMES], blocks=manifest.num_blocks,
                    options={k: v for k, v in dataclasses.asdict(opts).items() if k not in ("source", "output")},
                    run=run, cpu_count=os.cpu_count())
     files.write_json(out / BULK_SUMMARY_FILE, summary)

@@ -11,6 +11,7 @@ Writing a block twice (a retried task, a resumed job) writes the same file again
 Shard columns (one row per image, in listing order):
     index int64, path string, cluster int64, probability float32 (of that cluster),
     top_k list<int64> and top_k_probability list<float32> (most probable clusters, best first),
+    all at the job's --clusters level (serve/cards.py answers_at, as the gateway's ?clusters=),
     [embedding list<float32> (D) with embeddings on],
     [extras struct: the model's extra outputs (contract.metadata.ExtraOutput), one field each under its
     name, of its dtype (a list of it for a vector); CoHiClust: extras.path list<int64>],
@@ -40,7 +41,7 @@ from contract.names import CLUSTER, EMBEDDING, PROBABILITIES
 from contract.preprocess import prepare_source
 from serve.answers import extra_outputs, rank_clusters
 from serve.bulk.source import PATH, Manifest, display_path, read_listed
-from serve.cards import LOW_CONFIDENCE, NAME, OOD, OOD_SCORE, VersionCard
+from serve.cards import LOW_CONFIDENCE, NAME, OOD, OOD_SCORE, VersionCard, answers_at
 from serve.settings import Settings
 
 INDEX, PROBABILITY, TOP_K, TOP_K_PROBABILITY, EXTRAS, ERROR = (
@@ -66,6 +67,7 @@ class WorkerSpec:
     embeddings: bool
     max_image_bytes: int
     max_image_pixels: int
+    clusters: int  # the level the rows answer at (job.resolve_level)
 
 
 def shard_path(shards: str | Path, block: int) -> Path:
@@ -192,9 +194,9 @@ class BlockWorker:
         decoded = self.decode(paths)
         images = [d for d in decoded if not isinstance(d, str)]
         outputs = self.infer(np.stack(images)) if images else no_outputs(self.model)
-        notes = None if self.card is None else self.card.annotate(outputs)
-        table = shard_table(block * self.spec.block_size, paths, decoded, outputs, self.spec.top_k,
-                            self.spec.embeddings, notes)
+        outputs, notes = answers_at(self.card, outputs, self.spec.clusters)
+        table = shard_table(block * self.spec.block_size, paths, decoded, outputs,
+                            min(self.spec.top_k, self.spec.clusters), self.spec.embeddings, notes)
         with files.atomic_open(shard_path(self.spec.shards, block), "wb") as f:
             pq.write_table(table, f)
         return {"block": block, "images": len(paths), "errors": len(paths) - len(images),

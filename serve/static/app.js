@@ -2,7 +2,7 @@
 // It talks to the same HTTP API as every other client; nothing here is privileged.
 "use strict";
 
-const state = { models: [], model: null, card: null, keyWaiters: null, objectUrls: [] };
+const state = { models: [], model: null, card: null, level: null, lastFiles: [], keyWaiters: null, objectUrls: [] };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs = {}, ...children) {
@@ -106,9 +106,13 @@ async function selectBase(base) {
 
 async function selectModel(name) {
   state.model = name;
+  delete $("model-info").dataset.model;
   const answer = await json(modelPath());
   state.version = answer.version;
   state.names = answer.names || [];
+  state.level = answer.clusters || state.names.length;
+  state.lastFiles = [];
+  $("results").replaceChildren();
   state.card = answer.card;
   state.metadata = answer.metadata || {};
   const card = state.card || {};
@@ -118,11 +122,45 @@ async function selectModel(name) {
     card.finished === false && "UNFINISHED run"].filter(Boolean).join(" · ");
   state.tree = await json(versioned(modelPath("/tree"))).catch(() => null);
   $("tab-tree").hidden = !state.tree;
+  renderLevelControl();
   renderClusters();
   renderTree();
   renderBulk();
   await renderMap();
   $("model-info").dataset.model = name;  // loaded (tests and scripts wait for this)
+}
+
+// --- how many clusters: the card's merge hierarchy (contract/levels.py) ---------------------------------
+
+const trained = () => state.names.length;
+const hierarchy = () => (state.card && state.card.levels) || null;
+// the cluster a head cluster belongs to at the chosen level (its merged cluster's id: the smallest member's)
+const groupOf = (c) => (hierarchy() && state.level !== trained() ? hierarchy().assignments[state.level][c] : c);
+
+function renderLevelControl() {
+  const levels = hierarchy();
+  const select = $("level");
+  const k = trained();
+  const label = (n) => `${n}${levels && n === levels.suggested ? " (suggested)" : ""}${n === k ? " (trained)" : ""}`;
+  const choices = levels ? Array.from({ length: k }, (_, i) => k - i) : [k];
+  select.replaceChildren(...choices.map((n) => el("option", { value: n }, label(n))));
+  select.value = String(state.level);
+  select.disabled = !levels;
+  $("level-note").textContent = levels
+    ? `suggested: ${levels.suggested} clusters (merged by ${levels.criterion})`
+    : "this version answers at its own clusters only (exported before merge hierarchies)";
+}
+
+async function selectLevel(level) {
+  const answer = await json(versioned(modelPath(`?${q({ clusters: level })}`)));
+  state.level = answer.clusters;
+  state.names = answer.names;
+  delete $("model-info").dataset.level;
+  renderClusters();
+  drawMap();
+  renderLegend();
+  if (state.lastFiles.length) await clusterFiles(state.lastFiles);
+  $("model-info").dataset.level = state.level;  // answered at this level (tests wait for it)
 }
 
 // --- cluster images ----------------------------------------------------------------------------------
@@ -166,8 +204,10 @@ async function clusterFiles(files) {
   const body = new FormData();
   files.forEach((f) => body.append("files", f, f.name));
   status(`Clustering ${files.length} image(s)…`);
+  state.lastFiles = files;
   try {
-    const answer = await json(`cluster?${q({ model: state.model, version: state.version })}`, { method: "POST", body });
+    const answer = await json(`cluster?${q({ model: state.model, version: state.version, clusters: state.level })}`,
+      { method: "POST", body });
     $("results").replaceChildren(...answer.results.map((r) => answerCard(r, files[r.index])));
     state.dropped = [];
     if (state.projection) {
@@ -192,11 +232,11 @@ function renameForm(id) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
-      const response = await api(versioned(modelPath(`/clusters/${id}`)), {
+      const response = await api(versioned(modelPath(`/clusters/${id}?${q({ clusters: state.level })}`)), {
         method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ name: input.value }),
       });
       if (!response.ok) throw new Error((await response.json()).error.message);
-      state.names[id] = input.value;
+      state.names = state.names.map((name, c) => (groupOf(c) === id ? input.value : name));
       status(`Cluster ${id} is now called ${input.value}.`);
       renderClusters();
       renderLegend();
@@ -211,23 +251,50 @@ function samples(urls, label) {
   return el("div", { class: "thumbs" }, urls.map((u, i) => el("img", { src: u, alt: `${label} sample ${i + 1}` })));
 }
 
+const MAX_SAMPLES = 12;
+
 function sampleUrls(id) {
   const info = state.card && state.card.stats ? state.card.stats.clusters[id] : null;
   const count = info ? info.samples.length : 0;
   return Array.from({ length: count }, (_, k) => versioned(modelPath(`/clusters/${id}/samples/${k}.png`)));
 }
 
+// The clusters at the chosen level: each merged cluster's members, size and (with labels) majority class.
+function levelClusters() {
+  const stats = state.card && state.card.stats;
+  const groups = new Map();
+  for (let c = 0; c < trained(); c += 1) {
+    const id = groupOf(c);
+    if (!groups.has(id)) groups.set(id, { id, members: [], size: stats ? 0 : undefined, counts: null });
+    const group = groups.get(id);
+    group.members.push(c);
+    if (!stats) continue;
+    group.size += stats.clusters[c].size;
+    const row = stats.contingency && stats.contingency[c];
+    if (row) group.counts = group.counts ? group.counts.map((n, j) => n + row[j]) : [...row];
+  }
+  for (const group of groups.values()) {
+    if (!group.counts || !group.size) continue;
+    const best = group.counts.indexOf(Math.max(...group.counts));
+    group.purity = group.counts[best] / group.size;
+    group.majority = stats.class_names ? stats.class_names[best] : String(best);
+  }
+  return [...groups.values()];
+}
+
 function renderClusters() {
   const stats = state.card && state.card.stats;
+  const clusters = levelClusters();
+  const merged = state.level !== trained() ? ` (the ${trained()} trained clusters merged)` : "";
   $("clusters-note").textContent = stats
-    ? `${stats.clusters.length} clusters; sizes and purity on the ${stats.num_images} training images.`
+    ? `${clusters.length} clusters${merged}; sizes and purity on the ${stats.num_images} training images.`
     : "This model version has no cluster statistics (exported from an older run).";
-  const clusters = stats ? stats.clusters : state.names.map((_, id) => ({ id }));
   $("clusters").replaceChildren(...clusters.map((c) => el("li", { class: "card", "data-cluster": c.id },
     el("h3", { class: "cluster-title" }, `${clusterName(c.id)} (${c.id})`),
-    c.size !== undefined ? el("p", {}, `${c.size} training images`, c.purity !== null && c.purity !== undefined
-      ? ` · purity ${percent(c.purity)}${c.majority_class ? ` (${c.majority_class})` : ""}` : "") : null,
-    samples(sampleUrls(c.id), clusterName(c.id)),
+    c.members.length > 1 ? el("p", { class: "muted" }, `merges clusters ${c.members.join(", ")}`) : null,
+    c.size !== undefined ? el("p", {}, `${c.size} training images`, c.purity !== undefined
+      ? ` · purity ${percent(c.purity)} (${c.majority})` : "") : null,
+    samples(c.members.flatMap(sampleUrls).slice(0, MAX_SAMPLES), clusterName(c.id)),
     renameForm(c.id))));
 }
 
@@ -263,7 +330,7 @@ function drawMap() {
   for (const [x, y, c] of p.points) {
     const dot = document.createElementNS(ns, "circle");
     dot.setAttribute("cx", x); dot.setAttribute("cy", 1 - y); dot.setAttribute("r", 0.006);
-    dot.setAttribute("fill", colour(c));
+    dot.setAttribute("fill", colour(groupOf(c)));
     svg.append(dot);
   }
   for (const r of state.dropped || []) {
@@ -281,8 +348,8 @@ function drawMap() {
 }
 
 function renderLegend() {
-  const n = state.names ? state.names.length : 0;
-  $("legend").replaceChildren(...Array.from({ length: n }, (_, c) => {
+  const shown = [...new Set(Array.from({ length: trained() }, (_, c) => groupOf(c)))];
+  $("legend").replaceChildren(...shown.map((c) => {
     const swatch = el("span", { class: "swatch" });
     swatch.style.background = colour(c);  // a property, not a style attribute: the page's CSP allows no inline style
     return el("li", {}, swatch, clusterName(c));
@@ -384,6 +451,8 @@ function setUp() {
   picker.addEventListener("change", () => { clusterFiles([...picker.files]); picker.value = ""; });
   $("model").addEventListener("change", (event) => selectBase(event.target.value));
   $("precision").addEventListener("change", (event) => selectModel(event.target.value));
+  $("level").addEventListener("change", (event) => selectLevel(Number(event.target.value))
+    .catch((err) => status(`Cannot answer at ${event.target.value} clusters: ${err.message}`)));
   loadModels().catch((err) => status(`Cannot list models: ${err.message}`));
   loadBulk();
 }

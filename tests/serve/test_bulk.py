@@ -288,13 +288,13 @@ def test_an_output_of_another_job_is_refused(model, tmp_path):
     spec = next(iter(read_repository(model.repository).values()))
     (tmp_path / "list.txt").write_text("/p/0.png\n/p/1.png\n")
     opts = BulkOptions(str(tmp_path / "list.txt"), str(tmp_path / "out"), str(model.repository), block_size=1)
-    assert prepare_output(opts, spec, lambda msg: None).num_blocks == 2
+    assert prepare_output(opts, spec, spec.num_clusters, lambda msg: None).num_blocks == 2
     (tmp_path / "out" / "shards" / ".part-00000000.parquet.abc.tmp").write_bytes(b"half")
-    assert prepare_output(opts, spec, lambda msg: None).num_blocks == 2  # same job: resumes
+    assert prepare_output(opts, spec, spec.num_clusters, lambda msg: None).num_blocks == 2  # same job: resumes
     assert not list((tmp_path / "out" / "shards").iterdir())  # a stopped job's temporary file is gone
     with pytest.raises(BulkError, match="other settings \\(block_size 1 -> 2\\)"):
         prepare_output(BulkOptions(opts.source, opts.output, opts.model_repository, block_size=2), spec,
-                       lambda msg: None)
+                       spec.num_clusters, lambda msg: None)
 
 
 def test_a_block_where_nothing_decodes_keeps_the_columns(model, tmp_path):

@@ -164,6 +164,50 @@ def test_the_precision_picker_switches_to_the_int8_model(browser, url, digits_up
     page.close()
 
 
+def test_choosing_how_many_clusters_on_the_page(browser, url, repository, digits_upload):
+    """The level control: the suggested k marked; at k the cluster browser shows k clusters, the map k colours,
+    an upload answers as /cluster?clusters=k does, and renaming writes that level's names."""
+    import httpx
+
+    card = json.loads((repository / "cc_digits" / "1" / "card.json").read_text())
+    suggested = card["levels"]["suggested"]
+    page = _open(browser, url, "cc_digits", viewport={"width": 1280, "height": 900})
+    assert page.locator(f"#level option[value='{suggested}']").inner_text().startswith(f"{suggested} (suggested)")
+    assert page.input_value("#level") == "10"
+    _upload(page, digits_upload)
+    k = 3 if suggested != 3 else 4
+    page.select_option("#level", str(k))
+    page.wait_for_selector(f"#model-info[data-level='{k}']", state="attached")  # re-answered at k
+    shown = [(int(a.get_attribute("data-cluster")), a.locator(".cluster-name").inner_text())
+             for a in page.locator("#results li.answer").all()]
+    files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in digits_upload]
+    answer = httpx.post(f"{url}/cluster", params={"model": "cc_digits", "clusters": k}, files=files).json()
+    assert shown == [(r["cluster"], r["name"]) for r in answer["results"] if "error" not in r]
+
+    page.click("#tab-clusters")
+    merged = page.locator("#clusters > li")
+    assert merged.count() == k and page.inner_text("#clusters-note").startswith(f"{k} clusters")
+    ids = sorted(int(c.get_attribute("data-cluster")) for c in merged.all())
+    assert ids == sorted(set(card["levels"]["assignments"][str(k)]))
+    biggest = page.locator("#clusters > li", has_text="merges clusters").first
+    target = int(biggest.get_attribute("data-cluster"))
+    biggest.locator("input").fill("many digits")
+    biggest.locator("button").click()
+    page.wait_for_function("document.getElementById('status').textContent.includes('many digits')")
+    names = httpx.get(f"{url}/models/cc_digits", params={"clusters": k}).json()["names"]
+    assert names[target] == "many digits"
+    assert "many digits" not in httpx.get(f"{url}/models/cc_digits").json()["names"]  # level 10 keeps its names
+    _shot(page, "clusters-at-k")
+
+    page.click("#tab-map")
+    page.wait_for_selector("#map svg circle")
+    assert page.locator("#legend li").count() == k
+    fills = page.evaluate("new Set([...document.querySelectorAll('#map svg circle:not(.dropped)')]"
+                          ".map((c) => c.getAttribute('fill'))).size")
+    assert fills <= k
+    page.close()
+
+
 def test_cohiclust_tree_shows_counts_and_a_nodes_images(browser, url):
     page = _open(browser, url, "cohiclust_digits")
     page.wait_for_selector("#tab-tree:not([hidden])")

@@ -149,3 +149,9 @@ class ClusteringMethod(nn.Module):
                         images: torch.Tensor) -> dict[str, Any]:
         """Method-specific files for a finished run; returns extra metrics for results.json."""
         return {}
+
+    def cluster_tree(self) -> list[frozenset[int]] | None:
+        """The method's own tree over its clusters (CoHiClust): the clusters under each node where two
+        surviving subtrees meet, K-1 sets. The merge hierarchy then follows it (train/levels.py); None (the
+        default): the clusters are merged on the training embeddings alone."""
+        return None

@@ -38,7 +38,7 @@ from contract.files import write_json
 from contract.metadata import ExtraOutput
 from contract.names import TREE_FILE
 from train import report
-from train.config import ARCHITECTURE, Config, Presets
+from train.config import ARCHITECTURE, Config, Presets, schedule_point
 from train.heads import mlp
 from train.losses.cohiclust import (
     leaf_level_mask,
@@ -65,10 +65,11 @@ class CoHiClustConfig(Config):
     prune: int = field(
         default=6, metadata={"help": "leaves to prune (one per epoch); 2^depth - prune must equal num_clusters"}
     )
-    simclr_epochs: int = field(default=1000, metadata={"help": "first epochs trained with the SimCLR loss only"})
+    simclr_epochs: int = field(default=1000, metadata={**schedule_point(turns_on="the tree loss"),
+                                                        "help": "first epochs trained with the SimCLR loss only"})
     prune_start_epoch: int = field(
-        default=1051, metadata={"help": "epoch (counted from 1) at whose end the first leaf is pruned, one more at "
-                                "the end of each epoch after it"}
+        default=1051, metadata={**schedule_point(round_up=True), "help": "epoch (counted from 1) at whose end the "
+                                "first leaf is pruned, one more at the end of each epoch after it"}
     )
     self_pairs_negative: bool = field(
         default=True, metadata={"help": "tree loss counts the pairs (i, i) as negatives, as the reference code"}
@@ -215,6 +216,18 @@ class CoHiClust(ClusteringMethod):
             "cluster": cluster,
             PATH: path,
         }
+
+    def cluster_tree(self) -> list[frozenset[int]]:
+        """The clusters under each node of the pruned tree with two surviving subtrees (K-1 sets, deepest
+        first); cluster c is the c-th surviving leaf in heap order, as in `head_outputs`."""
+        leaves = self.leaf_mask.nonzero().squeeze(1).tolist()  # leaf positions within the last level
+        groups: list[frozenset[int]] = []
+        for level in range(self.depth - 1, -1, -1):
+            under: dict[int, set[int]] = {}
+            for c, leaf in enumerate(leaves):
+                under.setdefault(leaf >> (self.depth - level), set()).add(c)
+            groups += [g for g in map(frozenset, under.values()) if len(g) > 1 and g not in groups]
+        return groups
 
     def extra_outputs(self) -> tuple[ExtraOutput, ...]:
         return (ExtraOutput(PATH, "int64", (self.depth,), "tree node ids (heap order) of the cluster's leaf and "

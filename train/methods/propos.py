@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.config import Config, Presets
+from train.config import Config, Presets, schedule_point
 from train.distributed import forward_shuffled, world_size
 from train.ema import ema_update, momentum_at
 from train.heads import mlp
@@ -66,7 +66,8 @@ class ProPosConfig(Config):
     psl_weight: float = field(default=0.1, metadata={"help": "weight of the prototype scattering loss"})
     psl_temperature: float = field(default=0.5, metadata={"help": "prototype scattering temperature"})
     psl_warmup_epochs: int = field(
-        default=50, metadata={"help": "first epochs with PSL and the PSA noise off (BYOL only)"}
+        default=50, metadata={**schedule_point(turns_on="PSL"),
+                              "help": "first epochs with PSL and the PSA noise off (BYOL only)"}
     )
     kmeans_restarts: int = field(default=10, metadata={"help": "E-step k-means restarts (lowest inertia kept)"})
     kmeans_sample_per_cluster: int = field(
