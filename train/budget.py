@@ -69,16 +69,20 @@ class Projection:
 
 
 def probe_step_seconds(backbone: torch.nn.Module, views: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                       batch_size: int, autocast: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, int]:
+                       batch_size: int, autocast: Callable[[], Any], sync: Callable[[], None],
+                       bn_groups: int = 1) -> tuple[float, int]:
     """(seconds a training step of `batch_size` images would take, images probed), estimated before the first
     step: two augmented views (`views`) of PROBE_IMAGES images forward and backward through a copy of the
     backbone, so the model's weights and statistics stay as they are, scaled to the batch. Heads and losses
-    are left out (small beside the backbone; ProPos's target pass is not: its steps take about a third more)."""
+    are left out (small beside the backbone; ProPos's target pass is not: its steps take about a third more).
+    `batch_size` is this process's share of the batch; with `bn_groups` BatchNorm groups every pass holds a
+    multiple of them, as the training step's passes do."""
     count = min(PROBE_IMAGES, batch_size, len(images))
+    count = max(bn_groups, count - count % bn_groups)
     net = copy.deepcopy(backbone).train().requires_grad_(True)  # ProPos's inference backbone is its frozen target
     batch = images[:count]
     with autocast():
-        net(views(batch[:1]))  # allocations and kernel choices on one image first
+        net(views(batch))  # allocations and kernel choices first
     sync()
     began = time.perf_counter()
     with autocast():

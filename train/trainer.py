@@ -545,8 +545,9 @@ def project_time(run: Run, state: TrainState) -> StepClock:
     projection = Projection((cfg.epochs - state.epochs_done) * state.steps_per_epoch, state.steps_per_epoch,
                             run.device, run.log, partial(fitting_command, cfg, run.meta["in_channels"]))
     generator = epoch_generator(cfg.seed, state.epochs_done, PROBE_STREAM, run.device)
+    world = run.group.world_size
     per_step, count = probe_step_seconds(state.model.backbone, lambda x: state.augment(x, generator), run.images,
-                                         cfg.batch_size, run.autocast, sync)
+                                         cfg.batch_size // world, run.autocast, sync, groups_per_process(cfg, world))
     projection.report(per_step, f"estimated from {count} images through the backbone")
     return StepClock(partial(projection.report, how="measured on its first steps"), sync)
 

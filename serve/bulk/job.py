@@ -363,7 +363,7 @@ def run_job(opts: BulkOptions, log: Callable[[str], None] | None = None) -> dict
     summary = report.summarize(out / SHARDS_DIR, manifest, opts.block_size, spec, opts.gallery_size,
                                out / BULK_GALLERY_DIR)
     summary.update(source=opts.source, model=spec.name, model_version=spec.version, precision=spec.precision,
-                   clusters=level, cluster_names=started_job(out)[NAMES], blocks=manifest.num_blocks,
+                   level=level, cluster_names=started_job(out)[NAMES], blocks=manifest.num_blocks,
                    options={k: v for k, v in dataclasses.asdict(opts).items() if k not in ("source", "output")},
                    run=run, cpu_count=os.cpu_count())
     files.write_json(out / BULK_SUMMARY_FILE, summary)

@@ -135,7 +135,7 @@ def test_summary_and_galleries_describe_the_rows(finished, model):
     assert summary["run"]["images"] == IMAGES + len(CORRUPT) and summary["run"]["images_per_second"] > 0
     assert (summary["run"]["actors"], summary["run"]["threads_per_actor"]) == (2, 1)
     used = sorted(set(clusters.tolist()))
-    assert len(used) < spec_clusters  # the tiny model leaves some clusters empty: they get no gallery
+    # a gallery for each cluster with rows (empty clusters get none: tests/serve/test_levels.py, at 4 of 10)
     assert summary["galleries"] == [str(finished / "gallery" / f"cluster_{k:03d}.png") for k in used]
     assert sorted(p.name for p in (finished / "gallery").iterdir()) == [f"cluster_{k:03d}.png" for k in used]
     biggest = int(np.bincount(clusters).argmax())

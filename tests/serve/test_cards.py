@@ -42,7 +42,8 @@ def test_a_red_square_is_out_of_distribution_and_most_digits_are_not(repo, cc_mo
         r = client.post("/cluster", files=files([("red.png", red), *digits]))
         assert r.status_code == 200, r.text
         red_result, *digit_results = r.json()["results"]
-        assert red_result["ood"] is True and red_result["ood_score"] == 1.0
+        # farther from its prototype than at least 99% of the training images (the flag's threshold)
+        assert red_result["ood"] is True and red_result["ood_score"] >= 0.99
         assert sum(x["ood"] for x in digit_results) <= 3  # the threshold is the training data's 99th percentile
         assert 0 <= min(x["ood_score"] for x in digit_results) <= max(x["ood_score"] for x in digit_results) <= 1
         assert sum(x["low_confidence"] for x in digit_results) <= 10  # 5th percentile of the probability
