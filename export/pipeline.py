@@ -199,11 +199,11 @@ def reduce_precision(encoder: Path, head: Path, sample: CalibrationSample, name:
     log(f"int8 agreement {'PASSED' if report['passed'] else 'FAILED'} ({opts.calibration_method} calibration, "
         f"{sample.description}; {', '.join(providers)}): {agreement.describe(report)}")
     agreement.check(report, f"{name} (int8)")
-    tensorrt = tmp / TENSORRT_ONNX_FILE
-    write_tensorrt_encoding(quantized, tensorrt)
-    # The same quantization (same scales and rounding points); onnxruntime runs this encoding through other
-    # kernels (float convolutions between the QDQ pairs), so its figures differ from model.onnx's by rounding:
-    # judged by the same thresholds, and recorded.
+    # TensorRT runs symmetric ranges only: the same calibration images quantized again with them, in int8. Judged
+    # here as onnxruntime runs it (TensorRT's plans are judged when built) by the same thresholds, and recorded.
+    symmetric, tensorrt = tmp / "encoder_int8_symmetric.onnx", tmp / TENSORRT_ONNX_FILE
+    quantize_encoder(encoder, symmetric, sample.calibrate, opts.calibration_method, symmetric=True)
+    write_tensorrt_encoding(symmetric, tensorrt)
     encoded, _ = parity.onnx_outputs(tensorrt, head, sample.judge, batch=JUDGE_BATCH)
     encoded_report = agreement.measure(reference, encoded, opts.thresholds)
     agreement.check(encoded_report, f"{name}'s int8 encoder in its TensorRT encoding (run by onnxruntime)")

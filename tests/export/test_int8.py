@@ -19,7 +19,7 @@ from export.__main__ import main
 from export.agreement import AgreementTooLow, Thresholds
 from export.naming import check_name
 from export.pipeline import PrecisionOptions, export_run
-from export.quantize import read_calibration, tensorrt_encoding
+from export.quantize import ACTIVATION_ZERO_POINT, read_calibration, tensorrt_encoding
 from export.triton import read_config
 from tests.support.serving import TINY_MIN_AGREEMENT, exported
 
@@ -51,8 +51,8 @@ def test_int8_is_its_own_model_beside_fp32_with_a_quantized_encoder_and_the_fp32
     encoder = _graph(int8.repository, meta.encoder)
     ops = [n.op_type for n in encoder.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    # activations: uint8 with zero point 128 (symmetric ranges); weights: int8, one scale per output channel
-    assert {(z.dtype, int(z)) for z in _zero_points(encoder).values()} == {(np.dtype(np.uint8), 128)}
+    # activations: uint8, ranges from their minimum (0 after a ReLU); weights: int8, one scale per output channel
+    assert {(z.dtype, int(z)) for z in _zero_points(encoder).values()} == {(np.dtype(np.uint8), 0)}
     inits = {t.name: t for t in encoder.graph.initializer}
     weights = [inits[n.input[0]] for n in encoder.graph.node
                if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
@@ -149,23 +149,33 @@ def test_the_recorded_agreement_is_what_the_two_graphs_give_on_images_not_used_f
         (version / "card.md").read_text()
 
 
-def test_the_tensorrt_encoding_is_the_same_quantization_with_int8_zero_points(int8):
+def test_the_tensorrt_graph_is_the_same_calibration_with_symmetric_int8_ranges(int8):
     encoder_dir = int8.repository / f"{int8.names['int8']}_encoder" / "1"
     onnxruntime_graph, tensorrt_graph = _graph(encoder_dir.parent.parent, encoder_dir.parent.name), \
         onnx.load(str(encoder_dir / "model.tensorrt.onnx"))
     assert {(z.dtype, int(z)) for z in _zero_points(tensorrt_graph).values()} == {(np.dtype(np.int8), 0)}
-    scales = {t.name: numpy_helper.to_array(t) for t in onnxruntime_graph.graph.initializer if t.name.endswith("scale")}
-    assert scales and all(np.array_equal(numpy_helper.to_array(t), scales[t.name])
-                          for t in tensorrt_graph.graph.initializer if t.name in scales)
-    assert [n.op_type for n in tensorrt_graph.graph.node] == [n.op_type for n in onnxruntime_graph.graph.node]
+    served = {(z.dtype, int(z)) for z in _zero_points(onnxruntime_graph).values()}
+    # onnxruntime's: uint8 ranges from each activation's minimum (0 after a ReLU), not centred on 128
+    assert {d for d, _ in served} == {np.dtype(np.uint8)} and ACTIVATION_ZERO_POINT not in {z for _, z in served}
+    def conv_weights(graph: onnx.ModelProto) -> dict[str, np.ndarray]:  # int8 (O, I, kH, kW)
+        return {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer
+                if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4}
+
+    weights = conv_weights(onnxruntime_graph)  # symmetric per channel in both: the same int8 weights
+    assert weights and {k: v.tolist() for k, v in conv_weights(tensorrt_graph).items()} == \
+        {k: v.tolist() for k, v in weights.items()}
+    def count(graph: onnx.ModelProto, op: str) -> int:
+        return sum(n.op_type == op for n in graph.graph.node)
+
+    assert count(tensorrt_graph, "Conv") == count(onnxruntime_graph, "Conv")
+    # a ReLU after a quantized convolution is folded into onnxruntime's range [0, max]; TensorRT's graph keeps it
+    assert count(onnxruntime_graph, "Relu") < count(tensorrt_graph, "Relu")
     assert not (int8.cpu_repository / encoder_dir.parent.name / "1" / "model.tensorrt.onnx").exists()
-    # an asymmetric range (zero point other than 128) is not something TensorRT can run: refused
-    broken = onnx.ModelProto.FromString(onnxruntime_graph.SerializeToString())
-    point = next(iter(_zero_points(broken)))
-    target = next(t for t in broken.graph.initializer if t.name == point)
-    target.CopyFrom(numpy_helper.from_array(np.array(120, np.uint8), point))
-    with pytest.raises(ValueError, match="asymmetric"):
-        tensorrt_encoding(broken)
+    meta = ModelMetadata.read(encoder_dir.parent.parent / int8.names["int8"] / "1" / "metadata.json")
+    encoded = meta.quantization["tensorrt_encoding"]
+    assert encoded["cluster_agreement"] >= TINY_MIN_AGREEMENT and encoded["embedding_cosine_mean"] > 0.99
+    with pytest.raises(ValueError, match="asymmetric"):  # onnxruntime's graph is not something TensorRT can run
+        tensorrt_encoding(onnxruntime_graph)
 
 
 def test_an_export_below_the_threshold_exits_2_with_the_figures_and_writes_no_version(tiny_run, tmp_path, capsys):

@@ -194,8 +194,8 @@ def test_each_model_gets_plans_at_its_precision_judged_by_agreement_below_fp32(p
         assert stamp["precision_requested"] == meta["precision"]
     # the stand-in's int8 "plan" is the TensorRT encoding run by onnxruntime: the export's own figures again
     int8 = json.loads((repo / f"{name}_int8" / "1" / "metadata.json").read_text())
-    assert int8["tensorrt"]["agreement"]["cluster_agreement"] == pytest.approx(int8["agreement"]["cluster_agreement"],
-                                                                               abs=1 / 512)
+    assert int8["tensorrt"]["agreement"]["cluster_agreement"] == pytest.approx(
+        int8["quantization"]["tensorrt_encoding"]["cluster_agreement"], abs=1 / 512)
 
 
 def test_plans_too_far_from_the_fp32_graph_are_refused_with_their_figures(precisions, tmp_path):
