@@ -20,7 +20,7 @@ package is here (fp32, fp16, and int8 from the int8 encoder's TensorRT encoding)
 copies included (images start on the host, as in serving).
 
 Timing: `--rounds` rounds after `--warmup` calls; in each round every runtime runs in turn (each call
-repeated to last >= 20 ms, after a pause in which the previous runtime's threads stop spinning), so a
+repeated to last >= `--turn-s`, 0.25 s, after a pause in which the previous runtime's threads stop spinning), so a
 machine shared with other work slows all of them alike; printed:
 images/s from the median round and the median of the per-round ratios to eager. Threads are pinned
 (torch.set_num_threads and onnxruntime's intra-op threads, the same number) and printed.
@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--turn-s", type=float, default=0.25,
+                        help="each runtime's turn in a round lasts at least this long (bench/timing.py: a turn of a "
+                        "few calls after the pause charges the thread pool's wake-up to the fastest runtime)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch and onnxruntime (0: the CPUs this process may use)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             for label, (encoder_plan, head_plan) in plans.items():
                 runners[label] = (lambda images=images, enc=encoder_plan, hd=head_plan:
                                   hd({FEATURES: enc({IMAGES: images})[FEATURES]}))
-            times = interleaved(runners, args.warmup, args.rounds, sync)
+            times = interleaved(runners, args.warmup, args.rounds, sync, min_call_s=args.turn_s)
             base = times[f"pytorch eager ({device})"]
             for label, seconds in times.items():
                 ratio = median_speedup(base, seconds)

@@ -9,15 +9,19 @@ import time
 from collections.abc import Callable, Sequence
 
 MIN_CALL_S = 0.02
+"""The shortest turn: a call is repeated until its turn lasts this long."""
 PAUSE_S = 0.2
 """Pause before each runner's turn: the thread pools of the one before (onnxruntime's spinning workers,
 OpenMP's) must have gone to sleep, or they take the cores from the next (measured: up to 2x slower)."""
 
 
 def interleaved(runners: dict[str, Callable[[], object]], warmup: int, rounds: int,
-                sync: Callable[[], None] = lambda: None, pause_s: float = PAUSE_S) -> dict[str, list[float]]:
+                sync: Callable[[], None] = lambda: None, pause_s: float = PAUSE_S,
+                min_call_s: float = MIN_CALL_S) -> dict[str, list[float]]:
     """Seconds per call of each runner, one list entry per round; within a round each runner has one turn
-    (its call repeated to last >= MIN_CALL_S), after a pause of `pause_s`."""
+    (its call repeated to last >= `min_call_s`), after a pause of `pause_s`. The first call after the pause
+    wakes the thread pool and refills the caches: a turn of a few calls charges that to the fastest runner
+    most, so a throughput comparison wants turns far longer than one call."""
     repeats = {}
     for name, fn in runners.items():
         for _ in range(warmup):
@@ -26,7 +30,7 @@ def interleaved(runners: dict[str, Callable[[], object]], warmup: int, rounds: i
         start = time.perf_counter()
         fn()
         sync()
-        repeats[name] = max(1, round(MIN_CALL_S / max(time.perf_counter() - start, 1e-6)))
+        repeats[name] = max(1, round(min_call_s / max(time.perf_counter() - start, 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
