@@ -7,7 +7,8 @@ too long for the machine.
     clock.begin(); clock.step_done() ...; clock.epoch_done()            # before a pass, after each step, epoch
 
 A step of a large model on a CPU can take minutes, so the first estimate comes before it: PROBE_IMAGES
-images (two views each) forward and backward through a copy of the backbone, scaled to the batch. Then
+images (two views each) forward and backward through a copy of the backbone, more while a pass is quick,
+scaled to the batch. Then
 the clock times real steps: the first pays one-time costs (allocations, autotuning), so it times the steps
 after it until PROBE_STEPS of them or PROBE_SECONDS have passed (the first step alone when it takes that
 long by itself), or, when the first epoch ends before that, the epoch as a whole. A run projected beyond
@@ -31,6 +32,8 @@ from contract.cli import option_name
 from train.config import Config, option_value
 
 PROBE_IMAGES = 8
+PROBE_PASS_SECONDS = 1.0
+"""The time probe's pass grows while it takes less than this (train/budget.py probe_step_seconds)."""
 PROBE_STEPS = 5
 PROBE_SECONDS = 20.0
 CPU_BUDGET_S = 2 * 3600
@@ -71,25 +74,38 @@ class Projection:
 def probe_step_seconds(backbone: torch.nn.Module, views: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                        batch_size: int, autocast: Callable[[], Any], sync: Callable[[], None],
                        bn_groups: int = 1) -> tuple[float, int]:
-    """(seconds a training step of `batch_size` images would take, images probed), estimated before the first
-    step: two augmented views (`views`) of PROBE_IMAGES images forward and backward through a copy of the
-    backbone, so the model's weights and statistics stay as they are, scaled to the batch. Heads and losses
-    are left out (small beside the backbone; ProPos's target pass is not: its steps take about a third more).
-    `batch_size` is this process's share of the batch; with `bn_groups` BatchNorm groups every pass holds a
-    multiple of them, as the training step's passes do."""
-    count = min(PROBE_IMAGES, batch_size, len(images))
-    count = max(bn_groups, count - count % bn_groups)
+    """(seconds a training step of `batch_size` images would take, images in the pass it is scaled from),
+    estimated before the first step: two augmented views (`views`) of PROBE_IMAGES images forward and backward
+    through a copy of the backbone (the model's weights and statistics stay as they are), the count growing
+    fourfold while a pass takes under PROBE_PASS_SECONDS and the batch is larger: a small model's cost per image
+    falls with the batch, a large one's first pass already says enough. Heads and losses are left out (small
+    beside the backbone; ProPos's target pass is not: its steps take about a third more). `batch_size` is this
+    process's share of the batch; with `bn_groups` BatchNorm groups every pass holds a multiple of them, as the
+    training step's passes do."""
     net = copy.deepcopy(backbone).train().requires_grad_(True)  # ProPos's inference backbone is its frozen target
-    batch = images[:count]
-    with autocast():
-        net(views(batch))  # allocations and kernel choices first
-    sync()
-    began = time.perf_counter()
-    with autocast():
-        out = net(torch.cat([views(batch), views(batch)]))
-    out.float().sum().backward()
-    sync()
-    return (time.perf_counter() - began) * batch_size / count, count
+    available = min(batch_size, len(images))
+
+    def fitting(n: int) -> int:
+        n = min(n, available)
+        return max(bn_groups, n - n % bn_groups)
+
+    def seconds(n: int) -> float:
+        with autocast():
+            net(views(images[:n]))  # allocations and kernel choices for this size first
+        sync()
+        began = time.perf_counter()
+        with autocast():
+            out = net(torch.cat([views(images[:n]), views(images[:n])]))
+        out.float().sum().backward()
+        sync()
+        return time.perf_counter() - began
+
+    count = fitting(PROBE_IMAGES)
+    taken = seconds(count)
+    while taken < PROBE_PASS_SECONDS and fitting(count * 4) > count:
+        count = fitting(count * 4)
+        taken = seconds(count)
+    return taken * batch_size / count, count
 
 
 @dataclass

@@ -3,7 +3,9 @@ larger than the data are one-line errors, and the trainer projects the run's tim
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shlex
 
 import numpy as np
@@ -97,10 +99,39 @@ def test_the_run_projects_its_time_before_its_first_step_and_from_its_first_step
     trainer.train(tiny_config("cc", tmp_path / "run", epochs=3))
     out = capsys.readouterr().out
     estimated, measured = [x for x in out.splitlines() if x.startswith("projected: about")]
-    assert "for the 3 epochs left (14 steps each" in estimated and "estimated from 8 images through the backbone" \
-        in estimated
+    assert "for the 3 epochs left (14 steps each" in estimated and re.search(
+        r"estimated from \d+ images through the backbone", estimated)
     assert "for the 3 epochs left (14 steps each" in measured and "measured on its first steps" in measured
     assert "far beyond" not in out
+
+
+def test_the_time_probe_grows_its_pass_for_a_quick_model_and_not_for_a_slow_one(monkeypatch):
+    """A small model's cost per image falls with the batch, so a quick first pass is followed by larger ones up to
+    the batch; a pass that takes long enough is scaled to the batch as it is."""
+    import time
+
+    import torch
+
+    class Timed(torch.nn.Module):
+        def __init__(self, sleep_s: float) -> None:
+            super().__init__()
+            self.weight, self.sleep_s, self.sizes = torch.nn.Parameter(torch.ones(1)), sleep_s, []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.sizes.append(x.shape[0])
+            time.sleep(self.sleep_s)
+            return x.flatten(1).sum(1) * self.weight
+
+    monkeypatch.setattr(budget, "PROBE_PASS_SECONDS", 0.05)
+    images = torch.zeros(300, 1, 4, 4)
+    quick, slow = Timed(0.0), Timed(0.06)
+    monkeypatch.setattr(budget.copy, "deepcopy", lambda module: module)  # watch the probe's own copy
+    seconds, count = budget.probe_step_seconds(quick, lambda x: x, images, 256, contextlib.nullcontext, lambda: None)
+    assert count == 256 and quick.sizes[-1] == 2 * 256
+    seconds, count = budget.probe_step_seconds(slow, lambda x: x, images, 256, contextlib.nullcontext, lambda: None)
+    assert count == 8 and slow.sizes == [8, 16] and seconds == pytest.approx(0.06 * 256 / 8, rel=0.5)
+    _, count = budget.probe_step_seconds(slow, lambda x: x, images, 96, contextlib.nullcontext, lambda: None, 3)
+    assert count == 6  # a multiple of the BatchNorm groups
 
 
 def test_the_estimate_leaves_the_training_as_it_would_have_been(tmp_path, monkeypatch):
