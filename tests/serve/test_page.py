@@ -193,7 +193,7 @@ def test_choosing_how_many_clusters_on_the_page(browser, url, repository, digits
     target = int(biggest.get_attribute("data-cluster"))
     biggest.locator("input").fill("many digits")
     biggest.locator("button").click()
-    page.wait_for_function("document.getElementById('status').textContent.includes('many digits')")
+    wait_until(page, "document.getElementById('status').textContent.includes('many digits')")
     names = httpx.get(f"{url}/models/cc_digits", params={"clusters": k}).json()["names"]
     assert names[target] == "many digits"
     assert "many digits" not in httpx.get(f"{url}/models/cc_digits").json()["names"]  # level 10 keeps its names
