@@ -10,7 +10,7 @@ merged group's mean is its members' size-weighted mean. It is monotone (no merge
 it). A cluster without training images counts with its probability mass and the probability-weighted
 mean of the embeddings, so it joins the group its probability points to. Measured on digits against a
 criterion on the head's co-assignment probabilities (bench/choose_k.py; docs/clusters.md has the figures):
-the embeddings' linkage kept the classes together better. With a learned tree (CoHiClust,
+as good on the two runs measured, and it still sees which clusters lie close when the head is confident. With a learned tree (CoHiClust,
 `ClusteringMethod.cluster_tree`) only the tree's sibling groups may merge, the nearest pair of them
 first; heights are then kept non-decreasing (the running maximum).
 
