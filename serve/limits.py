@@ -16,6 +16,10 @@ open files", and /healthz with it), and a client that trickles its headers or bo
 - `body_timeout_s`: at most this long between two reads of a request body, like nginx's
   client_body_timeout; the request then ends as a client disconnect (499).
 A timed-out connection that had sent part of a request gets a 408; an idle one is closed quietly.
+- a lingering close, like nginx's lingering_close: an answer sent before the request body was read (a 413,
+  a 401, a 422 at the first bad key) ends with the write side shut and the rest of the body read and
+  dropped for up to LINGER_S, then the close. Closing a socket with unread data sends a TCP reset, and a
+  client that receives it before reading the answer loses the answer.
 
 `max_connections` is also kept under the process's file-descriptor limit (`fit_to_fd_limit`): asyncio
 accepts up to `BACKLOG` connections per event-loop turn before any of them is seen here, and closes one
@@ -73,6 +77,38 @@ def _canned(status: int, reason: str, kind: str, message: str, retry_after: int 
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             f"connection: close\r\n{retry}\r\n")
     return head.encode() + body
+
+
+LINGER_S = 2.0
+"""How long a connection answered before its request body ended keeps reading (and dropping) that body."""
+
+
+class LingeringTransport:
+    """The transport uvicorn's protocol and its request cycles see: `close` while the client is still sending
+    a request body shuts the write side (after what is buffered) and leaves the socket reading, so the answer
+    reaches the client before the close (GuardedH11Protocol drops what arrives meanwhile)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedH11Protocol) -> None:
+        self._transport, self._protocol = transport, protocol
+        self.lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self.lingering or self._transport.is_closing()
+
+    def close(self) -> None:
+        transport = self._transport
+        if self.lingering or transport.is_closing():
+            return
+        if self._protocol.conn.their_state is not h11.SEND_BODY or not transport.can_write_eof():
+            transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()
+        transport.resume_reading()
+        self._protocol.loop.call_later(LINGER_S, transport.close)
 
 
 class ConnectionGuard:
@@ -140,6 +176,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = LingeringTransport(transport, self)  # type: ignore[assignment]
         guard = self.guard
         if len(self.connections) > guard.max_connections and not guard.make_room():
             transport.write(_canned(503, "Service Unavailable", "too_many_connections",
@@ -159,6 +196,8 @@ class GuardedH11Protocol(H11Protocol):
         self.guard.count(len(self.connections))
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.lingering:  # the rest of a body already answered: dropped
+            return
         self._partial = True
         if self._reading == "body":
             self._start("body", self.guard.body_timeout_s)  # per read, not for the whole body
