@@ -30,6 +30,12 @@ MEMBERS_IN_NAME = 3
 """A merged cluster without a name of its own is named after this many of its members, then "+N"."""
 
 
+KNEE = "knee"
+"""`suggested_by`: where the curve of merge heights bends (train/levels.py)."""
+SILHOUETTE = "silhouette"
+"""`suggested_by`: the level with the best silhouette."""
+
+
 class LevelError(ValueError):
     """A level (number of clusters) the model cannot answer at."""
 
@@ -62,8 +68,9 @@ class ClusterLevels:
     linkage: tuple[tuple[int, int, float, int], ...]  # (K-1, 4) scipy linkage
     criterion: str  # how the merges were chosen, in words
     scores: tuple[LevelScore, ...] = ()  # per k, ascending
-    suggested: int | None = None  # the k with the best score
+    suggested: int | None = None  # the suggested k
     sample: int = 0  # images the silhouettes were measured on
+    suggested_by: str = SILHOUETTE  # KNEE or SILHOUETTE
 
     def __post_init__(self) -> None:
         k = self.num_clusters
@@ -81,6 +88,8 @@ class ClusterLevels:
             counts.append(count)
         if self.suggested is not None and not 1 <= self.suggested <= k:
             raise ValueError(f"suggested level {self.suggested} is not in 1..{k}")
+        if self.suggested_by not in (KNEE, SILHOUETTE):
+            raise ValueError(f"suggested_by must be {KNEE!r} or {SILHOUETTE!r}, got {self.suggested_by!r}")
         object.__setattr__(self, "_table", self._assignments())
 
     def _assignments(self) -> np.ndarray:
@@ -117,20 +126,27 @@ class ClusterLevels:
         return next((s for s in self.scores if s.k == k), None)
 
     def summary(self) -> str:
-        """`10 (silhouette 0.41; 9: 0.38, 11: 0.37)`: the suggested k, its score and its neighbours'."""
-        best = None if self.suggested is None else self.score(self.suggested)
-        if best is None or best.silhouette is None:
+        """`10 (silhouette 0.41; 9: 0.38, 11: 0.37)`: the suggested k, its score and its neighbours'; chosen
+        where the merge heights bend: `10 (where the merge heights bend; silhouette 0.60; 9: ..., 11: ...;
+        best 0.66 at 17)`."""
+        chosen = None if self.suggested is None else self.score(self.suggested)
+        if chosen is None or chosen.silhouette is None:
             return f"none (no level of the {self.num_clusters} clusters was scored)"
-        near = ", ".join(f"{s.k}: {s.silhouette:.2f}" for s in self.scores
-                         if s.silhouette is not None and abs(s.k - best.k) == 1)
-        return f"{best.k} (silhouette {best.silhouette:.2f}" + (f"; {near})" if near else ")")
+        scored = [s for s in self.scores if s.silhouette is not None]
+        near = ", ".join(f"{s.k}: {s.silhouette:.2f}" for s in scored if abs(s.k - chosen.k) == 1)
+        text = f"silhouette {chosen.silhouette:.2f}" + (f"; {near}" if near else "")
+        if self.suggested_by == KNEE:
+            best = max(scored, key=lambda s: (s.silhouette, -s.k))
+            text = f"where the merge heights bend; {text}" + (
+                f"; best {best.silhouette:.2f} at {best.k}" if best.k != chosen.k else "")
+        return f"{chosen.k} ({text})"
 
     def to_json(self) -> dict[str, Any]:
         """The record, plus `assignments` {k: head cluster -> merged id} for readers without this module
         (pages); from_json recomputes them from the linkage."""
         return files.jsonable({
             "num_clusters": self.num_clusters, "criterion": self.criterion, "suggested": self.suggested,
-            "sample": self.sample, "linkage": [list(row) for row in self.linkage],
+            "suggested_by": self.suggested_by, "sample": self.sample, "linkage": [list(row) for row in self.linkage],
             "scores": [s.to_json() for s in self.scores],
             "assignments": {str(k): self.assignment(k) for k in range(1, self.num_clusters + 1)}})
 
@@ -140,7 +156,8 @@ class ClusterLevels:
             rows = tuple((int(a), int(b), float(h), int(n)) for a, b, h, n in data["linkage"])
             return cls(int(data["num_clusters"]), rows, str(data["criterion"]),
                        tuple(LevelScore.from_json(s) for s in data.get("scores", ())),
-                       None if data.get("suggested") is None else int(data["suggested"]), int(data.get("sample", 0)))
+                       None if data.get("suggested") is None else int(data["suggested"]), int(data.get("sample", 0)),
+                       str(data.get("suggested_by", SILHOUETTE)))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{source}: not a valid cluster hierarchy: {err}") from err
 

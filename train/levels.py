@@ -10,14 +10,21 @@ merged group's mean is its members' size-weighted mean. It is monotone (no merge
 it). A cluster without training images counts with its probability mass and the probability-weighted
 mean of the embeddings, so it joins the group its probability points to. Measured on digits against a
 criterion on the head's co-assignment probabilities (bench/choose_k.py; docs/clusters.md has the figures):
-as good on the two runs measured, and it still sees which clusters lie close when the head is confident. With a learned tree (CoHiClust,
-`ClusteringMethod.cluster_tree`) only the tree's sibling groups may merge, the nearest pair of them
-first; heights are then kept non-decreasing (the running maximum).
+as good on the runs measured, and it still sees which clusters lie close when the head is confident.
+With a learned tree (CoHiClust, `ClusteringMethod.cluster_tree`) only the tree's sibling groups may
+merge, the nearest pair of them first; heights are then kept non-decreasing (the running maximum).
 
-Suggested k: at every level k >= 2, the mean cosine silhouette of a seeded sample of at most
-SILHOUETTE_SAMPLE training embeddings labelled with their merged cluster; the best k wins (the smaller on
-a tie). Each level also records the merge-height gap: how many times higher the merge that ends it is than
-the one that made it (a level that stands out has a large gap).
+Suggested k: where the merge heights bend, if they do; else the best silhouette. The heights of the
+merges that end levels 2..K form a curve with a knee when K over-clusters: a few high merges join groups
+that have nothing in common, a long tail of low ones joins the pieces a group was cut into. The knee is
+the L-method's (Salvador & Chan, ICTAI 2004: the level that splits the curve into the two least-squares
+lines of least total error, each error weighted by its share of the points), and it counts when the merges
+below it average less than TAIL_SHARE of the lowest merge it keeps apart. Without such a tail (K about
+right) the level with the best mean cosine silhouette wins (the smaller on a tie): measured on a seeded
+sample of at most SILHOUETTE_SAMPLE training embeddings labelled with their merged cluster. The silhouette
+alone would keep the pieces: over-clustered CC on digits has real sub-styles of digits in its embedding
+(silhouette 0.67 at 17 clusters, 0.57-0.60 at 10) that the knee sees as the tail. Each level also records
+the merge-height gap: how many times higher the merge that ends it is than the one that made it.
 """
 
 from __future__ import annotations
@@ -26,12 +33,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from contract.levels import ClusterLevels, LevelScore
+from contract.levels import KNEE, SILHOUETTE, ClusterLevels, LevelScore
 
 SILHOUETTE_SAMPLE = 2000
 """Images the silhouettes are measured on (a seeded random sample; all of them below this)."""
 MAX_CLUSTERS = 1000
 """Above this many clusters no hierarchy is computed (the merges cost K^3)."""
+TAIL_SHARE = 2 / 3
+"""A knee of the merge heights counts when the merges below it average less than this share of the lowest above."""
 CRITERION = "average linkage of the training embeddings' cosine distance"
 TREE_CRITERION = "the method's learned tree, nearest sibling groups first"
 
@@ -154,6 +163,27 @@ def height_gaps(linkage: np.ndarray, num_clusters: int) -> list[float | None]:
     return out[1:]
 
 
+def knee(heights: np.ndarray) -> int | None:
+    """heights (K-1,) of the merges in row order -> the level where their curve bends (the L-method), or None
+    where it has no knee or the merges below the knee are not a tail (mean >= TAIL_SHARE x the lowest above)."""
+    curve = np.asarray(heights, np.float64)[::-1]  # the height of the merge that ends level 2, 3, ..., K
+    points = len(curve)
+    if points < 4:
+        return None
+    levels = np.arange(2, points + 2, dtype=np.float64)
+
+    def line_error(x: np.ndarray, y: np.ndarray) -> float:
+        design = np.stack([x, np.ones_like(x)], 1)
+        coef = np.linalg.lstsq(design, y, rcond=None)[0]
+        return float(np.sqrt(np.mean((design @ coef - y) ** 2)))
+
+    def total_error(c: int) -> float:  # c points on the left line (levels 2..c+1), the rest on the right one
+        return (c * line_error(levels[:c], curve[:c]) + (points - c) * line_error(levels[c:], curve[c:])) / points
+
+    c = min(range(2, points - 1), key=total_error)
+    return int(levels[c - 1]) if curve[c:].mean() < TAIL_SHARE * curve[:c].min() else None
+
+
 def cluster_levels(embedding: np.ndarray, probabilities: np.ndarray, cluster: np.ndarray,
                    tree: Sequence[frozenset[int]] | None = None, seed: int = 0) -> ClusterLevels | None:
     """embedding (N, D) L2-normalised, probabilities (N, K), cluster (N,) of the training images -> the merge
@@ -169,6 +199,12 @@ def cluster_levels(embedding: np.ndarray, probabilities: np.ndarray, cluster: np
     gaps = height_gaps(linkage, k)
     scores = tuple(LevelScore(level, silhouette[level - 1], gaps[level - 1]) for level in range(1, k + 1))
     scored = [s for s in scores if s.silhouette is not None]
-    suggested = max(scored, key=lambda s: (s.silhouette, -s.k)).k if scored else None
+    bend = knee(linkage[:, 2])
+    if bend is not None:
+        suggested, suggested_by = bend, KNEE
+    else:
+        suggested = max(scored, key=lambda s: (s.silhouette, -s.k)).k if scored else None
+        suggested_by = SILHOUETTE
     rows = tuple((int(a), int(b), float(h), int(n)) for a, b, h, n in linkage)
-    return ClusterLevels(k, rows, TREE_CRITERION if tree is not None else CRITERION, scores, suggested, len(sample))
+    return ClusterLevels(k, rows, TREE_CRITERION if tree is not None else CRITERION, scores, suggested, len(sample),
+                         suggested_by)

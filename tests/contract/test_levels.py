@@ -7,7 +7,17 @@ import numpy as np
 import pytest
 
 from contract.card import ModelCard
-from contract.levels import ClusterLevels, LevelError, LevelScore, check_level, level_names, merge, outputs_at
+from contract.levels import (
+    KNEE,
+    SILHOUETTE,
+    ClusterLevels,
+    LevelError,
+    LevelScore,
+    check_level,
+    level_names,
+    merge,
+    outputs_at,
+)
 
 # 5 head clusters: 3+4 merge first (group 5), then 0+2 (6), then {3,4}+1 (7), then everything (8).
 LINKAGE = ((3, 4, 0.1, 2), (0, 2, 0.2, 2), (5, 1, 0.3, 3), (6, 7, 0.9, 5))
@@ -104,6 +114,18 @@ def test_the_record_round_trips_and_a_broken_linkage_is_refused(tmp_path):
     for rows in [LINKAGE[:3], ((3, 4, 0.1, 2), (3, 2, 0.2, 2), *LINKAGE[2:]), ((3, 4, 0.1, 3), *LINKAGE[1:])]:
         with pytest.raises(ValueError, match="linkage"):
             ClusterLevels.from_json({**record, "linkage": [list(r) for r in rows]})
+
+
+def test_a_suggestion_where_the_heights_bend_says_so_and_names_the_best_silhouette(tmp_path):
+    bent = ClusterLevels(5, LINKAGE, "test", LEVELS.scores, suggested=3, sample=100, suggested_by=KNEE)
+    bent.write(tmp_path / "levels.json")
+    assert ClusterLevels.read(tmp_path / "levels.json") == bent
+    assert bent.summary() == "3 (where the merge heights bend; silhouette 0.40; 2: 0.60, 4: 0.30; best 0.60 at 2)"
+    older = LEVELS.to_json()
+    del older["suggested_by"]  # a record written before the knee: its suggestion was the best silhouette
+    assert ClusterLevels.from_json(older).suggested_by == SILHOUETTE
+    with pytest.raises(ValueError, match="suggested_by"):
+        ClusterLevels.from_json({**older, "suggested_by": "vote"})
 
 
 def test_the_card_carries_the_levels_and_an_older_card_without_them_still_loads(tmp_path):

@@ -13,10 +13,10 @@ import torch
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
-from contract.levels import ClusterLevels
+from contract.levels import KNEE, SILHOUETTE, ClusterLevels
 from contract.names import CLUSTER_LEVELS_FILE, LEVELS_PLOT_FILE
 from tests.support.runs import tiny_config
-from train.levels import agglomerate, cluster_levels, group_means, silhouettes
+from train.levels import TAIL_SHARE, agglomerate, cluster_levels, group_means, knee, silhouettes
 from train.methods.cohiclust import CoHiClust
 
 
@@ -31,6 +31,18 @@ def blobs(groups: int, per_group: int, dim: int = 8, spread: float = 0.15, seed:
     centres = unit(rng.normal(size=(groups, dim)))
     truth = np.repeat(np.arange(groups), per_group)
     return unit(centres[truth] + spread * rng.normal(size=(len(truth), dim))), truth
+
+
+def nested_blobs(groups: int, pieces: int, per_piece: int, dim: int = 32, seed: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points in `groups` unrelated directions, each group made of `pieces` tight pieces whose directions are
+    alike (the shape of an over-clustered contrastive embedding: a digit written in a few styles); the points,
+    their group and their piece (group * pieces + i)."""
+    rng = np.random.default_rng(seed)
+    centres = unit(rng.normal(size=(groups, dim)))
+    piece_centres = unit((centres[:, None, :] + 0.12 * rng.normal(size=(groups, pieces, dim))).reshape(-1, dim))
+    piece = np.repeat(np.arange(groups * pieces), per_piece)
+    return unit(piece_centres[piece] + 0.03 * rng.normal(size=(len(piece), dim))), piece // pieces, piece
 
 
 def one_hot(cluster: np.ndarray, k: int) -> np.ndarray:
@@ -93,10 +105,40 @@ def test_over_clustered_blobs_suggest_their_number_and_merge_back_into_them():
         cut[members] = np.digitize(side[members], np.quantile(side[members], [1 / 3, 2 / 3]))
     cluster = truth * 3 + cut
     levels = cluster_levels(x, one_hot(cluster, 15), cluster, seed=0)
-    assert levels.suggested == 5
+    assert levels.suggested == 5 and levels.suggested_by == KNEE
     assert normalized_mutual_info_score(truth, levels.assignment(5)[cluster]) == 1.0
     gaps = {s.k: s.gap for s in levels.scores}
     assert max(gaps, key=lambda k: gaps[k] or 0) == 5  # the biggest relative jump in height ends level 5 as well
+
+
+def test_over_clustered_groups_of_tight_pieces_suggest_the_groups_where_the_silhouette_keeps_the_pieces():
+    x, group, piece = nested_blobs(5, 3, 40)
+    levels = cluster_levels(x, one_hot(piece, 15), piece, seed=0)
+    best = max((s for s in levels.scores if s.silhouette is not None), key=lambda s: s.silhouette)
+    assert best.k == 15  # the pieces are tighter than the groups: the best silhouette would answer with them
+    assert (levels.suggested, levels.suggested_by) == (5, KNEE)
+    assert normalized_mutual_info_score(group, levels.assignment(5)[piece]) == 1.0
+    assert levels.summary().startswith("5 (where the merge heights bend; silhouette ")
+    assert levels.summary().endswith(f"; best {best.silhouette:.2f} at 15)")
+
+
+def test_a_model_trained_at_about_the_right_number_has_no_knee_and_the_silhouette_decides():
+    for groups, seed in [(5, 4), (10, 5), (4, 6)]:
+        x, truth = blobs(groups, 50, dim=16, seed=seed)
+        levels = cluster_levels(x, one_hot(truth, groups), truth, seed=0)
+        assert (levels.suggested, levels.suggested_by) == (groups, SILHOUETTE)
+
+
+def test_the_knee_is_the_l_method_split_and_counts_only_over_a_tail():
+    # merges ending levels 2..12 (a linkage lists them the other way round): 4 high ones, then a falling tail
+    ends = np.array([1.08, 1.06, 1.05, 1.03, 0.45, 0.40, 0.33, 0.25, 0.20, 0.12, 0.05])
+    assert knee(ends[::-1]) == 5
+    # the same bend over a tail that is not low enough (its mean above TAIL_SHARE x the lowest merge above): none
+    shallow = np.concatenate([ends[:4], np.linspace(0.80, 0.72, 7)])
+    assert shallow[4:].mean() > TAIL_SHARE * shallow[:4].min()
+    assert knee(shallow[::-1]) is None
+    assert knee(np.linspace(1.1, 1.0, 9)) is None  # straight: every group as far apart as the next
+    assert knee(np.array([1.0, 0.1, 0.05])) is None  # too few levels for two lines
 
 
 def test_a_cluster_without_images_joins_the_group_its_probability_points_to():
