@@ -147,7 +147,7 @@ function renderLevelControl() {
   select.value = String(state.level);
   select.disabled = !levels;
   $("level-note").textContent = levels
-    ? `suggested: ${levels.suggested} clusters (merged by ${levels.criterion})`
+    ? `suggested: ${levels.suggested} clusters (${levels.suggested_by === "knee" ? "where the merge heights bend" : "best silhouette"}; merged by ${levels.criterion})`
     : "this version answers at its own clusters only (exported before merge hierarchies)";
 }
 

@@ -173,6 +173,8 @@ def test_choosing_how_many_clusters_on_the_page(browser, url, repository, digits
     suggested = card["levels"]["suggested"]
     page = _open(browser, url, "cc_digits", viewport={"width": 1280, "height": 900})
     assert page.locator(f"#level option[value='{suggested}']").inner_text().startswith(f"{suggested} (suggested)")
+    reason = {"knee": "where the merge heights bend", "silhouette": "best silhouette"}[card["levels"]["suggested_by"]]
+    assert page.inner_text("#level-note").startswith(f"suggested: {suggested} clusters ({reason}; merged by ")
     assert page.input_value("#level") == "10"
     _upload(page, digits_upload)
     k = 3 if suggested != 3 else 4
