@@ -92,7 +92,9 @@ def core_router(gateway: Gateway) -> APIRouter:
                       precision: Precision | None = precision_q, clusters: str | None = clusters_q) -> Response:
         spec = await gateway.spec(model, version, precision)
         level = gateway.level(spec, clusters)  # before the body is read: a wrong level costs nothing
-        done = await gateway.run(request, "/cluster", spec.name, spec.version)
+        done = await gateway.run(request, "/cluster", version=version, chosen=spec)
+        if done.spec != spec:  # its version was removed while it waited: answered by the one served now
+            level = gateway.level(done.spec, clusters)
         notes = None
         if done.outputs is not None:
             done.outputs, notes = gateway.answer(done.spec, done.outputs, level)

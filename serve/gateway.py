@@ -31,7 +31,15 @@ from serve.backends import Backend
 from serve.backends.base import choose_model
 from serve.batching import Batcher
 from serve.cards import LOW_CONFIDENCE, OOD, VersionCard, answer_level, answers_at
-from serve.errors import GatewayError, backend_unavailable, bad_request, client_gone, public_text, unprocessable
+from serve.errors import (
+    CLIENT_CLOSED,
+    GatewayError,
+    backend_unavailable,
+    bad_request,
+    client_gone,
+    public_text,
+    unprocessable,
+)
 from serve.images import IMAGES_FORM, RequestBody, RequestForm, Upload, prepare_uploads, read_body
 from serve.metrics import Metrics
 from serve.settings import Settings
@@ -192,15 +200,33 @@ class Gateway:
         return self.cards[key]
 
     async def run(self, request: Request, endpoint: str, model: str | None = None, version: int | None = None,
-                  form: RequestForm = IMAGES_FORM, precision: str | None = None) -> Inference:
+                  form: RequestForm = IMAGES_FORM, precision: str | None = None, chosen: ModelMetadata | None = None
+                  ) -> Inference:
         """Read, prepare and infer the images of one request; stops (499) as soon as its client goes away.
 
         `model`, `version` and `precision` choose the model version (a body of OpenAI's form names the model
-        itself); `form` says how the route takes its images (serve/images.py RequestForm)."""
-        spec = None if form.shape.names_model else await self.spec(model, version, precision)
+        itself), or `chosen` is the version the route chose already from them (`version`: what the client
+        asked for); `form` says how the route takes its images (serve/images.py RequestForm). A request
+        that named no version and whose version was removed while it waited (a rollback) is answered by the
+        version served then: the returned `spec` says which."""
+        spec = chosen or (None if form.shape.names_model else await self.spec(model, version, precision))
         body = await read_body(request, self.settings, self.pool, form)
         if spec is None:
             spec = await self.spec(body.fields["model"], version)
+        try:
+            return await self._answer(request, spec, endpoint, body, form)
+        except GatewayError as err:
+            if version is not None or err.status == CLIENT_CLOSED or not self._removed(spec):
+                raise
+        # the version an unpinned request went to was removed (a rollback) while it waited: once more, on the one
+        # served now, rather than a 503 for a request that never named a version
+        return await self._answer(request, await self.spec(spec.name), endpoint, body, form)
+
+    def _removed(self, spec: ModelMetadata) -> bool:
+        return spec.version is not None and spec.version not in self.backend.versions(spec.name)
+
+    async def _answer(self, request: Request, spec: ModelMetadata, endpoint: str, body: RequestBody,
+                      form: RequestForm) -> Inference:
         if form.check is not None:
             form.check(spec, body)
         work = asyncio.ensure_future(self._prepare_and_infer(spec, endpoint, body, form.all_or_nothing))

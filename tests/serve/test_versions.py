@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -24,16 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def served_version(client, **params) -> int:
     r = client.post("/cluster", files=files([("a.png", digit_pngs(1)[0])]), params=params)
-    assert r.status_code == 200, r.text
-    return r.json()["version"]
-
-
-def version_after_a_change(client) -> int | None:
-    """The version an unpinned request is served by, None while a removed version is closing: a request that
-    chose the removed version just before it closed gets a 503 (known: its queue is not drained)."""
-    r = client.post("/cluster", files=files([("a.png", digit_pngs(1)[0])]))
-    if r.status_code == 503 and "shutting down" in r.text:
-        return None
     assert r.status_code == 200, r.text
     return r.json()["version"]
 
@@ -56,10 +47,30 @@ def test_a_new_version_is_served_without_restart_and_removing_it_rolls_back(cc_m
         assert (listed["version"], listed["versions"]) == (2, [1, 2])
         assert client.get(f"/models/{cc_model.name}", params={"version": 1}).json()["version"] == 1
         remove_version(repo, cc_model.name, 2)
-        assert wait_for(lambda: version_after_a_change(client) == 1), "removing version 2 did not roll back to 1"
+        assert wait_for(lambda: served_version(client) == 1), "removing version 2 did not roll back to 1"
         r = client.post("/cluster", files=files([("a.png", digit_pngs(1)[0])]), params={"version": 2})
         assert r.status_code == 404 and "no version 2" in r.json()["error"]["message"]
         assert "gateway_model_version" in client.get("/metrics").text
+
+
+def test_a_request_waiting_on_a_removed_version_is_answered_by_the_version_served_after_it(cc_model, tmp_path):
+    """An unpinned request queued on version 2 when a rollback removes it: answered by version 1, not a 503
+    (the removed version's queue closes under it); a request pinned to version 2 is refused as before."""
+    repo = shutil.copytree(cc_model.repository, tmp_path / "repo")
+    export_run(cc_model.run, repo, None, log=lambda msg: None)  # version 2
+    one = files([("a.png", digit_pngs(1)[0])])
+    # a batch waits up to 3 s to fill: a lone request sits in its version's queue that long
+    with gateway(repo, repository_poll_s=0.05, max_wait_ms=3000) as client, ThreadPoolExecutor(3) as pool:
+        unpinned = pool.submit(client.post, "/cluster", files=one)
+        embedded = pool.submit(client.post, "/embed", files=one)
+        pinned = pool.submit(client.post, "/cluster", files=one, params={"version": 2})
+        time.sleep(1.0)  # all three are in version 2's queue
+        remove_version(repo, cc_model.name, 2)
+        r, e, refused = unpinned.result(timeout=60), embedded.result(timeout=60), pinned.result(timeout=60)
+    assert (r.status_code, e.status_code) == (200, 200), (r.text, e.text)
+    assert r.json()["version"] == e.json()["version"] == 1
+    assert refused.status_code == 503
+    assert refused.json()["error"]["message"] == f"model {cc_model.name!r} is shutting down"
 
 
 def test_forty_re_exports_while_the_gateway_answers_never_show_a_missing_model(cc_model, tmp_path):
