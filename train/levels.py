@@ -18,8 +18,9 @@ Suggested k: where the merge heights bend, if they do; else the best silhouette.
 merges that end levels 2..K form a curve with a knee when K over-clusters: a few high merges join groups
 that have nothing in common, a long tail of low ones joins the pieces a group was cut into. The knee is
 the L-method's (Salvador & Chan, ICTAI 2004: the level that splits the curve into the two least-squares
-lines of least total error, each error weighted by its share of the points), and it counts when the merges
-below it average less than TAIL_SHARE of the lowest merge it keeps apart. Without such a tail (K about
+lines of least total error, each error weighted by its share of the points, each line on at least
+MIN_LINE_POINTS levels), and it counts when the merges below it average less than TAIL_SHARE of the
+lowest merge it keeps apart. Without such a tail (K about
 right) the level with the best mean cosine silhouette wins (the smaller on a tie): measured on a seeded
 sample of at most SILHOUETTE_SAMPLE training embeddings labelled with their merged cluster. The silhouette
 alone would keep the pieces: over-clustered CC on digits has real sub-styles of digits in its embedding
@@ -39,6 +40,8 @@ SILHOUETTE_SAMPLE = 2000
 """Images the silhouettes are measured on (a seeded random sample; all of them below this)."""
 MAX_CLUSTERS = 1000
 """Above this many clusters no hierarchy is computed (the merges cost K^3)."""
+MIN_LINE_POINTS = 3
+"""Levels on each of the L-method's two lines at least (a line through two fits them exactly, whatever they are)."""
 TAIL_SHARE = 2 / 3
 """A knee of the merge heights counts when the merges below it average less than this share of the lowest above."""
 CRITERION = "average linkage of the training embeddings' cosine distance"
@@ -168,7 +171,7 @@ def knee(heights: np.ndarray) -> int | None:
     where it has no knee or the merges below the knee are not a tail (mean >= TAIL_SHARE x the lowest above)."""
     curve = np.asarray(heights, np.float64)[::-1]  # the height of the merge that ends level 2, 3, ..., K
     points = len(curve)
-    if points < 4:
+    if points < 2 * MIN_LINE_POINTS:
         return None
     levels = np.arange(2, points + 2, dtype=np.float64)
 
@@ -180,7 +183,7 @@ def knee(heights: np.ndarray) -> int | None:
     def total_error(c: int) -> float:  # c points on the left line (levels 2..c+1), the rest on the right one
         return (c * line_error(levels[:c], curve[:c]) + (points - c) * line_error(levels[c:], curve[c:])) / points
 
-    c = min(range(2, points - 1), key=total_error)
+    c = min(range(MIN_LINE_POINTS, points - MIN_LINE_POINTS + 1), key=total_error)
     return int(levels[c - 1]) if curve[c:].mean() < TAIL_SHARE * curve[:c].min() else None
 
 

@@ -138,7 +138,9 @@ def test_the_knee_is_the_l_method_split_and_counts_only_over_a_tail():
     assert shallow[4:].mean() > TAIL_SHARE * shallow[:4].min()
     assert knee(shallow[::-1]) is None
     assert knee(np.linspace(1.1, 1.0, 9)) is None  # straight: every group as far apart as the next
-    assert knee(np.array([1.0, 0.1, 0.05])) is None  # too few levels for two lines
+    assert knee(np.array([0.05, 0.1, 0.15, 1.0, 1.1])) is None  # too few levels for two lines of three
+    # one low merge at the bottom is no tail: a line through it and one more would fit any two points exactly
+    assert knee(np.array([0.39, 1.01, 1.06, 1.06, 1.06, 1.07, 1.08, 1.08, 1.09])) is None
 
 
 def test_a_cluster_without_images_joins_the_group_its_probability_points_to():
