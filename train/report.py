@@ -288,8 +288,9 @@ def plot_tree(path: Path, images: np.ndarray, clusters: np.ndarray, nodes: list[
 
 
 def plot_levels(path: Path, levels: ClusterLevels, names: list[str]) -> None:
-    """Save a PNG of the scores per number of clusters (silhouette, merge-height gap; the suggested k marked)
-    above the dendrogram of the merges, its leaves the K clusters labelled "id name"."""
+    """Save a PNG of the scores per number of clusters (silhouette, and the height of the merge that ends each
+    level: the curve whose knee is suggested; the suggested k marked) above the dendrogram of the merges, cut
+    at the suggested k, its leaves the K clusters labelled "id name"."""
     from scipy.cluster.hierarchy import dendrogram
 
     k = levels.num_clusters
@@ -299,14 +300,15 @@ def plot_levels(path: Path, levels: ClusterLevels, names: list[str]) -> None:
     scores_ax.plot([s.k for s in scored], [s.silhouette for s in scored], "o-", color="C0", ms=3, label="silhouette")
     scores_ax.set_xlabel("number of clusters k")
     scores_ax.set_ylabel("silhouette (cosine)", color="C0")
-    gap_ax = scores_ax.twinx()
-    gapped = [s for s in levels.scores if s.gap is not None]
-    gap_ax.bar([s.k for s in gapped], [s.gap for s in gapped], color="C1", alpha=0.35, label="merge-height gap")
-    gap_ax.set_ylabel("merge-height gap (ratio)", color="C1")
-    scores_ax.set_zorder(gap_ax.get_zorder() + 1)  # the line over the bars
-    scores_ax.patch.set_visible(False)
+    heights = levels.heights()  # row i ends level k - i
+    height_ax = scores_ax.twinx()
+    height_ax.plot(range(k, 1, -1), heights, "s-", color="C1", ms=3, alpha=0.7)
+    height_ax.set_ylabel("height of the merge that ends level k", color="C1")
     if levels.suggested is not None:
         scores_ax.axvline(levels.suggested, color="C3", ls="--", lw=1)
+        if 1 < levels.suggested < k:  # between the merge that ends the level and the one that made it
+            cut = heights[k - levels.suggested - 1: k - levels.suggested + 1].mean()
+            tree_ax.axhline(cut, color="C3", ls="--", lw=1)
     scores_ax.set_title(f"suggested clusters: {levels.summary()}", fontsize=9)
     if k > 1:
         labels = [f"{c} {n}" if n != str(c) else str(c) for c, n in enumerate(names)]
