@@ -30,20 +30,23 @@ ROOT = Path(__file__).resolve().parent.parent
 METRICS = ("nmi", "acc", "ari")
 
 
-def run(method: str, seed: int, preset: str, runs: Path, init: Path | None) -> dict:
-    """One training run in its own process; returns its metrics and training seconds."""
-    run_dir = runs / f"{method}-seed{seed}"
+def run(method: str, seed: int, preset: str, runs: Path, init: Path | None, options: tuple[str, ...] = (),
+        name: str = "") -> dict:
+    """One training run in its own process (`options`: more command-line flags, `name`: a variant's name in
+    its run directory and its line); returns its metrics, clusters used and training seconds."""
+    label = f"{method}{'-' + name if name else ''}"
+    run_dir = runs / f"{label}-seed{seed}"
     command = [sys.executable, "-m", "train", "--method", method, "--dataset", "digits", "--preset", preset,
-               "--seed", str(seed), "--threads", "1", "--progress", "false", "--run-dir", str(run_dir)]
+               "--seed", str(seed), "--threads", "1", "--progress", "false", "--run-dir", str(run_dir), *options]
     if init is not None:
         command += ["--init", str(init)]
     subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                    stdout=subprocess.DEVNULL)
     results = json.loads((run_dir / RESULTS_FILE).read_text())
     metrics, seconds = results["metrics"], results["train_seconds"]
-    print(f"  {method} seed {seed}: " + "  ".join(f"{k.upper()} {metrics[k]:.4f}" for k in METRICS)
-          + f"  {seconds:.0f} s", flush=True)
-    return {**{k: metrics[k] for k in METRICS}, "seconds": seconds}
+    print(f"  {label} seed {seed}: " + "  ".join(f"{k.upper()} {metrics[k]:.4f}" for k in METRICS)
+          + f"  {metrics['clusters_used']} clusters used  {seconds:.0f} s", flush=True)
+    return {**{k: metrics[k] for k in METRICS}, "clusters_used": metrics["clusters_used"], "seconds": seconds}
 
 
 def summary(method: str, results: list[dict]) -> str:

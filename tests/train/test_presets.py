@@ -428,7 +428,7 @@ DIGITS = {  # the recipes of the README's digits figures (this project's own; no
     "c3": dict(backbone="smallcnn", image_size=16, epochs=20, lr=1e-5, batch_size=256, jitter_order="fixed"),
     "drc": dict(backbone="smallcnn", image_size=16, epochs=80, lr=1e-3, batch_size=256, balance_weight=0.2),
     "cohiclust": dict(backbone="smallcnn", image_size=16, epochs=90, simclr_epochs=0, prune_start_epoch=60,
-                      batch_size=256),
+                      batch_size=128),
     "propos": dict(backbone="smallcnn", image_size=16, epochs=60, lr=0.05, batch_size=128, ema_momentum=0.99,
                    hidden_dim=512, cosine_epochs=0),
 }
