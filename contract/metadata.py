@@ -119,6 +119,9 @@ class ImageInput:
     name: str = IMAGES
     dtype: str = "uint8"
     layout: str = "NCHW"
+    crop: float = 1.0
+    """The fraction of each image's centre square the model sees (contract.preprocess.prepare_source's crop:
+    ProPos's test_resized_crop, 224/256); 1: all of it."""
 
     def __post_init__(self) -> None:
         if (self.name, self.dtype, self.layout) != (IMAGES, "uint8", "NCHW"):
@@ -127,6 +130,8 @@ class ImageInput:
             raise ValueError(f"input channels must be 1 or 3, got {self.channels}")
         if self.height != self.width or self.height < 1:
             raise ValueError(f"input must be square (the preprocessing is), got {self.height}x{self.width}")
+        if not 0 < self.crop <= 1:
+            raise ValueError(f"input crop must be in (0, 1], got {self.crop}")
 
     @property
     def size(self) -> int:
@@ -232,7 +237,8 @@ class ModelMetadata:
             inp = data["input"]
             values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
             values["input"] = ImageInput(int(inp["channels"]), int(inp["height"]), int(inp["width"]),
-                                         inp.get("name", IMAGES), inp.get("dtype", "uint8"), inp.get("layout", "NCHW"))
+                                         inp.get("name", IMAGES), inp.get("dtype", "uint8"), inp.get("layout", "NCHW"),
+                                         float(inp.get("crop", 1.0)))
             values["outputs"] = {name: TensorSpec.from_json(name, spec) for name, spec in data["outputs"].items()}
             values["num_clusters"] = int(data["num_clusters"])
             if data.get("extra_outputs") is not None:

@@ -221,20 +221,40 @@ def decode_for_size(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
+def decoded_side(size: int, crop: float) -> int:
+    """The side an image is prepared at for a model of input `size` that sees the central `crop` of it."""
+    if not 0 < crop <= 1:
+        raise ValueError(f"crop must be in (0, 1], got {crop}")
+    return round(size / crop)
+
+
+def center_crop_array(array: np.ndarray, size: int) -> np.ndarray:
+    """(C, H, W) -> (C, size, size) around the centre, where torchvision's CenterCrop places it."""
+    height, width = array.shape[-2:]
+    top, left = int(round((height - size) / 2)), int(round((width - size) / 2))
+    return np.ascontiguousarray(array[..., top:top + size, left:left + size])
+
+
 def prepare_source(
     source: Source,
     size: int,
     channels: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     time_budget_s: float | None = None,
+    crop: float = 1.0,
 ) -> np.ndarray:
     """Path or raw bytes -> uint8 array (channels, size, size): the one decode path of training and serving.
 
     Refuses images whose header claims more than `max_pixels` (ImageTooLarge, before decoding) and,
     with `time_budget_s`, stops a decode that runs longer. Multi-frame files give their first frame.
     Any failure (corrupt data, unknown format, MemoryError, ...) raises ImageError naming the source
-    and the reason.
+    and the reason. crop < 1: the model sees that fraction of the centre square (ProPos's
+    test_resized_crop, 224/256): prepared at round(size / crop), then its centre size x size, which is
+    what training evaluates on images stored at that side (train/data/augment.py resize_images).
     """
+    side = decoded_side(size, crop)
+    if side != size:
+        return center_crop_array(prepare_source(source, side, channels, max_pixels, time_budget_s), size)
     name = _describe(source)
     deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     shape = "n image"

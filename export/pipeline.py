@@ -120,7 +120,7 @@ class ExportResult:
 
 def build_metadata(name: str, meta: dict[str, Any], models: ModelSet, extra_outputs: tuple[ExtraOutput, ...],
                    source_run: Path, epoch: int, finished: bool, parity_report: dict[str, Any],
-                   exported_at: str) -> ModelMetadata:
+                   exported_at: str, crop: float = 1.0) -> ModelMetadata:
     """metadata.json of the ensemble directory: what a client needs to call the model, and its provenance.
 
     ValueError when the head graph's outputs beyond the required three are not the method's declared
@@ -129,7 +129,7 @@ def build_metadata(name: str, meta: dict[str, Any], models: ModelSet, extra_outp
     (features,) = models.encoder_outputs
     return ModelMetadata(
         name=name, num_clusters=int(meta["num_clusters"]),
-        input=ImageInput(channels=images.shape[1], height=images.shape[2], width=images.shape[3]),
+        input=ImageInput(channels=images.shape[1], height=images.shape[2], width=images.shape[3], crop=crop),
         outputs={s.name: s for s in models.head_outputs}, extra_outputs=extra_outputs, method=meta["method"],
         dataset=meta["dataset"], feature_dim=features.shape[1], class_names=meta.get("class_names"),
         source_run=str(source_run), epoch=epoch, finished=finished, max_batch_size=models.max_batch_size,
@@ -265,7 +265,8 @@ def export_run(run: Path, output: Path, cpu_output: Path | None, name: str | Non
         models = ModelSet(name, encoder, head, enc_in, enc_out, head_in, head_out, max_batch, None, {})
         exported_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         models.metadata = build_metadata(name, meta, models, extra_outputs, run_dir, loaded.epoch, info.finished,
-                                         {}, exported_at).replace(precision=precision.precision)
+                                         {}, exported_at, loaded.config.eval_crop()).replace(
+                                             precision=precision.precision)
         for repository in outputs:  # before parity: a refusal costs nothing
             check_compatible(repository, models.metadata, options.force)
         calibration = None if precision.precision == FP32 else read_calibration(

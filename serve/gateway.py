@@ -248,7 +248,7 @@ class Gateway:
     async def _prepare_and_infer(self, spec: ModelMetadata, endpoint: str, body: RequestBody, all_or_nothing: bool
                                  ) -> tuple[list[int], dict[int, str], dict[str, np.ndarray] | None]:
         images, ok, decode_errors = await prepare_uploads(body.uploads, spec.input.size, spec.input.channels,
-                                                          self.settings, self.pool)
+                                                          self.settings, self.pool, spec.input.crop)
         if decode_errors:
             self.metrics.errors.labels("image_decode").inc(len(decode_errors))
             self.metrics.images.labels(endpoint, "error").inc(len(decode_errors))

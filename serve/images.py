@@ -154,7 +154,8 @@ async def _read_json(request: Request, settings: Settings, pool: Executor, shape
     return RequestBody(uploads, parsed.fields)
 
 
-def _decode(up: Upload, size: int, channels: int, settings: Settings) -> np.ndarray | str | GatewayError:
+def _decode(up: Upload, size: int, channels: int, settings: Settings, crop: float
+            ) -> np.ndarray | str | GatewayError:
     """Runs on the pool: one upload -> uint8 (C, S, S), the message saying why not, or a 413 for the request."""
     try:
         data = up.data
@@ -163,7 +164,8 @@ def _decode(up: Upload, size: int, channels: int, settings: Settings) -> np.ndar
                 data = binascii.a2b_base64(base64_payload(data), strict_mode=True)
             except (binascii.Error, ValueError) as err:
                 return f"{up.label}: not valid base64: {err}"
-        return prepare_source(data, size, channels, settings.max_image_pixels, settings.decode_timeout_ms / 1000)
+        return prepare_source(data, size, channels, settings.max_image_pixels, settings.decode_timeout_ms / 1000,
+                              crop)
     except ImageTooLarge as err:
         return too_large(f"{up.label}: {_unnamed(err)}")
     except ImageError as err:
@@ -177,8 +179,9 @@ def _unnamed(err: ImageError) -> str:
 
 
 async def prepare_uploads(uploads: list[Upload], size: int, channels: int, settings: Settings,
-                          pool: Executor) -> tuple[np.ndarray | None, list[int], dict[int, str]]:
-    """Decode on `pool`, fairly (see the module docstring) -> (uint8 (n, C, S, S) or None, their indices, errors).
+                          pool: Executor, crop: float = 1.0) -> tuple[np.ndarray | None, list[int], dict[int, str]]:
+    """Decode on `pool`, fairly (see the module docstring) -> (uint8 (n, C, S, S) or None, their indices, errors);
+    `crop`: the model input's (contract.metadata.ImageInput).
 
     Raises the 413 of the first image over a size limit (and decodes no more); cancelled, it stops
     after the slices in flight."""
@@ -195,7 +198,7 @@ async def prepare_uploads(uploads: list[Upload], size: int, channels: int, setti
                 up = todo.popleft()
             except IndexError:
                 return
-            outcome = _decode(up, size, channels, settings)
+            outcome = _decode(up, size, channels, settings, crop)
             if isinstance(outcome, GatewayError):
                 refused.append(outcome)
             else:

@@ -76,11 +76,11 @@ def shard_path(shards: str | Path, block: int) -> Path:
 
 
 def read_image(path: str, size: int, channels: int, max_bytes: int = Settings.max_image_bytes,
-               max_pixels: int = Settings.max_image_pixels) -> np.ndarray | str:
-    """One listed file -> uint8 (C, S, S), or "path: reason" (as text: display_path) when it cannot be read
-    within the per-image limits or decoded."""
+               max_pixels: int = Settings.max_image_pixels, crop: float = 1.0) -> np.ndarray | str:
+    """One listed file -> uint8 (C, S, S) (the model input's centre `crop`), or "path: reason" (as text:
+    display_path) when it cannot be read within the per-image limits or decoded."""
     try:
-        return prepare_source(read_listed(path, max_bytes), size, channels, max_pixels)
+        return prepare_source(read_listed(path, max_bytes), size, channels, max_pixels, crop=crop)
     # Any failure of one file (decoder bugs included) is that file's error row: one bad file out of
     # 10^8 must not stop the job. The message names the file once.
     except Exception as err:
@@ -178,7 +178,8 @@ class BlockWorker:
 
     def decode(self, paths: list[str]) -> list[np.ndarray | str]:
         read = partial(read_image, size=self.model.input.size, channels=self.model.input.channels,
-                       max_bytes=self.spec.max_image_bytes, max_pixels=self.spec.max_image_pixels)
+                       max_bytes=self.spec.max_image_bytes, max_pixels=self.spec.max_image_pixels,
+                       crop=self.model.input.crop)
         return [read(p) for p in paths] if self.pool is None else list(self.pool.map(read, paths))
 
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -145,7 +145,7 @@ def test_metadata_describes_the_model(method, exported, tiny_run):
     assert meta["name"] == result.name == model_name(method, "digits")
     assert (meta["method"], meta["dataset"], meta["num_clusters"]) == (method, "digits", 10)
     assert meta["input"] == {"name": "images", "dtype": "uint8", "channels": 1, "height": 16, "width": 16,
-                             "layout": "NCHW"}
+                             "layout": "NCHW", "crop": 1.0}
     assert meta["outputs"]["embedding"]["shape"] == [-1, meta["embedding_dim"]]
     assert set(meta["outputs"]) == set(result.parity["outputs"])  # every head output, extras included
     extras = [name for name in meta["outputs"] if name not in REQUIRED_OUTPUTS]  # CoHiClust: path
