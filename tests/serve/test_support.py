@@ -15,7 +15,7 @@ def test_export_fixture_follows_the_repository_spec(tiny_run, tmp_path_factory):
     ex = exported(tiny_run, tmp_path_factory)
     meta = json.loads((ex.repository / ex.name / "1" / "metadata.json").read_text())
     assert meta["input"] == {"name": "images", "dtype": "uint8", "channels": 1, "height": 16, "width": 16,
-                             "layout": "NCHW"}
+                             "layout": "NCHW", "crop": 1.0}
     encoder = ort.InferenceSession(str(ex.repository / meta["encoder"] / "1" / "model.onnx"))
     head = ort.InferenceSession(str(ex.repository / meta["head"] / "1" / "model.onnx"))
     assert [(i.name, i.type) for i in encoder.get_inputs()] == [("images", "tensor(uint8)")]
