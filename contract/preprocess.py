@@ -134,6 +134,12 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
         raise ImageError(f"cannot convert image mode {mode!r} to {target!r}: {err}") from err
 
 
+def center_start(length: int, size: int) -> int:
+    """Where a centre crop of `size` starts along a side of `length`, as torchvision's CenterCrop places it (the
+    trainer's evaluation crop and the gateway's decode share it)."""
+    return int(round((length - size) / 2.0))
+
+
 def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
     """The region (left, top, right, bottom), in source pixels, that Resize(size) + CenterCrop(size) keeps.
 
@@ -146,8 +152,7 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[float, float, f
         scaled = (size, int(size * height / width))
     else:
         scaled = (int(size * width / height), size)
-    left = round((scaled[0] - size) / 2.0)
-    top = round((scaled[1] - size) / 2.0)
+    left, top = center_start(scaled[0], size), center_start(scaled[1], size)
     sx, sy = width / scaled[0], height / scaled[1]
     return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
@@ -231,7 +236,7 @@ def decoded_side(size: int, crop: float) -> int:
 def center_crop_array(array: np.ndarray, size: int) -> np.ndarray:
     """(C, H, W) -> (C, size, size) around the centre, where torchvision's CenterCrop places it."""
     height, width = array.shape[-2:]
-    top, left = int(round((height - size) / 2)), int(round((width - size) / 2))
+    top, left = center_start(height, size), center_start(width, size)
     return np.ascontiguousarray(array[..., top:top + size, left:left + size])
 
 

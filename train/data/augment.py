@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from contract.preprocess import center_start
+
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 BLUR_KERNEL_AT_224 = 23
 BLUR_SIGMA_AT_224 = (0.1, 2.0)
@@ -125,7 +127,7 @@ def resize_images(images: torch.Tensor, size: int, crop: float = 1.0) -> torch.T
     if crop < 1:
         height, width = images.shape[-2:]
         keep_h, keep_w = round(height * crop), round(width * crop)
-        top, left = int(round((height - keep_h) / 2)), int(round((width - keep_w) / 2))
+        top, left = center_start(height, keep_h), center_start(width, keep_w)
         images = images[..., top:top + keep_h, left:left + keep_w]
     if tuple(images.shape[-2:]) == (size, size):
         return images
