@@ -36,6 +36,12 @@ SILHOUETTE = "silhouette"
 """`suggested_by`: the level with the best silhouette."""
 
 
+def best_silhouette(scores: tuple[LevelScore, ...] | list[LevelScore]) -> LevelScore | None:
+    """The scored level with the highest silhouette, the smaller k on a tie (None when none was scored)."""
+    scored = [s for s in scores if s.silhouette is not None]
+    return max(scored, key=lambda s: (s.silhouette, -s.k)) if scored else None
+
+
 class LevelError(ValueError):
     """A level (number of clusters) the model cannot answer at."""
 
@@ -132,11 +138,11 @@ class ClusterLevels:
         chosen = None if self.suggested is None else self.score(self.suggested)
         if chosen is None or chosen.silhouette is None:
             return f"none (no level of the {self.num_clusters} clusters was scored)"
-        scored = [s for s in self.scores if s.silhouette is not None]
-        near = ", ".join(f"{s.k}: {s.silhouette:.2f}" for s in scored if abs(s.k - chosen.k) == 1)
+        near = ", ".join(f"{s.k}: {s.silhouette:.2f}" for s in self.scores
+                         if s.silhouette is not None and abs(s.k - chosen.k) == 1)
         text = f"silhouette {chosen.silhouette:.2f}" + (f"; {near}" if near else "")
         if self.suggested_by == KNEE:
-            best = max(scored, key=lambda s: (s.silhouette, -s.k))
+            best = best_silhouette(self.scores)
             text = f"where the merge heights bend; {text}" + (
                 f"; best {best.silhouette:.2f} at {best.k}" if best.k != chosen.k else "")
         return f"{chosen.k} ({text})"

@@ -20,9 +20,9 @@ that have nothing in common, a long tail of low ones joins the pieces a group wa
 the L-method's (Salvador & Chan, ICTAI 2004: the level that splits the curve into the two least-squares
 lines of least total error, each error weighted by its share of the points, each line on at least
 MIN_LINE_POINTS levels), and it counts when the merges below it average less than TAIL_SHARE of the
-lowest merge it keeps apart. Without such a tail (K about
-right) the level with the best mean cosine silhouette wins (the smaller on a tie): measured on a seeded
-sample of at most SILHOUETTE_SAMPLE training embeddings labelled with their merged cluster. The silhouette
+lowest merge it keeps apart. Without such a tail (K about right) the level with the best mean cosine
+silhouette wins (the smaller on a tie): measured on a seeded sample of at most SILHOUETTE_SAMPLE training
+embeddings labelled with their merged cluster. The silhouette
 alone would keep the pieces: over-clustered CC on digits has real sub-styles of digits in its embedding
 (silhouette 0.67 at 17 clusters, 0.57-0.60 at 10) that the knee sees as the tail. Each level also records
 the merge-height gap: how many times higher the merge that ends it is than the one that made it.
@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from contract.levels import KNEE, SILHOUETTE, ClusterLevels, LevelScore
+from contract.levels import KNEE, SILHOUETTE, ClusterLevels, LevelScore, best_silhouette
 
 SILHOUETTE_SAMPLE = 2000
 """Images the silhouettes are measured on (a seeded random sample; all of them below this)."""
@@ -201,13 +201,12 @@ def cluster_levels(embedding: np.ndarray, probabilities: np.ndarray, cluster: np
     silhouette = silhouettes(embedding[sample], cluster[sample], linkage, k)
     gaps = height_gaps(linkage, k)
     scores = tuple(LevelScore(level, silhouette[level - 1], gaps[level - 1]) for level in range(1, k + 1))
-    scored = [s for s in scores if s.silhouette is not None]
     bend = knee(linkage[:, 2])
     if bend is not None:
         suggested, suggested_by = bend, KNEE
     else:
-        suggested = max(scored, key=lambda s: (s.silhouette, -s.k)).k if scored else None
-        suggested_by = SILHOUETTE
+        best = best_silhouette(scores)
+        suggested, suggested_by = (None if best is None else best.k), SILHOUETTE
     rows = tuple((int(a), int(b), float(h), int(n)) for a, b, h, n in linkage)
     return ClusterLevels(k, rows, TREE_CRITERION if tree is not None else CRITERION, scores, suggested, len(sample),
                          suggested_by)
